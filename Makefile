@@ -1,0 +1,34 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv/ on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+DEMO_ROWS ?= 200000
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml requirements-cpu.txt shims/fbgemm-gpu/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements-cpu.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	DEMO_DIR=$(DEMO_DIR) DEMO_ROWS=$(DEMO_ROWS) $(BIN)/python -m pipelines.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/prepare_vs_pandas.py
+	$(BIN)/python benchmarks/loader.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)
