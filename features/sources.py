@@ -1,0 +1,195 @@
+"""Raw inputs as one lazy frame of strings, with provenance for every row.
+
+Every source yields the same shape, so validation and encoding never care where rows came from::
+
+    __file   String   input file name
+    __line   UInt64   1-based line number in that file (row number for parquet)
+    __raw    String   the raw line (null for parquet)
+    __reject String   null, or why the row cannot be parsed (checked again by validation)
+    <col>    String   one column per ``spec.required_columns``
+
+Delimited files are read line by line (``scan_lines``) and split with the delimiter, so a row with the
+wrong number of columns is caught and quarantined with its line number instead of being padded or
+dropped by a CSV reader. Quoted fields that contain the delimiter are therefore not supported.
+A missing, empty or wrongly shaped file raises ``InputError`` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from features.spec import DatasetSpec, InputError
+
+__all__ = ["scan_inputs"]
+
+_SNIFF_LINES = 20
+
+
+def scan_inputs(spec: DatasetSpec, inputs: list[Path]) -> pl.LazyFrame:
+    """One lazy frame over all input files (see module docstring for its columns)."""
+    if not inputs:
+        raise InputError("no input files given")
+    for path in inputs:
+        if not path.exists():
+            raise InputError(f"{path}: input file not found")
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, expected a file")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: input file is empty")
+    if spec.format == "parquet":
+        frames = [_scan_parquet(spec, p) for p in inputs]
+    elif spec.format == "movielens-100k":
+        frames = [_scan_movielens(spec, inputs)]
+    else:
+        frames = [_scan_delimited(spec, p, spec.columns, i) for i, p in enumerate(inputs)]
+    return pl.concat(frames, how="vertical")
+
+
+def _first_lines(path: Path, n: int) -> list[str]:
+    lines: list[str] = []
+    with path.open("rb") as f:
+        for raw in f:
+            lines.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            if len(lines) >= n:
+                break
+    return lines
+
+
+def _scan_delimited(spec: DatasetSpec, path: Path, columns: tuple[str, ...], file_idx: int) -> pl.LazyFrame:
+    sep, header, columns = _resolve_layout(spec, path, columns)
+    return _split_lines(path, sep, header, columns, spec.required_columns, file_idx)
+
+
+def _resolve_layout(
+    spec: DatasetSpec, path: Path, columns: tuple[str, ...], delimiter: str | None = None
+) -> tuple[str, bool, tuple[str, ...]]:
+    """Delimiter, header and column names of one file; raises InputError when the file does not fit."""
+    head = _first_lines(path, _SNIFF_LINES)
+    if not any(line.strip() for line in head):
+        raise InputError(f"{path}: input file has no data")
+    first = head[0]
+    sep = delimiter or spec.delimiter
+    if sep == "auto":
+        sep = "\t" if "\t" in first else ","
+    first_fields = first.split(sep)
+    header = spec.header if delimiter is None else False
+    if header is None:
+        header = first_fields == list(columns) if columns else spec.label.column in first_fields
+    if header:
+        columns = tuple(first_fields)
+        missing = [c for c in spec.required_columns if c not in columns]
+        if missing:
+            raise InputError(f"{path}: header lacks columns {missing} required by dataset {spec.name!r}")
+    elif not columns:
+        raise InputError(f"{path}: no header line and dataset {spec.name!r} lists no `columns`")
+    body = [line for line in (head[1:] if header else head) if line]
+    if header and not body:
+        raise InputError(f"{path}: input file has a header but no rows")
+    counts = sorted({len(line.split(sep)) for line in body})
+    if len(columns) not in counts:
+        raise InputError(
+            f"{path}: lines have {counts} columns (separator {sep!r}), dataset {spec.name!r} expects {len(columns)}"
+        )
+    return sep, header, columns
+
+
+def _split_lines(
+    path: Path, sep: str, header: bool, columns: tuple[str, ...], wanted: tuple[str, ...], file_idx: int
+) -> pl.LazyFrame:
+    n = len(columns)
+    raw = pl.col("__raw")
+    lf = pl.scan_lines(path, name="__raw", row_index_name="__line", row_index_offset=1)
+    if header:
+        lf = lf.filter(pl.col("__line") > 1)
+    lf = lf.with_columns(raw.str.strip_suffix("\r"))
+    n_fields = raw.str.count_matches(sep, literal=True) + 1
+    reject = (
+        pl.when(raw == "")
+        .then(pl.lit("empty line"))
+        .when(n_fields != n)
+        .then(pl.format("expected {} columns, got {}", pl.lit(n), n_fields))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    parts = raw.str.splitn(sep, n).struct.rename_fields([f"__c{i}" for i in range(n)])
+    index = {c: i for i, c in enumerate(columns)}
+    return lf.select(
+        pl.lit(path.name).alias("__file"),
+        pl.lit(file_idx, dtype=pl.UInt64).alias("__file_idx"),
+        pl.col("__line").cast(pl.UInt64),
+        raw,
+        reject.alias("__reject"),
+        *(parts.struct.field(f"__c{index[c]}").alias(c) for c in wanted),
+    )
+
+
+def _scan_parquet(spec: DatasetSpec, path: Path) -> pl.LazyFrame:
+    try:
+        schema = pl.scan_parquet(path).collect_schema()
+    except pl.exceptions.PolarsError as e:
+        raise InputError(f"{path}: not a readable parquet file ({type(e).__name__})") from e
+    missing = [c for c in spec.required_columns if c not in schema]
+    if missing:
+        raise InputError(f"{path}: parquet file lacks columns {missing} required by dataset {spec.name!r}")
+    return (
+        pl.scan_parquet(path)
+        .with_row_index("__line", offset=1)
+        .select(
+            pl.lit(path.name).alias("__file"),
+            pl.lit(0, dtype=pl.UInt64).alias("__file_idx"),
+            pl.col("__line").cast(pl.UInt64),
+            pl.lit(None, dtype=pl.String).alias("__raw"),
+            pl.lit(None, dtype=pl.String).alias("__reject"),
+            *(pl.col(c).cast(pl.String) for c in spec.required_columns),
+        )
+    )
+
+
+def _scan_movielens(spec: DatasetSpec, inputs: list[Path]) -> pl.LazyFrame:
+    """MovieLens-100K as CTR rows: u.data joined with u.user and u.item (found beside u.data)."""
+    by_name = {p.name: p for p in inputs}
+    data = by_name.get("u.data") or inputs[0]
+    user = by_name.get("u.user", data.parent / "u.user")
+    item = by_name.get("u.item", data.parent / "u.item")
+    for side in (user, item):
+        if not side.is_file():
+            raise InputError(f"{side}: MovieLens side file not found (expected beside {data.name})")
+    rating_cols = ("user_id", "item_id", "rating", "timestamp")
+    sep, header, cols = _resolve_layout(spec, data, rating_cols, delimiter="\t")
+    ratings = _split_lines(data, sep, header, cols, rating_cols, 0)
+    users = pl.read_csv(
+        user,
+        separator="|",
+        has_header=False,
+        new_columns=["user_id", "age", "gender", "occupation", "zip_code"],
+        schema_overrides={c: pl.String for c in ["user_id", "age", "gender", "occupation", "zip_code"]},
+    )
+    genre_cols = [f"g{i}" for i in range(19)]
+    items = pl.read_csv(
+        item,
+        separator="|",
+        has_header=False,
+        encoding="utf8-lossy",
+        quote_char=None,
+        new_columns=["item_id", "title", "release", "video_release", "url", *genre_cols],
+        schema_overrides={"item_id": pl.String, "release": pl.String},
+    )
+    genre_names = (
+        "unknown Action Adventure Animation Children Comedy Crime Documentary Drama Fantasy Film-Noir "
+        "Horror Musical Mystery Romance Sci-Fi Thriller War Western"
+    ).split()
+    items = items.select(
+        "item_id",
+        pl.col("release").str.slice(-4).alias("release_year"),
+        pl.concat_str(
+            [pl.when(pl.col(g) == 1).then(pl.lit(name)) for g, name in zip(genre_cols, genre_names, strict=True)],
+            separator="|",
+            ignore_nulls=True,
+        ).alias("genres"),
+    )
+    return (
+        ratings.join(users.lazy(), on="user_id", how="left", maintain_order="left")
+        .join(items.lazy(), on="item_id", how="left", maintain_order="left")
+        .select("__file", "__file_idx", "__line", "__raw", "__reject", *spec.required_columns)
+    )

@@ -1,0 +1,141 @@
+"""Pure ``LazyFrame -> LazyFrame`` steps: validate, derive, split, transform.
+
+Each step takes and returns a lazy frame, so ``prepare`` chains them with ``.pipe`` and Polars runs them
+in one streaming pass. Parsed values live in columns named ``__v_<field>``; raw strings stay untouched
+until encoding.
+
+Example:
+    >>> import polars as pl
+    >>> df = pl.DataFrame({"v": [0.0, 2.0, 3.0, 100.0, None]})
+    >>> df.select(dense_transform(pl.col("v"), "log_square")).to_series().to_list()
+    [0.0, 2.0, 1.0, 21.0, None]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from features.hashing import mix64
+from features.spec import DatasetSpec, Transform
+
+__all__ = [
+    "SPLITS",
+    "assign_random_split",
+    "assign_time_split",
+    "dense_transform",
+    "derive_time_parts",
+    "parse_time",
+    "validate",
+]
+
+SPLITS = ("train", "valid", "test")
+_NULL_STR = pl.lit(None, dtype=pl.String)
+
+
+def parsed(name: str) -> str:
+    return f"__v_{name}"
+
+
+def _blank(col: pl.Expr) -> pl.Expr:
+    return col.is_null() | (col.str.strip_chars() == "")
+
+
+def parse_time(col: pl.Expr, fmt: str | None) -> pl.Expr:
+    """Raw time string to Datetime: strptime with ``fmt``, or unix seconds when ``fmt`` is None."""
+    if fmt is None:
+        return pl.from_epoch(col.str.strip_chars().cast(pl.Int64, strict=False), time_unit="s")
+    value = col.str.strip_chars()
+    if "%H" in fmt and "%M" not in fmt:  # Polars needs minutes with hours (e.g. Avazu's %y%m%d%H)
+        value, fmt = value + "00", fmt + "%M"
+    return value.str.strptime(pl.Datetime("us"), fmt, strict=False)
+
+
+def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
+    """Parse the label, dense values and time, and put the first reason a row is bad into ``__reject``.
+
+    A row is rejected for a wrong column count (found by the source), an unparseable or non-0/1 label,
+    an unparseable dense value, or an unparseable time. Empty dense values are missing, not errors.
+    """
+    label_raw = pl.col(spec.label.column)
+    label_num = label_raw.str.strip_chars().cast(pl.Float64, strict=False)
+    if spec.label.threshold is None:
+        label_ok = label_num.is_in([0.0, 1.0])
+        label_value = label_num
+        label_reason = pl.format("label {} is not 0 or 1: '{}'", pl.lit(spec.label.column), label_raw)
+    else:
+        label_ok = label_num.is_not_null() & label_num.is_finite()
+        label_value = (label_num >= spec.label.threshold).cast(pl.Float64)
+        label_reason = pl.format("unparseable label {}: '{}'", pl.lit(spec.label.column), label_raw)
+    reasons = [pl.when(label_ok.not_()).then(label_reason)]
+    parsed_cols = [label_value.cast(pl.Float32).alias("__label")]
+    for d in spec.dense:
+        raw = pl.col(d.name)
+        value = raw.str.strip_chars().cast(pl.Float64, strict=False)
+        bad = _blank(raw).not_() & (value.is_null() | value.is_finite().not_())
+        reasons.append(pl.when(bad).then(pl.format("unparseable number in {}: '{}'", pl.lit(d.name), raw)))
+        parsed_cols.append(value.alias(parsed(d.name)))
+    times = {p.column: p.format for p in spec.derive}
+    if spec.time is not None:
+        times[spec.time.column] = spec.time.format
+    for column, fmt in times.items():
+        raw = pl.col(column)
+        value = parse_time(raw, fmt)
+        reasons.append(pl.when(value.is_null()).then(pl.format("unparseable time in {}: '{}'", pl.lit(column), raw)))
+        parsed_cols.append(value.alias(parsed(column)))
+    reject = pl.coalesce([pl.col("__reject"), *(r.otherwise(_NULL_STR) for r in reasons)])
+    return lf.with_columns(*parsed_cols).with_columns(reject.alias("__reject"))
+
+
+def derive_time_parts(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
+    """Categorical fields from a time column (as strings, so they share the vocabulary path)."""
+    exprs = []
+    for p in spec.derive:
+        t = pl.col(parsed(p.column))
+        part_expr = {
+            "hour_of_day": t.dt.hour(),
+            "weekday": t.dt.weekday(),
+            "is_weekend": (t.dt.weekday() >= 6).cast(pl.Int8),
+            "month": t.dt.month(),
+            "year": t.dt.year(),
+        }
+        exprs += [part_expr[part].cast(pl.String).alias(p.prefix + part) for part in p.parts]
+    return lf.with_columns(exprs) if exprs else lf
+
+
+def _uniform(seed: int) -> pl.Expr:
+    """A deterministic U[0, 1) per row from (file index, line, seed): independent of chunking."""
+
+    def draw(s: pl.Series) -> pl.Series:
+        key = s.to_numpy().astype(np.uint64)
+        h = mix64(key ^ mix64(np.full(len(key), seed, dtype=np.uint64)))
+        return pl.Series((h >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+
+    key = (pl.col("__file_idx") * (1 << 40) + pl.col("__line")).cast(pl.UInt64)
+    return key.map_batches(draw, return_dtype=pl.Float64, is_elementwise=True)
+
+
+def _by_cut(x: pl.Expr, cut1: pl.Expr | float, cut2: pl.Expr | float) -> pl.Expr:
+    return pl.when(x < cut1).then(pl.lit("train")).when(x < cut2).then(pl.lit("valid")).otherwise(pl.lit("test"))
+
+
+def assign_random_split(lf: pl.LazyFrame, seed: int, ratios: tuple[float, float, float]) -> pl.LazyFrame:
+    """``__split`` by a seeded hash of each row's position: reproducible, no shuffle needed."""
+    total = sum(ratios)
+    c1, c2 = ratios[0] / total, (ratios[0] + ratios[1]) / total
+    return lf.with_columns(_by_cut(_uniform(seed), c1, c2).alias("__split"))
+
+
+def assign_time_split(lf: pl.LazyFrame, column: str, cut1: int, cut2: int) -> pl.LazyFrame:
+    """``__split`` by time: before ``cut1`` (epoch microseconds) train, before ``cut2`` valid, else test."""
+    t = pl.col(parsed(column)).dt.epoch("us")
+    return lf.with_columns(_by_cut(t, cut1, cut2).alias("__split"))
+
+
+def dense_transform(value: pl.Expr, transform: Transform) -> pl.Expr:
+    """The numeric transforms of DenseSpec (nulls stay null)."""
+    if transform == "log1p":
+        return value.clip(lower_bound=0.0).log1p()
+    if transform == "log_square":
+        return pl.when(value > 2).then(value.log().pow(2).floor()).otherwise(value)
+    return value
