@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,10 +113,12 @@ class EncodePlan:
         return pl.when(src.value.is_null()).then(pl.lit(MISSING_ID, dtype=pl.Int32)).otherwise(one(src.value))
 
 
-def fit_plan(spec: DatasetSpec, train: pl.LazyFrame, base: pl.LazyFrame, work: Path) -> tuple[EncodePlan, int]:
-    """Fit every encoder on ``train`` in one shared scan; also count all rows of ``base``.
+def fit_plan(
+    spec: DatasetSpec, train: pl.LazyFrame, work: Path, also: Sequence[pl.LazyFrame] = ()
+) -> tuple[EncodePlan, list[pl.DataFrame]]:
+    """Fit every encoder on ``train`` in one shared scan, collecting the ``also`` queries in the same pass.
 
-    Vocabularies are written to ``work/vocab/<field>.parquet``. Returns the plan and ``rows_read``.
+    Vocabularies are written to ``work/vocab/<field>.parquet``. Returns the plan and the ``also`` results.
     """
     sources = {s.name: s for s in _sources(spec)}
     min_counts = {c.name: c.min_count or spec.min_count for c in spec.categorical}
@@ -125,7 +128,7 @@ def fit_plan(spec: DatasetSpec, train: pl.LazyFrame, base: pl.LazyFrame, work: P
     quantiles = {d.name: d for d in spec.dense if d.encode == "quantile"}
     vocab_names = [n for n in sources if n not in hashed and n not in quantiles]
 
-    queries: list[pl.LazyFrame] = [base.select(pl.len().alias("rows"))]
+    queries: list[pl.LazyFrame] = list(also)
     for name in vocab_names:
         v = sources[name].value.alias("value")
         q = train.select(v.explode() if sources[name].multi else v).drop_nulls()
@@ -137,18 +140,16 @@ def fit_plan(spec: DatasetSpec, train: pl.LazyFrame, base: pl.LazyFrame, work: P
             dense_stats += [v.mean().alias(f"{d.name}.mean"), v.std().alias(f"{d.name}.std")]
     for name, d in quantiles.items():
         v = sources[name].value
-        dense_stats += [
-            v.quantile(i / d.buckets, "nearest").alias(f"{name}.q{i}") for i in range(1, d.buckets)
-        ]
+        dense_stats += [v.quantile(i / d.buckets, "nearest").alias(f"{name}.q{i}") for i in range(1, d.buckets)]
     if dense_stats:
         queries.append(train.select(dense_stats))
     results = pl.collect_all(queries, engine="streaming")
-    rows_read = int(results[0]["rows"][0])
+    side, results = results[: len(also)], results[len(also) :]
     stats = results[-1].row(0, named=True) if dense_stats else {}
 
     (work / "vocab").mkdir(parents=True, exist_ok=True)
     vocabs: dict[str, pl.DataFrame] = {}
-    for name, counts in zip(vocab_names, results[1 : 1 + len(vocab_names)], strict=True):
+    for name, counts in zip(vocab_names, results[: len(vocab_names)], strict=True):
         vocab = _vocab_table(counts, min_counts[name])
         vocab.write_parquet(work / "vocab" / f"{name}.parquet")
         vocabs[name] = vocab
@@ -174,7 +175,9 @@ def fit_plan(spec: DatasetSpec, train: pl.LazyFrame, base: pl.LazyFrame, work: P
             qs = [stats[f"{name}.q{i}"] for i in range(1, quantiles[name].buckets)]
             bounds = tuple(sorted({float(q) for q in qs if q is not None}))
             categorical.append(
-                CategoricalField(name, "quantile", len(bounds) + FIRST_VALUE_ID + 1, boundaries=bounds, transform=transform)
+                CategoricalField(
+                    name, "quantile", len(bounds) + FIRST_VALUE_ID + 1, boundaries=bounds, transform=transform
+                )
             )
         else:
             size = vocabs[name].height
@@ -190,4 +193,4 @@ def fit_plan(spec: DatasetSpec, train: pl.LazyFrame, base: pl.LazyFrame, work: P
                     transform=transform,
                 )
             )
-    return EncodePlan(spec, dense_fields, tuple(categorical), vocabs), rows_read
+    return EncodePlan(spec, dense_fields, tuple(categorical), vocabs), side

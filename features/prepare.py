@@ -44,6 +44,7 @@ from features.transforms import (
     assign_time_split,
     derive_time_parts,
     parsed,
+    reject_reason,
     validate,
 )
 
@@ -130,13 +131,16 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
         fit_bar = _Progress("fit", options.progress)
         base = _base(spec, inputs, fit_bar)
         valid, split_info = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
-        plan, rows_read = fit_plan(spec, valid.filter(pl.col("__split") == "train"), base, work)
+        train = valid.filter(pl.col("__split") == "train")
+        plan, (count, rejects) = fit_plan(spec, train, work, also=[base.select(pl.len()), _rejects(spec, base)])
+        rows_read = int(count.item())
+        rejects.write_parquet(work / "rejects.parquet")
         fit_bar.close()
 
         enc_bar = _Progress("encode", options.progress)
         base = _base(spec, inputs, enc_bar)
         valid, _ = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
-        splits = _encode(plan, valid, base, work, SPLITS, options.shard_rows)
+        splits = _encode(plan, valid, work, SPLITS, options.shard_rows)
         enc_bar.close()
 
         fm = FeatureMap(
@@ -163,7 +167,13 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
 
 
 def apply_feature_map(
-    feature_map: Path, inputs: list[Path], out: Path, split: str = "apply", *, progress: bool = True, overwrite: bool = False
+    feature_map: Path,
+    inputs: list[Path],
+    out: Path,
+    split: str = "apply",
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Encode new rows (validation, test, serving) with a fitted map; unseen values get the OOV id."""
     fm = FeatureMap.load(feature_map)
@@ -178,8 +188,10 @@ def apply_feature_map(
         base = _base(spec, inputs, bar)
         valid = base.filter(pl.col("__reject").is_null()).pipe(derive_time_parts, spec)
         valid = valid.with_columns(pl.lit(split).alias("__split"))
-        rows_read = int(base.select(pl.len()).collect(engine="streaming").item())
-        splits = _encode(plan, valid, base, work, (split,), 1_000_000)
+        count, rejects = pl.collect_all([base.select(pl.len()), _rejects(spec, base)], engine="streaming")
+        rows_read = int(count.item())
+        rejects.write_parquet(work / "rejects.parquet")
+        splits = _encode(plan, valid, work, (split,), 1_000_000)
         bar.close()
         applied = FeatureMap(**{**fm.__dict__, "splits": splits})
         report = _report(spec, inputs, work, applied, rows_read, started)
@@ -201,24 +213,30 @@ def _check_out(out: Path, overwrite: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _encode(
-    plan: EncodePlan, valid: pl.LazyFrame, base: pl.LazyFrame, work: Path, splits: tuple[str, ...], shard_rows: int
-) -> dict[str, tuple[str, ...]]:
-    encoded = valid.select(pl.col("__split"), *plan.exprs())
-    sinks = [
-        encoded.filter(pl.col("__split") == s)
-        .drop("__split")
-        .sink_parquet(pl.PartitionBy(work / s, max_rows_per_file=shard_rows), lazy=True, mkdir=True)
-        for s in splits
-    ]
-    rejects = base.filter(pl.col("__reject").is_not_null()).select(
+def _rejects(spec: DatasetSpec, base: pl.LazyFrame) -> pl.LazyFrame:
+    """Quarantined rows with file, line, readable reason and the raw text."""
+    return base.filter(pl.col("__reject").is_not_null()).select(
         pl.col("__file").alias("file"),
         pl.col("__line").alias("line"),
-        pl.col("__reject").alias("reason"),
+        reject_reason(spec).alias("reason"),
         pl.col("__raw").alias("raw"),
     )
-    sinks.append(rejects.sink_parquet(work / "rejects.parquet", lazy=True))
-    pl.collect_all(sinks, engine="streaming")
+
+
+def _encode(
+    plan: EncodePlan, valid: pl.LazyFrame, work: Path, splits: tuple[str, ...], shard_rows: int
+) -> dict[str, tuple[str, ...]]:
+    """One streaming sink partitioned by split (separate sinks would each re-read the input)."""
+    encoded = valid.select(pl.col("__split"), *plan.exprs())
+    target = pl.PartitionBy(work / "parts", key="__split", include_key=False, max_rows_per_file=shard_rows)
+    encoded.sink_parquet(target, mkdir=True)
+    for s in splits:
+        part = work / "parts" / f"__split={s}"
+        if part.exists():
+            part.rename(work / s)
+        else:
+            (work / s).mkdir()
+    shutil.rmtree(work / "parts", ignore_errors=True)
     return {s: tuple(str(p.relative_to(work)) for p in sorted((work / s).glob("*.parquet"))) for s in splits}
 
 

@@ -140,16 +140,13 @@ class FeatureMap:
         try:
             raw = json.loads(path.read_text())
             if raw.get("version") != FORMAT_VERSION:
-                raise FeatureMapError(
-                    f"{path}: feature map version {raw.get('version')!r}, expected {FORMAT_VERSION}"
-                )
+                raise FeatureMapError(f"{path}: feature map version {raw.get('version')!r}, expected {FORMAT_VERSION}")
             fm = cls(
                 dataset=raw["dataset"],
                 label=raw["label"],
                 dense=tuple(DenseField(**d) for d in raw["dense"]),
                 categorical=tuple(
-                    CategoricalField(**{**c, "boundaries": tuple(c.get("boundaries", ()))})
-                    for c in raw["categorical"]
+                    CategoricalField(**{**c, "boundaries": tuple(c.get("boundaries", ()))}) for c in raw["categorical"]
                 ),
                 splits={k: tuple(v) for k, v in raw["splits"].items()},
                 source_spec=raw["source_spec"],
@@ -170,4 +167,5 @@ class FeatureMap:
 def _to_jsonable(fm: FeatureMap) -> dict[str, Any]:
     d = asdict(fm)
     d["splits"] = {k: list(v) for k, v in fm.splits.items()}
-    return json.loads(json.dumps(d))
+    out: dict[str, Any] = json.loads(json.dumps(d))
+    return out

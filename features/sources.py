@@ -5,7 +5,8 @@ Every source yields the same shape, so validation and encoding never care where 
     __file   String   input file name
     __line   UInt64   1-based line number in that file (row number for parquet)
     __raw    String   the raw line (null for parquet)
-    __reject String   null, or why the row cannot be parsed (checked again by validation)
+    __reject String   null, or a code for why the row cannot be parsed ("columns", "empty line")
+    __sep    String   the file's delimiter, __ncols Int64 its expected column count (for messages)
     <col>    String   one column per ``spec.required_columns``
 
 Delimited files are read line by line (``scan_lines``) and split with the delimiter, so a row with the
@@ -104,23 +105,26 @@ def _split_lines(
     if header:
         lf = lf.filter(pl.col("__line") > 1)
     lf = lf.with_columns(raw.str.strip_suffix("\r"))
-    n_fields = raw.str.count_matches(sep, literal=True) + 1
+    # One split into n + 1 parts finds both too few (part n-1 null) and too many (part n set) columns.
+    parts = raw.str.splitn(sep, n + 1).struct.rename_fields([f"__c{i}" for i in range(n + 1)])
+    fields = lf.select("__line", raw, parts.alias("__parts")).unnest("__parts")
     reject = (
         pl.when(raw == "")
         .then(pl.lit("empty line"))
-        .when(n_fields != n)
-        .then(pl.format("expected {} columns, got {}", pl.lit(n), n_fields))
+        .when(pl.col(f"__c{n - 1}").is_null() | pl.col(f"__c{n}").is_not_null())
+        .then(pl.lit("columns"))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
-    parts = raw.str.splitn(sep, n).struct.rename_fields([f"__c{i}" for i in range(n)])
     index = {c: i for i, c in enumerate(columns)}
-    return lf.select(
+    return fields.select(
         pl.lit(path.name).alias("__file"),
         pl.lit(file_idx, dtype=pl.UInt64).alias("__file_idx"),
         pl.col("__line").cast(pl.UInt64),
         raw,
         reject.alias("__reject"),
-        *(parts.struct.field(f"__c{index[c]}").alias(c) for c in wanted),
+        pl.lit(sep).alias("__sep"),
+        pl.lit(n, dtype=pl.Int64).alias("__ncols"),
+        *(pl.col(f"__c{index[c]}").alias(c) for c in wanted),
     )
 
 
@@ -141,6 +145,8 @@ def _scan_parquet(spec: DatasetSpec, path: Path) -> pl.LazyFrame:
             pl.col("__line").cast(pl.UInt64),
             pl.lit(None, dtype=pl.String).alias("__raw"),
             pl.lit(None, dtype=pl.String).alias("__reject"),
+            pl.lit(None, dtype=pl.String).alias("__sep"),
+            pl.lit(None, dtype=pl.Int64).alias("__ncols"),
             *(pl.col(c).cast(pl.String) for c in spec.required_columns),
         )
     )
@@ -191,5 +197,5 @@ def _scan_movielens(spec: DatasetSpec, inputs: list[Path]) -> pl.LazyFrame:
     return (
         ratings.join(users.lazy(), on="user_id", how="left", maintain_order="left")
         .join(items.lazy(), on="item_id", how="left", maintain_order="left")
-        .select("__file", "__file_idx", "__line", "__raw", "__reject", *spec.required_columns)
+        .select("__file", "__file_idx", "__line", "__raw", "__reject", "__sep", "__ncols", *spec.required_columns)
     )

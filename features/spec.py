@@ -177,9 +177,7 @@ _AVAZU_COLUMNS = (
     "id click hour C1 banner_pos site_id site_domain site_category app_id app_domain app_category "
     "device_id device_ip device_model device_type device_conn_type C14 C15 C16 C17 C18 C19 C20 C21"
 ).split()
-_MOVIELENS_COLUMNS = (
-    "user_id item_id rating timestamp age gender occupation zip_code release_year genres".split()
-)
+_MOVIELENS_COLUMNS = "user_id item_id rating timestamp age gender occupation zip_code release_year genres".split()
 
 
 def _criteo() -> DatasetSpec:

@@ -54,6 +54,7 @@ __all__ = ["EFFECT_HEAD", "FORMAT", "INTERACTION_TABLE", "Truth", "write_synthet
 
 FORMAT = "criteo-tsv"
 EFFECT_HEAD = 1000
+EFFECT_DECAY = 20.0
 INTERACTION_TABLE = 4096
 TARGET_CTR = 0.25
 _PILOT_ROWS = 1 << 16
@@ -304,7 +305,7 @@ def _draw_params(seed: int) -> _Params:
         if cat.effect <= 0:
             continue
         head = min(cat.cardinality, EFFECT_HEAD)
-        z = rng.standard_normal(head)
+        z = rng.standard_normal(head) * (1.0 + np.arange(head) / EFFECT_DECAY) ** -0.5
         mass = _rank_mass(cat, head)
         mass = mass / mass.sum()
         mean = float(mass @ z)

@@ -26,6 +26,7 @@ __all__ = [
     "dense_transform",
     "derive_time_parts",
     "parse_time",
+    "reject_reason",
     "validate",
 ]
 
@@ -35,10 +36,6 @@ _NULL_STR = pl.lit(None, dtype=pl.String)
 
 def parsed(name: str) -> str:
     return f"__v_{name}"
-
-
-def _blank(col: pl.Expr) -> pl.Expr:
-    return col.is_null() | (col.str.strip_chars() == "")
 
 
 def parse_time(col: pl.Expr, fmt: str | None) -> pl.Expr:
@@ -52,39 +49,68 @@ def parse_time(col: pl.Expr, fmt: str | None) -> pl.Expr:
 
 
 def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
-    """Parse the label, dense values and time, and put the first reason a row is bad into ``__reject``.
+    """Parse the label, dense values and time, and put the first problem's code into ``__reject``.
 
-    A row is rejected for a wrong column count (found by the source), an unparseable or non-0/1 label,
-    an unparseable dense value, or an unparseable time. Empty dense values are missing, not errors.
+    Codes are cheap literals (``label:<col>``, ``number:<col>``, ``time:<col>``, or the source's
+    ``columns`` / ``empty``); ``reject_reason`` turns them into messages with the offending value, on the
+    rejected rows only. Empty dense values are missing, not errors.
     """
     label_raw = pl.col(spec.label.column)
-    label_num = label_raw.str.strip_chars().cast(pl.Float64, strict=False)
+    label_num = label_raw.cast(pl.Float64, strict=False)
     if spec.label.threshold is None:
         label_ok = label_num.is_in([0.0, 1.0])
         label_value = label_num
-        label_reason = pl.format("label {} is not 0 or 1: '{}'", pl.lit(spec.label.column), label_raw)
     else:
-        label_ok = label_num.is_not_null() & label_num.is_finite()
+        label_ok = label_num.is_finite()
         label_value = (label_num >= spec.label.threshold).cast(pl.Float64)
-        label_reason = pl.format("unparseable label {}: '{}'", pl.lit(spec.label.column), label_raw)
-    reasons = [pl.when(label_ok.not_()).then(label_reason)]
+    checks = [(label_ok.not_().fill_null(True), f"label:{spec.label.column}")]
     parsed_cols = [label_value.cast(pl.Float32).alias("__label")]
     for d in spec.dense:
         raw = pl.col(d.name)
-        value = raw.str.strip_chars().cast(pl.Float64, strict=False)
-        bad = _blank(raw).not_() & (value.is_null() | value.is_finite().not_())
-        reasons.append(pl.when(bad).then(pl.format("unparseable number in {}: '{}'", pl.lit(d.name), raw)))
+        value = raw.cast(pl.Float64, strict=False)
+        checks.append(((raw != "") & value.is_finite().not_().fill_null(True), f"number:{d.name}"))
         parsed_cols.append(value.alias(parsed(d.name)))
+    for column, fmt in _time_columns(spec).items():
+        value = parse_time(pl.col(column), fmt)
+        checks.append((value.is_null(), f"time:{column}"))
+        parsed_cols.append(value.alias(parsed(column)))
+    reason: pl.Expr = _NULL_STR
+    for bad, code in reversed(checks):
+        reason = pl.when(bad).then(pl.lit(code)).otherwise(reason)
+    reject = pl.coalesce([pl.col("__reject"), reason])
+    return lf.with_columns(*parsed_cols).with_columns(reject.alias("__reject"))
+
+
+def _time_columns(spec: DatasetSpec) -> dict[str, str | None]:
     times = {p.column: p.format for p in spec.derive}
     if spec.time is not None:
         times[spec.time.column] = spec.time.format
-    for column, fmt in times.items():
-        raw = pl.col(column)
-        value = parse_time(raw, fmt)
-        reasons.append(pl.when(value.is_null()).then(pl.format("unparseable time in {}: '{}'", pl.lit(column), raw)))
-        parsed_cols.append(value.alias(parsed(column)))
-    reject = pl.coalesce([pl.col("__reject"), *(r.otherwise(_NULL_STR) for r in reasons)])
-    return lf.with_columns(*parsed_cols).with_columns(reject.alias("__reject"))
+    return times
+
+
+def reject_reason(spec: DatasetSpec) -> pl.Expr:
+    """The readable reason for a rejected row's code, with the offending value (rejected rows only)."""
+    code = pl.col("__reject")
+    reason = pl.format("{}", code)
+    names = [spec.label.column, *(d.name for d in spec.dense), *_time_columns(spec)]
+    for name in names:
+        value = pl.col(name)
+        reason = (
+            pl.when(code == f"label:{name}")
+            .then(pl.format("label {} is not {}: '{}'", pl.lit(name), pl.lit(_label_rule(spec)), value))
+            .when(code == f"number:{name}")
+            .then(pl.format("unparseable number in {}: '{}'", pl.lit(name), value))
+            .when(code == f"time:{name}")
+            .then(pl.format("unparseable time in {}: '{}'", pl.lit(name), value))
+            .otherwise(reason)
+        )
+    n_fields = pl.col("__raw").str.split(pl.col("__sep")).list.len()
+    columns = pl.format("expected {} columns, got {}", pl.col("__ncols"), n_fields)
+    return pl.when(code == "columns").then(columns).otherwise(reason)
+
+
+def _label_rule(spec: DatasetSpec) -> str:
+    return "0 or 1" if spec.label.threshold is None else "a number"
 
 
 def derive_time_parts(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
