@@ -90,10 +90,10 @@ class _Progress:
 
 
 def _base(spec: DatasetSpec, inputs: list[Path], progress: _Progress | None) -> pl.LazyFrame:
-    lf = scan_inputs(spec, inputs).pipe(validate, spec)
-    if progress is not None:
-        lf = lf.with_columns(progress.hook(pl.col("__reject")))
-    return lf
+    lf = scan_inputs(spec, inputs)
+    if progress is not None:  # the label column is read by every query, so the hook always runs
+        lf = lf.with_columns(progress.hook(pl.col(spec.label.column)))
+    return lf.pipe(validate, spec)
 
 
 def _time_cuts(valid: pl.LazyFrame, column: str, ratios: tuple[float, float, float]) -> tuple[int, int]:

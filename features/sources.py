@@ -63,6 +63,15 @@ def _scan_delimited(spec: DatasetSpec, path: Path, columns: tuple[str, ...], fil
     return _split_lines(path, sep, header, columns, spec.required_columns, file_idx)
 
 
+def _sniff_delimiter(head: list[str], columns: tuple[str, ...]) -> str:
+    """The candidate that gives most sniffed lines the expected column count (tab, then comma, on ties)."""
+    candidates = ["\t", ",", ";", "|"]
+    if not columns:
+        return next((c for c in candidates if c in head[0]), ",")
+    fits = [sum(len(line.split(c)) == len(columns) for line in head) for c in candidates]
+    return candidates[fits.index(max(fits))]
+
+
 def _resolve_layout(
     spec: DatasetSpec, path: Path, columns: tuple[str, ...], delimiter: str | None = None
 ) -> tuple[str, bool, tuple[str, ...]]:
@@ -73,7 +82,7 @@ def _resolve_layout(
     first = head[0]
     sep = delimiter or spec.delimiter
     if sep == "auto":
-        sep = "\t" if "\t" in first else ","
+        sep = _sniff_delimiter(head, columns)
     first_fields = first.split(sep)
     header = spec.header if delimiter is None else False
     if header is None:

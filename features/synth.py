@@ -54,8 +54,9 @@ __all__ = ["EFFECT_HEAD", "FORMAT", "INTERACTION_TABLE", "Truth", "write_synthet
 
 FORMAT = "criteo-tsv"
 EFFECT_HEAD = 1000
-EFFECT_DECAY = 20.0
+EFFECT_DECAY = 5.0
 INTERACTION_TABLE = 4096
+INTERACTION_HEAD = 10
 TARGET_CTR = 0.25
 _PILOT_ROWS = 1 << 16
 _I2_NEGATIVE_RATE = 0.05
@@ -362,7 +363,8 @@ def _draw_latent(seed: int, group: int, start: int, n: int, params: _Params) -> 
     for pair, table in params.pair_tables.items():
         a, b = ranks[pair[0]], ranks[pair[1]]
         idx = _fmix32(a.astype(np.uint32) * np.uint32(0x9E3779B1) ^ b.astype(np.uint32)) % table.size
-        parts[_pair_key(pair)] = np.where((a >= 0) & (b >= 0), table[idx], 0.0)
+        both = (a >= 0) & (b >= 0) & (a < INTERACTION_HEAD) & (b < INTERACTION_HEAD)
+        parts[_pair_key(pair)] = np.where(both, table[idx], 0.0)
     return _Latent(ranks=ranks, dense=dense, dense_valid=dense_valid, parts=parts)
 
 

@@ -1,0 +1,214 @@
+"""Embedding arches: categorical ids -> field vectors, dense values -> field vectors, first-order terms.
+
+* :class:`SparseArch` holds ONE :class:`torchrec.EmbeddingBagCollection` (``ebc``) with a table ``t_<field>``
+  per categorical field and returns ``[B, F, D_max]``: fields in feature-map order, each pooled vector
+  zero-padded to the largest dim. Zero padding is the same as masking a prefix of ``D_max`` columns, so
+  mixed-dimension tables work with every interaction (inner products and sums ignore the zeros).
+* :class:`DenseEmbedding` turns each dense field ``j`` into a field vector ``x_j * v_j`` (FuxiCTR's
+  numeric embedding), so dense inputs join the interactions as extra fields.
+* :class:`LinearArch` is the first-order term ``bias + sum_f w_f(id) + w_dense . x`` of LR/FM/DeepFM; its
+  per-id weights live in a second EBC (``ebc_linear``, tables ``lin_<field>``).
+
+Both EBCs are direct submodules, so ``DistributedModelParallel`` with ``EmbeddingBagCollectionSharder``
+shards them, and a fused optimiser can be applied to exactly their parameters.
+
+:func:`embedding_params` counts the embedding parameters of a model from its config, without building it.
+
+Example:
+    >>> from features.schema import CategoricalField, FeatureMap
+    >>> from ctr.config import ModelConfig
+    >>> fm = FeatureMap(
+    ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
+    ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 100)),
+    ... )
+    >>> embedding_params(fm, ModelConfig(name="fm", embedding_dim=8, field_dims={"b": 4}))
+    920
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+from ctr.config import ModelConfig
+from features.schema import FeatureMap
+
+__all__ = [
+    "FIRST_ORDER_MODELS",
+    "LINEAR_DIM",
+    "LINEAR_ONLY_MODELS",
+    "DenseEmbedding",
+    "LinearArch",
+    "SparseArch",
+    "embedding_params",
+    "field_dims",
+]
+
+#: Models with a first-order term (a :class:`LinearArch`, whose tables count towards the embedding params).
+FIRST_ORDER_MODELS: frozenset[str] = frozenset({"lr", "fm", "deepfm"})
+#: Models with nothing but the first-order term (no :class:`SparseArch`).
+LINEAR_ONLY_MODELS: frozenset[str] = frozenset({"lr"})
+#: Dim of the first-order tables. FBGEMM needs a multiple of 4, so an id's weight is the sum of 4 columns.
+LINEAR_DIM = 4
+
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+
+
+def field_dims(fm: FeatureMap, config: ModelConfig) -> tuple[int, ...]:
+    """The embedding dim of every categorical field, in feature-map order.
+
+    Raises ``ValueError`` naming the field when ``config.field_dims`` names a field the map does not have.
+    """
+    if not fm.categorical:
+        raise ValueError(f"feature map {fm.dataset!r} has no categorical fields to embed")
+    unknown = sorted(set(config.field_dims) - set(fm.sparse_names))
+    if unknown:
+        raise ValueError(
+            f"ModelConfig.field_dims: unknown field(s) {unknown}; categorical fields are {list(fm.sparse_names)}"
+        )
+    return tuple(config.dim(name) for name in fm.sparse_names)
+
+
+def embedding_params(fm: FeatureMap, config: ModelConfig) -> int:
+    """Exact number of embedding parameters of ``config``'s model on ``fm``, without building it.
+
+    ``sum(cardinality * dim)`` over the main tables (none for LR), plus ``sum(cardinality * LINEAR_DIM)``
+    over the first-order tables for the models in :data:`FIRST_ORDER_MODELS`. Dense-field vectors and MLPs
+    are dense parameters and are not counted.
+    """
+    dims = field_dims(fm, config)
+    total = 0
+    if config.name not in LINEAR_ONLY_MODELS:
+        total += sum(f.cardinality * d for f, d in zip(fm.categorical, dims, strict=True))
+    if config.name in FIRST_ORDER_MODELS:
+        total += LINEAR_DIM * sum(f.cardinality for f in fm.categorical)
+    return total
+
+
+class SparseArch(nn.Module):
+    """Pooled embeddings of every categorical field: ``KeyedJaggedTensor -> [B, F, D_max]``.
+
+    One ``EmbeddingBagConfig`` per categorical field (table ``t_<field>``, ``cardinality`` rows, the field's
+    dim from ``config``), all in the single EBC ``self.ebc``. Fields come out in feature-map order; a field
+    of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros.
+
+    Example:
+        >>> from features.schema import CategoricalField, FeatureMap
+        >>> from ctr.config import ModelConfig
+        >>> fm = FeatureMap(
+        ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
+        ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 5, True)),
+        ... )
+        >>> arch = SparseArch(fm, ModelConfig(name="fnn", embedding_dim=8, field_dims={"a": 4}))
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+        ...     keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 0]), lengths=torch.tensor([1, 1, 2, 1]),
+        ... )
+        >>> out = arch(kjt)
+        >>> out.shape, bool((out[:, 0, 4:] == 0).all())
+        (torch.Size([2, 2, 8]), True)
+    """
+
+    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.dims = field_dims(fm, config)
+        self.num_fields = len(self.dims)
+        self.embedding_dim = max(self.dims)
+        self._uniform = len(set(self.dims)) == 1
+        tables = [
+            EmbeddingBagConfig(
+                name=f"t_{f.name}",
+                embedding_dim=d,
+                num_embeddings=f.cardinality,
+                feature_names=[f.name],
+                pooling=_POOLING[config.pooling],
+            )
+            for f, d in zip(fm.categorical, self.dims, strict=True)
+        ]
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        # The EBC's KeyedTensor holds the fields side by side, in table (= feature-map) order: [B, sum(dims)].
+        values = self.ebc(features).values()
+        if self._uniform:
+            return values.view(values.shape[0], self.num_fields, self.embedding_dim)
+        pieces = values.split(self.dims, dim=1)
+        return torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in pieces], dim=1)
+
+
+class DenseEmbedding(nn.Module):
+    """Dense fields as embedding fields: ``[B, n_dense] -> [B, n_dense, dim]`` with ``e_j = x_j * v_j``.
+
+    Example:
+        >>> emb = DenseEmbedding(2, 4)
+        >>> with torch.no_grad():
+        ...     _ = emb.weight.copy_(torch.ones(2, 4))
+        >>> emb(torch.tensor([[1.0, 2.0]]))[0, 1].tolist()
+        [2.0, 2.0, 2.0, 2.0]
+    """
+
+    def __init__(self, num_dense: int, dim: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        if num_dense < 1 or dim < 1:
+            raise ValueError(f"DenseEmbedding needs num_dense >= 1 and dim >= 1, got {num_dense} and {dim}")
+        self.weight = nn.Parameter(torch.empty(num_dense, dim, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = self.weight.shape[1] ** -0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return dense.unsqueeze(-1) * self.weight
+
+
+class LinearArch(nn.Module):
+    """First-order term ``bias + sum_f w_f(ids_f) + dense @ w_dense -> [B]`` (LR, FM, DeepFM).
+
+    The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
+    tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
+    columns and **the first-order weight of an id is the sum of its 4 columns**. ``self.dense`` (no bias) and
+    ``self.bias`` are dense parameters: a fused embedding optimiser belongs on ``ebc_linear`` only.
+
+    Example:
+        >>> from features.schema import CategoricalField, DenseField, FeatureMap
+        >>> from ctr.config import ModelConfig
+        >>> fm = FeatureMap(
+        ...     dataset="toy", label="y", splits={}, source_spec={}, seed=0, split_method="random",
+        ...     dense=(DenseField("x", "none", 0.0, 0.0, 1.0),), categorical=(CategoricalField("a", "vocab", 3),),
+        ... )
+        >>> arch = LinearArch(fm, ModelConfig(name="lr"))
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([2, 0]), torch.tensor([1, 1]))
+        >>> arch(kjt, torch.tensor([[0.5], [1.0]])).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
+        super().__init__()
+        if not fm.categorical:
+            raise ValueError(f"feature map {fm.dataset!r} has no categorical fields for the first-order term")
+        tables = [
+            EmbeddingBagConfig(
+                name=f"lin_{f.name}",
+                embedding_dim=LINEAR_DIM,
+                num_embeddings=f.cardinality,
+                feature_names=[f.name],
+                pooling=_POOLING[config.pooling],
+            )
+            for f in fm.categorical
+        ]
+        self.ebc_linear = EmbeddingBagCollection(tables=tables, device=device)
+        self.dense = nn.Linear(len(fm.dense), 1, bias=False, device=device) if fm.dense else None
+        self.bias = nn.Parameter(torch.empty(1, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zero the bias (the only parameter held directly; the EBC and ``dense`` initialise themselves)."""
+        nn.init.zeros_(self.bias)
+
+    def forward(self, features: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
+        logit = self.ebc_linear(features).values().sum(dim=1) + self.bias
+        if self.dense is not None:
+            logit = logit + self.dense(dense).squeeze(-1)
+        return logit

@@ -1,0 +1,126 @@
+"""Custom datasets described by a spec file: CSV/parquet, hashing, quantiles, multi-valued, strict keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from features.hashing import stable_hash
+from features.prepare import PrepareOptions, prepare
+from features.schema import FeatureMap
+from features.spec import load_spec
+from features.strict import ConfigError
+
+SPEC = """
+name: clicks
+delimiter: ","
+header: true
+label: {column: click}
+dense:
+  - {name: price, transform: log1p, fill_null: 0}
+  - {name: age, encode: quantile, buckets: 4}
+  - {name: visits, transform: log_square, encode: categorical}
+categorical:
+  - {name: site}
+  - {name: user, hash_buckets: 10}
+  - {name: tags, separator: "|"}
+time: {column: ts, format: "%Y-%m-%d"}
+drop: [comment]
+"""
+
+ROWS = [
+    "ts,click,price,age,visits,site,user,tags,comment",
+    "2024-01-01,1,9,10,1,s1,u1,a|b,x",
+    "2024-01-02,0,,20,10,s2,u2,,y",
+    "2024-01-03,1,99,30,100,s1,u3,b,z",
+    "2024-01-04,0,0,40,,s1,u1,a|a|c,w",
+]
+
+
+def write(tmp_path: Path) -> tuple[Path, Path]:
+    spec, data = tmp_path / "spec.yaml", tmp_path / "data.csv"
+    spec.write_text(SPEC)
+    data.write_text("\n".join(ROWS) + "\n")
+    return spec, data
+
+
+def test_custom_csv_every_encoder(tmp_path: Path) -> None:
+    spec_path, data = write(tmp_path)
+    spec = load_spec(spec_path)
+    prepare(spec, [data], tmp_path / "out", PrepareOptions(ratios=(1, 0, 0), progress=False))
+    fm = FeatureMap.load(tmp_path / "out")
+    df = pl.read_parquet(tmp_path / "out" / "train" / "*.parquet")
+    assert df["price"].to_list() == pytest.approx([np.log1p(9), 0.0, np.log1p(99), 0.0])
+    # site: s1 x3 -> 2, s2 -> 3
+    assert df["site"].to_list() == [2, 3, 2, 2]
+    # tags: a x3, b x2, c x1 -> a=2, b=3, c=4; an empty value is an empty list
+    assert df["tags"].to_list() == [[2, 3], [], [3], [2, 2, 4]]
+    assert fm.field("tags").multi_valued
+    # user: stable hash into 10 buckets, offset by the 2 reserved ids
+    expected = (stable_hash(pl.Series(["u1", "u2", "u3", "u1"])) % np.uint64(10) + np.uint64(2)).astype(np.int64)
+    assert df["user"].to_list() == expected.tolist()
+    assert fm.field("user").cardinality == 12 and fm.field("user").kind == "hash"
+    # visits: log_square then a vocabulary: 1 -> "1", 10 -> "5", 100 -> "21", missing -> 0
+    visits_vocab = pl.read_parquet(tmp_path / "out" / "vocab" / "visits.parquet")
+    ids = dict(zip(visits_vocab["value"], visits_vocab["id"], strict=True))
+    assert df["visits"].to_list() == [ids["1"], ids["5"], ids["21"], 0]
+    # age: quantile buckets from the train quantiles (nearest) 20, 30 (10 and 40 are the extremes)
+    age = fm.field("age")
+    assert age.kind == "quantile"
+    assert df["age"].to_list() == sorted(df["age"].to_list())
+    assert df["age"].max() < age.cardinality  # type: ignore[operator]
+
+
+def test_custom_parquet_input(tmp_path: Path) -> None:
+    spec_path, data = write(tmp_path)
+    spec_text = SPEC.replace('delimiter: ","\nheader: true\n', "format: parquet\n")
+    (tmp_path / "pq.yaml").write_text(spec_text)
+    parquet = tmp_path / "data.parquet"
+    pl.read_csv(data, infer_schema=False).write_parquet(parquet)
+    report = prepare(load_spec(tmp_path / "pq.yaml"), [parquet], tmp_path / "out", PrepareOptions(progress=False))
+    assert report["rows_read"] == 4 and report["rows_rejected"] == 0
+
+
+def test_time_split_orders_rows(tmp_path: Path) -> None:
+    spec_path, _ = write(tmp_path)
+    data = tmp_path / "many.csv"
+    lines = [ROWS[0]] + [f"2024-01-{d:02d},{d % 2},1,1,1,s,u,a,c" for d in range(1, 31)]
+    data.write_text("\n".join(lines) + "\n")
+    report = prepare(load_spec(spec_path), [data], tmp_path / "out", PrepareOptions(split="time", progress=False))
+    w = report["rows_written"]
+    assert w["train"] + w["valid"] + w["test"] == 30
+    cut1, cut2 = report["split"]["time_cuts_us"]
+    assert cut1 < cut2 and w["train"] >= 20 and w["test"] >= 1
+
+
+def test_unknown_spec_key_names_it_and_suggests(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(SPEC.replace("hash_buckets: 10", "hash_bucket: 10"))
+    with pytest.raises(ConfigError, match=r"unknown key 'hash_bucket' \(did you mean 'hash_buckets'\?\)"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("transform: log1p", "transform: log2", "'log2' is not one of"),
+        ("hash_buckets: 10", "hash_buckets: 0", "hash_buckets must be >= 1"),
+        ("buckets: 4", "buckets: four", "expected an integer"),
+        ("- {name: site}", "- {name: price}", "fields defined twice"),
+    ],
+)
+def test_invalid_spec_values_are_rejected(tmp_path: Path, old: str, new: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(SPEC.replace(old, new))
+    with pytest.raises(ConfigError, match=message):
+        load_spec(path)
+
+
+def test_header_missing_required_column_is_an_input_error(tmp_path: Path) -> None:
+    spec_path, data = write(tmp_path)
+    data.write_text(data.read_text().replace("site,", "place,"))
+    with pytest.raises(ValueError, match=r"header lacks columns \['site'\]"):
+        prepare(load_spec(spec_path), [data], tmp_path / "out", PrepareOptions(progress=False))
