@@ -75,7 +75,7 @@ def test_custom_csv_every_encoder(tmp_path: Path) -> None:
 
 
 def test_custom_parquet_input(tmp_path: Path) -> None:
-    spec_path, data = write(tmp_path)
+    _, data = write(tmp_path)
     spec_text = SPEC.replace('delimiter: ","\nheader: true\n', "format: parquet\n")
     (tmp_path / "pq.yaml").write_text(spec_text)
     parquet = tmp_path / "data.parquet"
