@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,7 @@ CATEGORICAL = [f"C{i}" for i in range(1, 27)]
 COLUMNS = ["label", *DENSE, *CATEGORICAL]
 MISSING_ID, OOV_ID, FIRST_VALUE_ID = 0, 1, 2
 DENSE_TOLERANCE = 1e-6
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,10 +150,10 @@ def compare(ours: dict[str, pl.DataFrame], theirs: dict[str, pd.DataFrame]) -> l
     return problems
 
 
-def timed(fn: Callable[[Path], object], root: Path, name: str, repeat: int) -> tuple[list[float], object]:
+def timed(fn: Callable[[Path], T], root: Path, name: str, repeat: int) -> tuple[list[float], T]:
     """Run ``fn(out_dir)`` ``repeat`` times (fresh output directory each time); times and the last result."""
     times: list[float] = []
-    result: object = None
+    result: T | None = None
     for i in range(repeat):
         out = root / f"{name}-{i}"
         result = None
@@ -162,6 +164,7 @@ def timed(fn: Callable[[Path], object], root: Path, name: str, repeat: int) -> t
         print(f"  {name} run {i + 1}/{repeat}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
         if i + 1 < repeat:
             shutil.rmtree(out)
+    assert result is not None, "--repeat must be >= 1"
     return times, result
 
 
@@ -202,8 +205,8 @@ def main() -> None:
 
         pol_times, pol_out = timed(lambda out: polars_prepare(data, out), root, "polars", args.repeat)
         pd_times, pd_out = timed(lambda out: pandas_prepare(data, out), root, "pandas", args.repeat)
-        problems = compare(pol_out, pd_out)  # type: ignore[arg-type]
-        split_rows = {s: len(pd_out[s]) for s in SPLITS}  # type: ignore[index]
+        problems = compare(pol_out, pd_out)
+        split_rows = {s: len(pd_out[s]) for s in SPLITS}
 
     end_load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print("## Prepare benchmark: polars `prepare` vs a pandas baseline (benchmarks/prepare_vs_pandas.py)\n")

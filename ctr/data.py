@@ -78,6 +78,7 @@ __all__ = [
     "CTRDataModule",
     "ColumnarSplit",
     "DataConfig",
+    "ResumableLoader",
     "EpochBatchSampler",
     "load_split",
     "make_loader",
@@ -280,8 +281,11 @@ def _plan_runs(fm: FeatureMap) -> tuple[_Run, ...]:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_split(data_dir: str | Path, fm: FeatureMap, split: str) -> ColumnarSplit:
+def load_split(data_dir: str | Path, fm: FeatureMap, split: str, *, standardize: bool = True) -> ColumnarSplit:
     """Read every shard of ``split`` into one :class:`ColumnarSplit`, validating each shard.
+
+    With ``standardize`` the dense columns are standardised with the feature map's training mean and std
+    (the transforms already made them log-scaled; this puts them on the scale the dense layers expect).
 
     A split with no shards, or with empty shards, gives a split of 0 rows. Columns not in the feature map
     are ignored. A missing column, a wrong dtype, a null, or an id outside ``[0, cardinality)`` raises
@@ -331,6 +335,11 @@ def load_split(data_dir: str | Path, fm: FeatureMap, split: str) -> ColumnarSpli
         name: CSRColumn(np.concatenate(offsets), np.concatenate(values) if values else np.empty(0, np.int32))
         for name, (offsets, values) in multi_parts.items()
     }
+    if standardize and fm.dense:
+        mean = np.array([f.mean for f in fm.dense], dtype=np.float32)
+        std = np.array([f.std if f.std > 0 else 1.0 for f in fm.dense], dtype=np.float32)
+        dense -= mean
+        dense /= std
     return ColumnarSplit(fm, dense=dense, labels=labels, sparse=sparse, multi=multi)
 
 
@@ -438,6 +447,11 @@ class EpochBatchSampler(Sampler[IndexBatch]):
         self.drop_last = drop_last
         self.epoch = 0
         self.rows_per_rank = num_rows // world_size
+        self._resume: tuple[int, int] | None = None
+
+    def resume_from(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches of ``epoch`` (mid-epoch resume after an interruption)."""
+        self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -455,7 +469,11 @@ class EpochBatchSampler(Sampler[IndexBatch]):
         else:
             order = np.arange(self.num_rows, dtype=np.int64)
         mine = order[self.rank * self.rows_per_rank : (self.rank + 1) * self.rows_per_rank]
-        for i in range(len(self)):
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+        self._resume = None
+        for i in range(skip, len(self)):
             yield mine[i * self.batch_size : (i + 1) * self.batch_size]
 
 
@@ -477,6 +495,27 @@ class _SplitDataset(Dataset[Batch]):
 
 def _identity(batch: Batch) -> Batch:
     return batch
+
+
+class ResumableLoader(DataLoader[Batch]):
+    """A DataLoader whose position Lightning saves in checkpoints (``state_dict``/``load_state_dict``).
+
+    ``batches_done`` is kept up to date by the training loop (see ``ctr.train.LoaderProgress``); on resume
+    the sampler skips the batches of the interrupted epoch that were already trained on.
+    """
+
+    batches_done: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochBatchSampler)
+        return {"epoch": sampler.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochBatchSampler)
+        sampler.resume_from(int(state["epoch"]), int(state["batches_done"]))
+        self.batches_done = int(state["batches_done"])
 
 
 def make_loader(
@@ -504,7 +543,7 @@ def make_loader(
         world_size=world_size,
         drop_last=drop_last,
     )
-    return DataLoader(
+    return ResumableLoader(
         _SplitDataset(split),
         batch_size=None,
         sampler=sampler,

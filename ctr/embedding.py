@@ -116,6 +116,7 @@ class SparseArch(nn.Module):
         self.num_fields = len(self.dims)
         self.embedding_dim = max(self.dims)
         self._uniform = len(set(self.dims)) == 1
+        self._split_sizes = list(self.dims)
         tables = [
             EmbeddingBagConfig(
                 name=f"t_{f.name}",
@@ -130,10 +131,10 @@ class SparseArch(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         # The EBC's KeyedTensor holds the fields side by side, in table (= feature-map) order: [B, sum(dims)].
-        values = self.ebc(features).values()
+        values: torch.Tensor = self.ebc(features).values()
         if self._uniform:
             return values.view(values.shape[0], self.num_fields, self.embedding_dim)
-        pieces = values.split(self.dims, dim=1)
+        pieces = torch.split(values, self._split_sizes, dim=1)
         return torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in pieces], dim=1)
 
 
@@ -208,7 +209,7 @@ class LinearArch(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, features: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        logit = self.ebc_linear(features).values().sum(dim=1) + self.bias
+        logit: torch.Tensor = self.ebc_linear(features).values().sum(dim=1) + self.bias
         if self.dense is not None:
             logit = logit + self.dense(dense).squeeze(-1)
         return logit

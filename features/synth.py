@@ -53,8 +53,8 @@ from tqdm import tqdm
 __all__ = ["EFFECT_HEAD", "FORMAT", "INTERACTION_TABLE", "Truth", "write_synthetic"]
 
 FORMAT = "criteo-tsv"
-EFFECT_HEAD = 1000
-EFFECT_DECAY = 5.0
+EFFECT_HEAD = 200
+EFFECT_DECAY = 2.0
 INTERACTION_TABLE = 4096
 INTERACTION_HEAD = 10
 TARGET_CTR = 0.25

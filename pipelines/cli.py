@@ -47,11 +47,23 @@ def _apply(args: argparse.Namespace) -> None:
     print(json.dumps({k: report[k] for k in ("rows_read", "rows_rejected", "rows_written", "seconds")}))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from ctr.run_config import load_run_config
+    from ctr.train import train
+
+    config = load_run_config(args.config, args.set, data=args.data, model=args.model)
+    metrics = train(config, Path(args.out), nproc=args.nproc, resume=args.resume)
+    print(json.dumps(metrics))
+
+
 def _synth(args: argparse.Namespace) -> None:
     from features.synth import write_synthetic
 
     truth = write_synthetic(args.rows, Path(args.out), seed=args.seed, progress=not args.quiet)
     print(json.dumps({"rows": args.rows, "out": args.out, "bayes_auc": truth.bayes_auc, "ctr": truth.ctr}))
+
+
+MODEL_NAMES = ("lr", "fm", "deepfm", "fnn", "ipnn", "dcn", "dcnv2", "dlrm")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -80,6 +92,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_apply)
 
+    p = sub.add_parser("train", help="train a CTR model (TorchRec + FBGEMM under Lightning) on prepared data")
+    p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
+    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--out", required=True, metavar="RUN", help="run directory (metrics.json, checkpoints, logs)")
+    p.add_argument("--config", metavar="FILE", help="YAML run config (sections: data, model, optim, trainer)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes (tables sharded across them)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
+    p.set_defaults(func=_train)
+
     p = sub.add_parser("synth", help="planted-signal Criteo-format data with its ground truth")
     p.add_argument("--rows", required=True, type=int, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE", help="TSV output; truth goes to FILE.truth.json")
@@ -96,9 +118,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
+    errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError, FileNotFoundError)
+    if args.command == "train":
+        from ctr.lit import NonFiniteLossError
+        from ctr.strategy import CheckpointError
+
+        errors += (CheckpointError, NonFiniteLossError)
     try:
         func(args)
-    except (InputError, ConfigError, FeatureMapError, FileNotFoundError) as e:
+    except errors as e:
         print(f"ctr {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 

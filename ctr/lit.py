@@ -1,0 +1,217 @@
+"""The LightningModule: builds and shards the model, owns the loss, the optimiser groups and the metrics.
+
+* ``configure_model`` builds the model on the meta device, attaches the fused embedding optimiser
+  (``apply_optimizer_in_backward``: FBGEMM updates the rows inside backward), plans the sharding with
+  constraints from the config and wraps everything in ``DistributedModelParallel``.
+* ``configure_optimizers`` returns the dense optimiser only (Adam/AdamW), plus the LR schedule.
+* Loss: BCE with logits. A non-finite loss on any rank stops the run before its backward pass touches the
+  weights, so the last checkpoint stays the last good one.
+* Metrics (AUC, logloss, calibration, NE, gAUC) are computed on the predictions of *all* ranks.
+
+Example:
+    >>> module = CTRModule(run_config, feature_map)  # doctest: +SKIP
+    >>> trainer = lightning.Trainer(strategy=TorchRecStrategy(), use_distributed_sampler=False)  # doctest: +SKIP
+    >>> trainer.fit(module, CTRDataModule(run_config.data))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchrec.datasets.utils import Batch
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from ctr.embedding import embedding_params
+from ctr.metrics import all_metrics
+from ctr.models import CTRModel, build_model
+from ctr.run_config import RunConfig
+from ctr.strategy import CheckpointError
+from features.schema import FeatureMap
+from features.strict import to_dict
+
+__all__ = ["CTRModule", "NonFiniteLossError"]
+
+_SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out |= _flatten(v, f"{prefix}{k}.")
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+class CTRModule(pl.LightningModule):
+    def __init__(self, config: RunConfig, feature_map: FeatureMap) -> None:
+        super().__init__()
+        self.config = config
+        self.feature_map = feature_map
+        self.save_hyperparameters({"config": to_dict(config), "feature_map_hash": feature_map.content_hash})
+        self.model: nn.Module | None = None
+        self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.final_metrics: dict[str, float] = {}
+        group = config.trainer.group_field
+        if group is not None and group not in feature_map.sparse_names:
+            raise ValueError(f"trainer.group_field {group!r} is not a categorical field of the feature map")
+
+    # ------------------------------------------------------------------ model and sharding
+    def build_unsharded(self, device: torch.device) -> CTRModel:
+        """The plain model (subclasses such as the OptEmbed supernet wrap or replace it)."""
+        return build_model(self.feature_map, self.config.model, device)
+
+    @property
+    def embedding_params(self) -> int:
+        """Global embedding parameter count, from the table configs (not the local shards)."""
+        return embedding_params(self.feature_map, self.config.model)
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        model = self.build_unsharded(torch.device("meta"))
+        optim = self.config.optim
+        sparse_cls = _SPARSE_OPTIMIZERS[optim.sparse]
+        tables: list[str] = []
+        for ebc in model.embedding_modules():
+            apply_optimizer_in_backward(sparse_cls, ebc.parameters(), {"lr": optim.sparse_lr})
+            tables += [t.name for t in ebc.embedding_bag_configs()]
+        device = self.trainer.strategy.root_device
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        sharding = self.config.trainer.sharding
+        if sharding in ("row_wise", "table_row_wise") and device.type != "cuda":
+            raise ValueError(f"sharding {sharding!r} needs a CUDA device (NCCL); use table_wise or column_wise on CPU")
+        constraints = {t: ParameterConstraints(sharding_types=[sharding]) for t in tables}
+        sharders = [EmbeddingBagCollectionSharder()]
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=world, compute_device=device.type), constraints=constraints
+        )
+        pg = dist.GroupMember.WORLD
+        assert pg is not None, "TorchRecStrategy sets up the process group before configure_model"
+        plan = planner.collective_plan(model, sharders, pg)  # type: ignore[arg-type]
+        self.model = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)  # type: ignore[arg-type]
+
+    def _dmp(self) -> DistributedModelParallel:
+        if not isinstance(self.model, DistributedModelParallel):
+            raise RuntimeError("the model is not built yet: configure_model() runs inside a Trainer")
+        return self.model
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        logits: torch.Tensor = self._dmp()(batch)
+        return logits
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
+                "stopped before updating the weights, the last checkpoint is the last good one "
+                "(try a smaller optim.lr or optim.sparse_lr, or trainer.gradient_clip)"
+            )
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch.labels.numel())
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optim = self.config.optim
+        dense = [p for _, p in in_backward_optimizer_filter(self._dmp().named_parameters())]
+        cls = torch.optim.AdamW if optim.dense == "adamw" else torch.optim.Adam
+        opt = cls(dense, lr=optim.lr, weight_decay=optim.weight_decay)
+        if optim.scheduler == "none":
+            return opt
+        sched: torch.optim.lr_scheduler.LRScheduler
+        if optim.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=optim.gamma)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.config.trainer.max_epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def _collect(self, batch: Batch) -> None:
+        probs = torch.sigmoid(self(batch)).detach().float()
+        group = self.config.trainer.group_field
+        groups = batch.sparse_features[group].values().detach() if group is not None else None
+        self._outputs.append((probs, batch.labels.detach().float(), groups))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def _gather(self, parts: list[torch.Tensor]) -> np.ndarray:
+        local = torch.cat(parts) if parts else torch.zeros(0)
+        if self.trainer.world_size > 1:
+            local = self.all_gather(local).reshape(-1)  # every rank evaluates the same number of rows
+        return local.cpu().numpy()
+
+    def _finish(self, prefix: str) -> None:
+        probs = self._gather([o[0] for o in self._outputs])
+        labels = self._gather([o[1] for o in self._outputs])
+        groups = self._gather([o[2] for o in self._outputs if o[2] is not None]) if self.config.trainer.group_field else None
+        self._outputs.clear()
+        metrics = all_metrics(probs, labels, groups, prefix=prefix)
+        self.final_metrics |= metrics
+        self.log_dict(metrics, prog_bar=prefix == "val_", sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val_")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test_")
+
+    # ------------------------------------------------------------------ checkpoints (see ctr.strategy)
+    def _spec(self) -> dict[str, Any]:
+        return {
+            "model": to_dict(self.config.model),
+            "sparse_optimizer": self.config.optim.sparse,
+            "feature_map_hash": self.feature_map.content_hash,
+            "world_size": self.trainer.world_size,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ctr_spec"] = self._spec()
+
+    def check_checkpoint_spec(self, meta: dict[str, Any], path: str) -> None:
+        saved = meta.get("ctr_spec")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: checkpoint carries no spec (not written by this platform)")
+        want, have = _flatten(saved), _flatten(self._spec())
+        diff = [f"{k}: checkpoint {want.get(k)!r}, this run {have.get(k)!r}" for k in sorted(set(want) | set(have))
+                if want.get(k) != have.get(k)]
+        if diff:
+            raise CheckpointError(f"{path}: checkpoint does not match this run: " + "; ".join(diff))
+
+    def fused_optimizer_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self._dmp().fused_optimizer.state_dict()
+        return state
+
+    def load_fused_optimizer_state(self, state: dict[str, Any]) -> None:
+        self._dmp().fused_optimizer.load_state_dict(state)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """DMP's own ``load_state_dict`` expects keys without the ``model.`` prefix (nn.Module's recursion skips it)."""
+        sub = {k.removeprefix("model."): v for k, v in state_dict.items()}
+        return self._dmp().load_state_dict(sub, strict=strict)

@@ -1,0 +1,116 @@
+"""The whole training run as one frozen config: data, model, optimisers, trainer.
+
+Loaded strictly from YAML plus ``--set key=value`` overrides (dotted keys, YAML values); an unknown key is an
+error that names it and suggests the nearest valid one.
+
+Example:
+    >>> cfg = load_run_config(None, ["trainer.max_epochs=2", "model.embedding_dim=8"], data="prepared", model="fm")
+    >>> cfg.trainer.max_epochs, cfg.model.embedding_dim, cfg.model.name, cfg.data.path
+    (2, 8, 'fm', 'prepared')
+    >>> load_run_config(None, ["trainer.max_epoch=2"], data="prepared", model="fm")
+    Traceback (most recent call last):
+    ...
+    features.strict.ConfigError: RunConfig.trainer: unknown key 'max_epoch' (did you mean 'max_epochs'?)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ctr.config import ModelConfig
+from ctr.data import DataConfig
+from features.strict import ConfigError, from_dict, load_yaml
+
+__all__ = ["OptimConfig", "RunConfig", "TrainerConfig", "load_run_config"]
+
+Sharding = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Dense weights: Adam/AdamW with ``lr``. Embedding tables: a fused FBGEMM optimiser applied in backward.
+
+    ``scheduler``: ``none``, ``step`` (lr x ``gamma`` every epoch) or ``cosine`` (to 0 over ``max_epochs``);
+    it applies to the dense optimiser (fused embedding optimisers keep ``sparse_lr``).
+    """
+
+    dense: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    sparse: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
+    sparse_lr: float = 0.05
+    scheduler: Literal["none", "step", "cosine"] = "none"
+    gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "sparse_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"OptimConfig.{name}: must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Epochs, early stopping on validation AUC, clipping of dense gradients, seeds, sharding, checkpoints."""
+
+    max_epochs: int = 5
+    patience: int = 1
+    gradient_clip: float | None = None
+    seed: int = 0
+    sharding: Sharding = "table_wise"
+    checkpoint_every_n_steps: int | None = None
+    limit_train_batches: int | None = None
+    group_field: str | None = None
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ConfigError(f"TrainerConfig.max_epochs: must be >= 1, got {self.max_epochs}")
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
+            raise ConfigError(f"TrainerConfig.checkpoint_every_n_steps: must be >= 1, got {self.checkpoint_every_n_steps}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_run_config(
+    path: str | Path | None, overrides: Sequence[str] = (), *, data: str | None = None, model: str | None = None
+) -> RunConfig:
+    """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        loaded = load_yaml(path)
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        tree = loaded
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    if data is not None:
+        _set(tree, "data.path", data)
+    if model is not None:
+        _set(tree, "model.name", model)
+    return from_dict(RunConfig, tree)

@@ -1,0 +1,158 @@
+"""One training run: Lightning Trainer + TorchRec strategy, early stopping, checkpoints, logs, metrics.json.
+
+Layout of a run directory::
+
+    RUN/config.yaml          the resolved config (written before training starts)
+    RUN/checkpoints/         DCP checkpoint directories (best by val_auc, and last.ckpt)
+    RUN/logs/                CSV metrics;  RUN/tb/ TensorBoard events
+    RUN/metrics.json         val/test AUC and logloss of the best checkpoint, calibration, NE,
+                             embedding_params, samples_per_sec
+
+``resume=True`` continues from ``RUN/checkpoints/last.ckpt`` exactly where it stopped: the weights, both
+optimisers' state, the loop counters and the data loader's position within the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ctr.data import CTRDataModule, ResumableLoader
+from ctr.lit import CTRModule
+from ctr.run_config import RunConfig
+from ctr.strategy import CheckpointError, TorchRecStrategy
+from features.schema import FeatureMap
+from features.strict import to_dict
+
+__all__ = ["LoaderProgress", "Throughput", "train"]
+
+
+class LoaderProgress(Callback):
+    """Keeps the train loader's ``batches_done`` equal to the batches trained this epoch (for resume)."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        for loader in trainer.fit_loop._combined_loader.flattened if trainer.fit_loop._combined_loader else []:
+            if isinstance(loader, ResumableLoader):
+                loader.batches_done = done
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.on_train_batch_end(trainer)
+
+
+class Throughput(Callback):
+    """Training samples per second over all ranks (forward + backward + update), shown in the progress bar."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.samples += int(batch.labels.numel()) * trainer.world_size
+        if self.seconds > 0:
+            pl_module.log("samples_per_sec", self.samples / self.seconds, prog_bar=True, rank_zero_only=True)
+
+    @property
+    def samples_per_sec(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _trainer(config: RunConfig, out: Path, nproc: int, callbacks: list[Callback], *, fitting: bool) -> pl.Trainer:
+    t = config.trainer
+    return pl.Trainer(
+        accelerator="gpu" if torch.cuda.is_available() else "cpu",
+        devices=nproc,
+        strategy=TorchRecStrategy(),
+        max_epochs=t.max_epochs,
+        gradient_clip_val=t.gradient_clip,
+        limit_train_batches=t.limit_train_batches,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=t.progress_bar,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")] if fitting else False,
+        callbacks=callbacks,
+        default_root_dir=out,
+    )
+
+
+def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False) -> dict[str, Any]:
+    """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``."""
+    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    fm = FeatureMap.load(config.data.path)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not (last / "lightning_meta.pt").is_file():
+        raise CheckpointError(f"{last}: nothing to resume (no complete checkpoint in {ckpt_dir})")
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise CheckpointError(f"{ckpt_dir}: the run directory has checkpoints; pass --resume or use a new --out")
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val_auc",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        every_n_train_steps=config.trainer.checkpoint_every_n_steps,
+    )
+    throughput = Throughput()
+    callbacks: list[Callback] = [
+        LoaderProgress(),
+        throughput,
+        EarlyStopping(monitor="val_auc", mode="max", patience=config.trainer.patience),
+        checkpoint,
+    ]
+    if config.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    module = CTRModule(config, fm)
+    data = CTRDataModule(config.data)
+    trainer = _trainer(config, out, nproc, callbacks, fitting=True)
+    started = time.perf_counter()
+    trainer.fit(module, data, ckpt_path=str(last) if resume else None)
+    fit_seconds = time.perf_counter() - started
+
+    best = checkpoint.best_model_path or str(last)
+    module.final_metrics = {}
+    trainer.validate(module, data, ckpt_path=best, verbose=False)
+    trainer.test(module, data, ckpt_path=best, verbose=False)
+    m = module.final_metrics
+    metrics: dict[str, Any] = {
+        "val_auc": m["val_auc"],
+        "val_logloss": m["val_logloss"],
+        "test_auc": m["test_auc"],
+        "test_logloss": m["test_logloss"],
+        "test_calibration": m["test_calibration"],
+        "test_ne": m["test_ne"],
+        "embedding_params": module.embedding_params,
+        "samples_per_sec": throughput.samples_per_sec,
+        "fit_seconds": fit_seconds,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "best_checkpoint": str(Path(best).relative_to(out)) if Path(best).is_relative_to(out) else best,
+        "world_size": trainer.world_size,
+        "model": config.model.name,
+    }
+    if "test_gauc" in m:
+        metrics["test_gauc"] = m["test_gauc"]
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    if trainer.is_global_zero:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
