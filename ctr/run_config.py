@@ -94,6 +94,17 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _parse_value(raw: str) -> Any:
+    """A YAML value; also ``1e30``, which YAML 1.1 reads as a string."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def load_run_config(
     path: str | Path | None, overrides: Sequence[str] = (), *, data: str | None = None, model: str | None = None
 ) -> RunConfig:
@@ -108,7 +119,7 @@ def load_run_config(
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw))
+        _set(tree, key.strip(), _parse_value(raw))
     if data is not None:
         _set(tree, "data.path", data)
     if model is not None:

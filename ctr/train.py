@@ -104,14 +104,9 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
         raise CheckpointError(f"{ckpt_dir}: the run directory has checkpoints; pass --resume or use a new --out")
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
-        monitor="val_auc",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        every_n_train_steps=config.trainer.checkpoint_every_n_steps,
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1)
+    last_checkpoint = ModelCheckpoint(  # last.ckpt at every epoch end and every N steps (for resume)
+        dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=config.trainer.checkpoint_every_n_steps
     )
     throughput = Throughput()
     callbacks: list[Callback] = [
@@ -119,6 +114,7 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
         throughput,
         EarlyStopping(monitor="val_auc", mode="max", patience=config.trainer.patience),
         checkpoint,
+        last_checkpoint,
     ]
     if config.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))

@@ -1,0 +1,159 @@
+"""The training core end to end: learning on planted data, sharding across processes, resume, bad runs.
+
+Planted data: `ctr synth` rows (Criteo format) prepared with the random 8:1:1 split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ctr.lit import NonFiniteLossError
+from ctr.run_config import load_run_config
+from ctr.strategy import CheckpointError
+from ctr.train import train
+from features.prepare import PrepareOptions, prepare
+from features.spec import builtin_spec
+from features.synth import Truth, write_synthetic
+
+FAST = ["trainer.progress_bar=false", "model.mlp=[64, 64]", "model.embedding_dim=8"]
+
+
+def _prepared(root: Path, rows: int, seed: int) -> tuple[Path, Truth]:
+    raw = root / "synth.tsv"
+    truth = write_synthetic(rows, raw, seed=seed)
+    prepare(builtin_spec("criteo"), [raw], root / "prepared", PrepareOptions(progress=False, min_count=2))
+    return root / "prepared", truth
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Truth]:
+    """120,000 planted rows (96k train / 12k valid / 12k test)."""
+    return _prepared(tmp_path_factory.mktemp("planted"), 120_000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20,000 planted rows for the mechanics tests."""
+    return _prepared(tmp_path_factory.mktemp("small"), 20_000, seed=1)[0]
+
+
+def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, text=True, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.mark.slow
+def test_deepfm_reaches_bayes_auc_and_beats_lr(planted: tuple[Path, Truth], tmp_path: Path) -> None:
+    data, truth = planted
+    common = [*FAST, "data.batch_size=2048", "trainer.max_epochs=4", "trainer.patience=1"]
+    deepfm = train(load_run_config(None, common, data=str(data), model="deepfm"), tmp_path / "deepfm")
+    lr = train(load_run_config(None, common, data=str(data), model="lr"), tmp_path / "lr")
+    assert deepfm["test_auc"] >= truth.bayes_auc - 0.02, (deepfm["test_auc"], truth.bayes_auc)
+    assert deepfm["test_auc"] > lr["test_auc"] + 0.002, (deepfm["test_auc"], lr["test_auc"])
+    saved = json.loads((tmp_path / "deepfm" / "metrics.json").read_text())
+    for key in ("val_auc", "val_logloss", "test_auc", "test_logloss", "embedding_params", "samples_per_sec"):
+        assert saved[key] is not None and saved[key] > 0
+    assert (tmp_path / "deepfm" / "config.yaml").is_file()
+    assert list((tmp_path / "deepfm" / "logs").rglob("metrics.csv"))
+
+
+@pytest.mark.dist
+def test_two_processes_match_one_process(small: Path, tmp_path: Path) -> None:
+    common = ["--data", str(small), "--model", "deepfm", "--set", "trainer.max_epochs=2"]
+    sets = [x for s in FAST for x in ("--set", s)]
+    one = _cli(["train", *common, *sets, "--set", "data.batch_size=1024", "--out", str(tmp_path / "one")])
+    assert one.wait(timeout=600) == 0
+    two = _cli(["train", *common, *sets, "--set", "data.batch_size=512", "--nproc", "2", "--out", str(tmp_path / "two")])
+    assert two.wait(timeout=600) == 0
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m2["world_size"] == 2 and m1["world_size"] == 1
+    # Same global batch and data order; only the tables' random init differs (each rank draws its shards),
+    # so the metrics agree closely but not bit for bit.
+    assert abs(m1["test_auc"] - m2["test_auc"]) < 0.015, (m1["test_auc"], m2["test_auc"])
+    assert abs(m1["test_logloss"] - m2["test_logloss"]) < 0.015
+    assert m1["embedding_params"] == m2["embedding_params"]
+    shards = list((tmp_path / "two" / "checkpoints" / "last.ckpt").glob("*.distcp"))
+    assert len(shards) == 2, "each rank writes its own shard file"
+
+
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_path: Path) -> None:
+    args = ["train", "--data", str(small), "--model", "deepfm"]
+    sets = [*FAST, "data.batch_size=256", "trainer.max_epochs=1", "trainer.checkpoint_every_n_steps=10"]
+    args += [x for s in sets for x in ("--set", s)]
+    full = _cli([*args, "--out", str(tmp_path / "full")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert full.wait(timeout=600) == 0
+    # 16k train rows / 256 = 63 steps in the epoch: kill after the step-20 checkpoint, mid-epoch.
+    victim = _cli([*args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = tmp_path / "killed" / "checkpoints" / "last.ckpt" / "lightning_meta.pt"
+    deadline = time.time() + 300
+    import torch
+
+    while time.time() < deadline:
+        if meta.is_file():
+            step = torch.load(meta, weights_only=True)["global_step"]
+            if step >= 20:
+                break
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert 20 <= step < 63, f"killed at step {step}, expected mid-epoch"
+    resumed = _cli([*args, "--out", str(tmp_path / "killed"), "--resume"])
+    assert resumed.wait(timeout=600) == 0
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert b["global_step"] == a["global_step"]
+    for key in ("val_auc", "val_logloss", "test_auc", "test_logloss"):
+        assert b[key] == pytest.approx(a[key], abs=1e-5), key
+
+
+def test_nan_loss_stops_with_a_clear_error(small: Path, tmp_path: Path) -> None:
+    cfg = load_run_config(
+        None, [*FAST, "optim.sparse=sgd", "optim.sparse_lr=1e30", "trainer.max_epochs=1"], data=str(small), model="fm"
+    )
+    with pytest.raises(NonFiniteLossError, match="training loss became"):
+        train(cfg, tmp_path / "run")
+
+
+def test_checkpoint_of_another_config_is_refused(small: Path, tmp_path: Path) -> None:
+    base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
+    other = load_run_config(None, [*base, "model.embedding_dim=16"], data=str(small), model="fm")
+    with pytest.raises(CheckpointError, match=r"model\.embedding_dim: checkpoint 8, this run 16"):
+        train(other, tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="pass --resume"):
+        train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
+
+
+def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
+    base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    cfg = load_run_config(None, base, data=str(small), model="fm")
+    train(cfg, tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint metadata"):
+        train(cfg, tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("command", ["prepare", "apply", "synth", "train"])
+def test_every_command_has_help(command: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", command, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: ctr " + command in proc.stdout
+
+
+def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "train", "--data", str(small), "--model", "fm", "--out",
+         str(tmp_path / "r"), "--set", "optim.sparse_learning_rate=0.1"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert "unknown key 'sparse_learning_rate' (did you mean 'sparse_lr'?)" in proc.stderr
