@@ -408,14 +408,15 @@ class EpochBatchSampler(Sampler[IndexBatch]):
     """Index batches for one rank, reshuffled every epoch, identical in count and size on every rank.
 
     The global order is ``np.random.default_rng([seed, epoch]).permutation(num_rows)`` (``arange`` when
-    ``shuffle=False``); every rank computes the same order. With ``world_size > 1`` the order is cut into
-    ``world_size`` equal contiguous parts of ``num_rows // world_size`` rows, so up to ``world_size - 1``
-    trailing rows of the order are dropped each epoch (different rows each epoch when shuffled) and every
-    rank yields exactly the same number of batches with the same sizes, as TorchRec's collectives require.
-    Each rank's part is then cut into batches of ``batch_size``; ``drop_last`` drops a trailing partial
-    batch (on every rank alike). No index appears twice in one epoch across all ranks.
+    ``shuffle=False``); every rank computes the same order and cuts it into *global* batches of
+    ``batch_size * world_size`` rows; rank ``r`` takes the ``r``-th ``batch_size`` slice of each. So N ranks at
+    ``batch_size`` see exactly the global batches one process sees at ``N * batch_size`` (the same SGD steps),
+    and every rank yields the same number of equally sized batches, as TorchRec's collectives require.
 
-    ``set_epoch`` takes effect for iterators that have not yet drawn their first batch.
+    A trailing partial global batch is dropped with ``drop_last``; otherwise its rows are split equally over
+    the ranks (up to ``world_size - 1`` rows are left out when they do not divide evenly). No index appears
+    twice in one epoch across all ranks. ``set_epoch`` takes effect for iterators that have not yet drawn
+    their first batch; ``resume_from`` skips batches already trained on (mid-epoch resume).
     """
 
     def __init__(
@@ -446,7 +447,9 @@ class EpochBatchSampler(Sampler[IndexBatch]):
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
-        self.rows_per_rank = num_rows // world_size
+        global_batch = batch_size * world_size
+        self._full = num_rows // global_batch
+        self._tail = 0 if drop_last else (num_rows - self._full * global_batch) // world_size
         self._resume: tuple[int, int] | None = None
 
     def resume_from(self, epoch: int, batches_done: int) -> None:
@@ -459,22 +462,24 @@ class EpochBatchSampler(Sampler[IndexBatch]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.rows_per_rank // self.batch_size
-        return math.ceil(self.rows_per_rank / self.batch_size)
+        return self._full + (1 if self._tail > 0 else 0)
 
     def __iter__(self) -> Iterator[IndexBatch]:
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_rows)
         else:
             order = np.arange(self.num_rows, dtype=np.int64)
-        mine = order[self.rank * self.rows_per_rank : (self.rank + 1) * self.rows_per_rank]
         skip = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             skip = self._resume[1]
         self._resume = None
-        for i in range(skip, len(self)):
-            yield mine[i * self.batch_size : (i + 1) * self.batch_size]
+        bs, g = self.batch_size, self.batch_size * self.world_size
+        for i in range(skip, self._full):
+            start = i * g + self.rank * bs
+            yield order[start : start + bs]
+        if self._tail > 0 and skip <= self._full:
+            start = self._full * g + self.rank * self._tail
+            yield order[start : start + self._tail]
 
 
 # --------------------------------------------------------------------------------------------- loaders

@@ -34,6 +34,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from ctr.embedding import embedding_params
+from ctr.init import reinitialize
 from ctr.metrics import all_metrics
 from ctr.models import CTRModel, build_model
 from ctr.run_config import RunConfig
@@ -110,6 +111,7 @@ class CTRModule(pl.LightningModule):
         assert pg is not None, "TorchRecStrategy sets up the process group before configure_model"
         plan = planner.collective_plan(model, sharders, pg)  # type: ignore[arg-type]
         self.model = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)  # type: ignore[arg-type]
+        reinitialize(self.model, self.config.trainer.seed)  # same start for any world size or plan
 
     def _dmp(self) -> DistributedModelParallel:
         if not isinstance(self.model, DistributedModelParallel):

@@ -329,8 +329,19 @@ def test_sampler_ranks_disjoint_and_equal(num_rows: int, world_size: int, batch_
 
 def test_sampler_rank_split_shares_one_global_permutation() -> None:
     ranks = [EpochBatchSampler(12, 3, shuffle=True, seed=1, rank=r, world_size=2) for r in range(2)]
-    whole = EpochBatchSampler(12, 3, shuffle=True, seed=1)
-    assert _flat(_epoch(ranks[0]) + _epoch(ranks[1])) == _flat(_epoch(whole))
+    whole = EpochBatchSampler(12, 6, shuffle=True, seed=1)
+    # two ranks at batch 3 take the two halves of each global batch one process sees at batch 6
+    per_rank = [_epoch(r) for r in ranks]
+    assert [_flat([a, b]) for a, b in zip(*per_rank, strict=True)] == [_flat([w]) for w in _epoch(whole)]
+
+
+def test_sampler_resume_skips_trained_batches() -> None:
+    sampler = EpochBatchSampler(10, 2, shuffle=True, seed=4)
+    sampler.set_epoch(3)
+    full = _epoch(sampler)
+    sampler.resume_from(3, 2)
+    assert _flat(_epoch(sampler)) == _flat(full[2:])
+    assert _flat(_epoch(sampler)) == _flat(full)  # only the interrupted epoch is shortened
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,54 @@
+"""Initial weights that depend on the seed only, not on the world size or the sharding plan.
+
+DMP initialises each table shard on the rank that owns it, drawing from that rank's RNG, so the same seed
+gives different starting weights with 1 or 2 processes. ``reinitialize`` redraws every table from a
+generator seeded by ``(seed, table name)`` (TorchRec's default U(-sqrt(1/rows), sqrt(1/rows))) and writes each
+rank's slice of it into its local shards, then resets every dense module under one seeded RNG on every rank.
+A run is then reproducible across world sizes, which is what lets the 2-process test match the 1-process run.
+
+Example:
+    >>> reinitialize(dmp, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+__all__ = ["reinitialize", "table_init"]
+
+
+def table_init(name: str, rows: int, dim: int, seed: int) -> torch.Tensor:
+    """The full initial table ``name``: uniform in +-sqrt(1/rows), from a generator seeded by (seed, name)."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+    bound = (1.0 / rows) ** 0.5
+    return (torch.rand(rows, dim, generator=gen) * 2 - 1) * bound
+
+
+def _is_dense(module: nn.Module) -> bool:
+    params = list(module.parameters(recurse=False))
+    return bool(params) and not any(hasattr(p, "_in_backward_optimizers") for p in params)
+
+
+@torch.no_grad()
+def reinitialize(dmp: nn.Module, seed: int) -> None:
+    for key, value in dmp.state_dict().items():
+        if not (key.endswith(".weight") and ".embedding_bags." in key):
+            continue
+        rows, dim = value.size()
+        full = table_init(key.split(".")[-2], rows, dim, seed)
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                r0, c0 = shard.metadata.shard_offsets
+                r, c = shard.metadata.shard_sizes
+                shard.tensor.copy_(full[r0 : r0 + r, c0 : c0 + c])
+        else:
+            value.copy_(full)
+    torch.manual_seed(seed)
+    for _, module in dmp.named_modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset) and _is_dense(module):
+            reset()
