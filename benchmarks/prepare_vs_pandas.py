@@ -242,8 +242,8 @@ def main() -> None:
         "line would make it fail or silently mis-parse)."
     )
     print(
-        "- The polars pipeline streams the file twice (fit, encode) with bounded memory; the pandas baseline "
-        "holds the whole file as strings in memory."
+        "- The polars pipeline reads the file twice (fit, encode) with the streaming engine; the pandas baseline "
+        "reads it once and holds it all in memory as strings. Peak memory is measured by benchmarks/prepare_memory.py."
     )
 
 

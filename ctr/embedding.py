@@ -169,7 +169,8 @@ class LinearArch(nn.Module):
 
     The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
     tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
-    columns and **the first-order weight of an id is the sum of its 4 columns**. ``self.dense`` (no bias) and
+    columns and **the first-order weight of an id is the mean of its 4 columns** (a mean, not a sum, so a
+    step of the fused optimiser moves the logit as much as it would move a 1-column weight). ``self.dense`` (no bias) and
     ``self.bias`` are dense parameters: a fused embedding optimiser belongs on ``ebc_linear`` only.
 
     Example:
@@ -209,7 +210,7 @@ class LinearArch(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, features: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        logit: torch.Tensor = self.ebc_linear(features).values().sum(dim=1) + self.bias
+        logit: torch.Tensor = self.ebc_linear(features).values().sum(dim=1) / LINEAR_DIM + self.bias
         if self.dense is not None:
             logit = logit + self.dense(dense).squeeze(-1)
         return logit

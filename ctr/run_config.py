@@ -55,7 +55,11 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Epochs, early stopping on validation AUC, clipping of dense gradients, seeds, sharding, checkpoints."""
+    """Epochs, early stopping on validation AUC, clipping of dense gradients, seeds, sharding, checkpoints.
+
+    ``threads``: torch threads per process (default: cores / processes). On a loaded machine 1 avoids
+    OpenMP threads spinning against other processes, which can cost 10x.
+    """
 
     max_epochs: int = 5
     patience: int = 1
@@ -67,6 +71,7 @@ class TrainerConfig:
     group_field: str | None = None
     log_every_n_steps: int = 50
     progress_bar: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:

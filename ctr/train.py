@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ def _trainer(config: RunConfig, out: Path, nproc: int, callbacks: list[Callback]
 def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``."""
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    if config.trainer.threads is not None:  # Lightning reads OMP_NUM_THREADS for every rank it starts
+        os.environ["OMP_NUM_THREADS"] = str(config.trainer.threads)
+        torch.set_num_threads(config.trainer.threads)
     fm = FeatureMap.load(config.data.path)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
