@@ -84,16 +84,32 @@ class EncodePlan:
         vocabs = {f.name: pl.read_parquet(root / f.vocab_file) for f in fm.categorical if f.vocab_file is not None}
         return cls(spec, fm.dense, fm.categorical, vocabs)
 
-    def exprs(self) -> list[pl.Expr]:
-        """Output columns: label, dense floats, categorical ids (Int32 or List[Int32])."""
-        exprs = [pl.col("__label").alias("label")]
+    def encode(self, lf: pl.LazyFrame, keep: Sequence[str] = ()) -> pl.LazyFrame:
+        """Output columns (``keep``, label, dense floats, categorical ids) as one streaming query.
+
+        Single-valued vocabulary fields are encoded by a left join against the vocabulary: the join streams
+        with memory bounded by the vocabulary (``replace_strict`` with a Series argument does not stream).
+        """
+        sources = {s.name: s for s in _sources(self.spec)}
+        joined = [f for f in self.categorical_fields if f.kind == "vocab" and not sources[f.name].multi]
+        lf = lf.with_columns([sources[f.name].value.alias(f"__val_{f.name}") for f in joined])
+        for f in joined:
+            vocab = self.vocabs[f.name].lazy().select(
+                pl.col("value").alias(f"__val_{f.name}"), pl.col("id").alias(f"__id_{f.name}")
+            )
+            lf = lf.join(vocab, on=f"__val_{f.name}", how="left", maintain_order="left")
+        exprs = [pl.col(k) for k in keep] + [pl.col("__label").alias("label")]
         for d in self.dense_fields:
             v = pl.col(parsed(d.name)).fill_null(d.fill_null)
             exprs.append(dense_transform(v, d.transform).cast(pl.Float32).alias(d.name))  # type: ignore[arg-type]
-        sources = {s.name: s for s in _sources(self.spec)}
         for f in self.categorical_fields:
-            exprs.append(self._ids(f, sources[f.name]).alias(f.name))
-        return exprs
+            if f in joined:
+                found = pl.col(f"__id_{f.name}").fill_null(OOV_ID)
+                ids = pl.when(pl.col(f"__val_{f.name}").is_null()).then(MISSING_ID).otherwise(found)
+                exprs.append(ids.cast(pl.Int32).alias(f.name))
+            else:
+                exprs.append(self._ids(f, sources[f.name]).alias(f.name))
+        return lf.select(exprs)
 
     def _ids(self, f: CategoricalField, src: _Source) -> pl.Expr:
         if f.kind == "quantile":
@@ -129,10 +145,19 @@ def fit_plan(
     vocab_names = [n for n in sources if n not in hashed and n not in quantiles]
 
     queries: list[pl.LazyFrame] = list(also)
-    for name in vocab_names:
-        v = sources[name].value.alias("value")
-        q = train.select(v.explode() if sources[name].multi else v).drop_nulls()
-        queries.append(q.group_by("value").len())
+    # One group_by over (field, value) pairs for all single-valued fields: 26 separate group_bys on one
+    # shared scan hold rows back and make memory grow with the input.
+    single = [n for n in vocab_names if not sources[n].multi]
+    multi = [n for n in vocab_names if sources[n].multi]
+    if single:
+        pairs = train.select([sources[n].value.alias(n) for n in single]).unpivot(
+            on=single, variable_name="field", value_name="value"
+        )
+        queries.append(pairs.drop_nulls("value").group_by("field", "value").len())
+    for name in multi:
+        queries.append(
+            train.select(sources[name].value.explode().alias("value")).drop_nulls().group_by("value").len()
+        )
     dense_stats = []
     for d in spec.dense:
         if d.encode == "dense":
@@ -149,8 +174,16 @@ def fit_plan(
 
     (work / "vocab").mkdir(parents=True, exist_ok=True)
     vocabs: dict[str, pl.DataFrame] = {}
-    for name, counts in zip(vocab_names, results[: len(vocab_names)], strict=True):
-        vocab = _vocab_table(counts, min_counts[name])
+    counts_of: dict[str, pl.DataFrame] = {}
+    if single:
+        pair_counts = results[0]
+        for name in single:
+            counts_of[name] = pair_counts.filter(pl.col("field") == name).select("value", "len")
+    first = 1 if single else 0
+    for name, counts in zip(multi, results[first : first + len(multi)], strict=True):
+        counts_of[name] = counts
+    for name in vocab_names:
+        vocab = _vocab_table(counts_of[name], min_counts[name])
         vocab.write_parquet(work / "vocab" / f"{name}.parquet")
         vocabs[name] = vocab
 

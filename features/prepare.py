@@ -1,11 +1,15 @@
 """Raw logs to encoded parquet shards + ``feature_map.json`` + ``report.json``, streamed by Polars.
 
-Two streaming passes over the input, each one lazy query (``pl.collect_all`` shares the scan):
+Three streaming passes over the input, each one lazy query:
 
-1. **fit**: scan -> validate -> split -> vocabulary counts, dense statistics and quantiles on the train
-   split, and the total row count. (``--split time`` adds a first pass for the time quantiles.)
-2. **encode**: scan -> validate -> split -> ids and transforms -> one parquet sink per split plus the
-   rejects file.
+1. **fit**: scan -> validate -> split -> vocabulary counts (one ``group_by`` over (field, value) pairs),
+   dense statistics and quantiles on the train split. (``--split time`` adds a pass for the time quantiles.)
+2. **count**: scan -> validate -> the row count and the quarantined rows (kept apart from the fit query:
+   sharing one scan between unequal consumers makes Polars buffer rows, and memory grows with the input).
+3. **encode**: scan -> validate -> split -> ids (joins against the vocabularies) and transforms -> one
+   parquet sink partitioned by split.
+
+Peak memory is bounded by the vocabularies and Polars' streaming buffers, not by the number of rows.
 
 Output goes to a temporary sibling directory that is renamed into place at the end, so an interrupted
 run never leaves a half-written dataset behind. The row accounting is checked from the written files:
@@ -131,11 +135,12 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
         fit_bar = _Progress("fit", options.progress)
         base = _base(spec, inputs, fit_bar)
         valid, split_info = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
-        train = valid.filter(pl.col("__split") == "train")
-        plan, (count, rejects) = fit_plan(spec, train, work, also=[base.select(pl.len()), _rejects(spec, base)])
+        plan, _ = fit_plan(spec, valid.filter(pl.col("__split") == "train"), work)
+        fit_bar.close()
+        # Row count and rejects in a query of their own: sharing the fit query's scan makes it buffer rows.
+        count, rejects = pl.collect_all([base.select(pl.len()), _rejects(spec, base)], engine="streaming")
         rows_read = int(count.item())
         rejects.write_parquet(work / "rejects.parquet")
-        fit_bar.close()
 
         enc_bar = _Progress("encode", options.progress)
         base = _base(spec, inputs, enc_bar)
@@ -227,7 +232,7 @@ def _encode(
     plan: EncodePlan, valid: pl.LazyFrame, work: Path, splits: tuple[str, ...], shard_rows: int
 ) -> dict[str, tuple[str, ...]]:
     """One streaming sink partitioned by split (separate sinks would each re-read the input)."""
-    encoded = valid.select(pl.col("__split"), *plan.exprs())
+    encoded = plan.encode(valid, keep=["__split"])
     target = pl.PartitionBy(work / "parts", key="__split", include_key=False, max_rows_per_file=shard_rows)
     encoded.sink_parquet(target, mkdir=True)
     for s in splits:

@@ -1,0 +1,379 @@
+"""Training throughput: the platform's DeepFM (``ctr.train.train``) against a plain-PyTorch reference.
+
+Data: a synthetic Criteo TSV (``features.synth.write_synthetic``, 1M rows by default) prepared with
+``features.prepare.prepare(builtin_spec("criteo"), ...)`` into a temporary directory, or an existing
+prepared directory given with ``--data``. Model: DeepFM, ``embedding_dim`` 16, MLP [400, 400, 400] with
+BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
+
+* **platform**: ``ctr.train.train`` (Lightning + TorchRec ``DistributedModelParallel``, FBGEMM tables with the
+  fused EXACT_ROWWISE_ADAGRAD update applied inside backward), one epoch; its ``samples_per_sec`` is
+  measured over the training batches only (forward + backward + updates, no data loading). Run once with
+  one process and once with two (``nproc=2``, one thread each, 2048 rows per rank: the same global batch).
+* **reference** (:class:`ReferenceDeepFM` below; a baseline for this benchmark only, not library code): the
+  same model written the way FuxiCTR and DeepCTR-Torch write it: one ``nn.Embedding`` per field with dense
+  gradients (plus a 1-dim ``nn.Embedding`` per field for the first-order term), ``torch.optim.Adam`` over
+  every parameter, embeddings included. It trains on the same batches in the same order (``load_split`` +
+  ``make_loader`` with the platform's seed; each KJT turned into one id tensor per field with
+  ``kjt[field].values()`` before the clock starts), and is timed over ``--ref-steps`` steps after
+  ``--warmup`` steps (forward + backward + ``optimizer.step``, no data loading), at 1 and 2 threads.
+
+Each measurement runs in a fresh subprocess of this script (``--worker ...``), so no run inherits another's
+threads or allocator state; the two-process platform run needs one anyway (Lightning starts the second rank
+by re-running the command line). Every process calls ``torch.set_num_threads`` with its thread count.
+
+By default the 1-thread reference goes on to train the whole epoch (the timed steps are part of it) and its
+test AUC is printed next to the platform's, as a sanity check after the same number of training samples
+(not a matched comparison: the reference updates its tables with Adam at lr 1e-3, the platform with
+row-wise Adagrad at ``optim.sparse_lr``). ``--no-ref-epoch`` stops it after the timed steps.
+
+Example:
+    >>> # python benchmarks/train_vs_pytorch.py --rows 1000000 --keep /tmp/train-bench   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctr.data import load_split, make_loader
+from ctr.metrics import auc
+from ctr.run_config import load_run_config
+from features.prepare import PrepareOptions, prepare
+from features.schema import FeatureMap
+from features.spec import builtin_spec
+from features.synth import write_synthetic
+
+EMBEDDING_DIM = 16
+MLP_SIZES = (400, 400, 400)
+LR = 1e-3
+RESULT = "bench_result.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# plain-PyTorch reference (benchmark only)
+# --------------------------------------------------------------------------------------------------
+
+
+class ReferenceDeepFM(nn.Module):
+    """DeepFM as FuxiCTR / DeepCTR-Torch write it: ``nn.Embedding`` per field, dense gradients.
+
+    ``forward(ids, dense)``: ``ids`` one ``[B]`` int64 tensor per categorical field, ``dense`` ``[B, n_dense]``.
+    Fields ``[B, F + n_dense, D]`` are the categorical embeddings (zero-padded to ``D``) followed by
+    ``x_j * v_j`` per dense feature; logit = bias + sum_f w_f(id) + dense . w + FM(fields) + MLP(flatten).
+    Initialisation mirrors the platform: tables U(+-sqrt(1/rows)), PyTorch defaults elsewhere.
+    """
+
+    def __init__(self, cardinalities: list[int], dims: list[int], n_dense: int, mlp: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dim = max(dims)
+        self.emb = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(cardinalities, dims, strict=True))
+        self.first = nn.ModuleList(nn.Embedding(c, 1) for c in cardinalities)
+        for table in [*self.emb, *self.first]:
+            bound = (1.0 / table.num_embeddings) ** 0.5
+            nn.init.uniform_(table.weight, -bound, bound)
+        self.dense_emb = nn.Parameter(torch.empty(n_dense, self.dim).uniform_(-(self.dim**-0.5), self.dim**-0.5))
+        self.dense_first = nn.Linear(n_dense, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(1))
+        layers: list[nn.Module] = []
+        width = (len(dims) + n_dense) * self.dim
+        for size in mlp:
+            layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU()]
+            width = size
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def forward(self, ids: list[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
+        sparse = [F.pad(e(x), (0, self.dim - e.embedding_dim)) for e, x in zip(self.emb, ids, strict=True)]
+        fields = torch.cat([torch.stack(sparse, dim=1), dense.unsqueeze(-1) * self.dense_emb], dim=1)
+        fm = 0.5 * (fields.sum(dim=1).square() - fields.square().sum(dim=1)).sum(dim=1)
+        deep = self.mlp(fields.flatten(1)).squeeze(-1)
+        first = torch.cat([w(x) for w, x in zip(self.first, ids, strict=True)], dim=1).sum(dim=1)
+        logits: torch.Tensor = self.bias + first + self.dense_first(dense).squeeze(-1) + fm + deep
+        return logits
+
+
+def _per_field(batch: Any, names: list[str]) -> list[torch.Tensor]:
+    """The KJT as one id tensor per field (every field single-valued: ``kjt[name].values()`` is ``[B]``)."""
+    kjt = batch.sparse_features
+    return [kjt[name].values() for name in names]
+
+
+def reference_worker(
+    data: Path, out: Path, threads: int, batch_size: int, seed: int, warmup: int, steps: int, epoch: bool
+) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    fm = FeatureMap.load(data)
+    multi = [f.name for f in fm.categorical if f.multi_valued]
+    if multi:
+        raise SystemExit(f"the reference handles single-valued fields only; {multi} are multi-valued")
+    names = list(fm.sparse_names)
+    cards = [f.cardinality for f in fm.categorical]
+    model = ReferenceDeepFM(cards, [EMBEDDING_DIM] * len(names), len(fm.dense), MLP_SIZES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    train_split = load_split(data, fm, "train")
+    loader = make_loader(train_split, batch_size, shuffle=True, seed=seed)  # epoch 0: the platform's order
+    model.train()
+    timed: list[float] = []
+    samples = total = 0
+    for i, batch in enumerate(loader):
+        if not epoch and i >= warmup + steps:
+            break
+        ids, dense, labels = _per_field(batch, names), batch.dense_features, batch.labels
+        start = time.perf_counter()
+        loss = F.binary_cross_entropy_with_logits(model(ids, dense), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seconds = time.perf_counter() - start
+        total += labels.numel()
+        if warmup <= i < warmup + steps:
+            timed.append(seconds)
+            samples += labels.numel()
+    result: dict[str, Any] = {
+        "samples_per_sec": samples / sum(timed),
+        "timed_steps": len(timed),
+        "step_ms_median": 1000 * float(np.median(timed)),
+        "train_samples": total,
+        "params": sum(p.numel() for p in model.parameters()),
+        "embedding_params": sum(p.numel() for m in [*model.emb, *model.first] for p in m.parameters()),
+    }
+    if epoch:
+        model.eval()
+        probs, ys = [], []
+        with torch.no_grad():
+            for batch in make_loader(load_split(data, fm, "test"), batch_size, shuffle=False, seed=seed):
+                probs.append(torch.sigmoid(model(_per_field(batch, names), batch.dense_features)))
+                ys.append(batch.labels)
+        result["test_auc"] = auc(torch.cat(probs).numpy(), torch.cat(ys).numpy())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULT).write_text(json.dumps(result))
+
+
+def platform_worker(data: Path, out: Path, nproc: int, batch_size: int, seed: int) -> None:
+    from ctr.train import train  # imports Lightning; only the platform workers need it
+
+    torch.set_num_threads(1)
+    overrides = [
+        f"data.batch_size={batch_size}",
+        f"data.seed={seed}",
+        f"trainer.seed={seed}",
+        "trainer.max_epochs=1",
+        "trainer.threads=1",
+        "trainer.progress_bar=false",
+        f"model.embedding_dim={EMBEDDING_DIM}",
+        f"model.mlp=[{','.join(map(str, MLP_SIZES))}]",
+        f"optim.lr={LR}",
+    ]
+    config = load_run_config(None, overrides, data=str(data), model="deepfm")
+    train(config, out, nproc=nproc)  # rank 0 writes out/metrics.json
+
+
+# --------------------------------------------------------------------------------------------------
+# harness
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_worker(args: list[str], log: Path, threads: int) -> float:
+    """Run this script with ``--worker ...`` in a fresh process; its output goes to ``log``. Wall seconds."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    started = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(
+            [sys.executable, __file__, *args], stdout=f, stderr=subprocess.STDOUT, env=env, check=False
+        )
+    if proc.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise SystemExit(f"worker {' '.join(args)} failed with exit code {proc.returncode}; last lines:\n{tail}")
+    return time.perf_counter() - started
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _prepare_data(tmp: Path, rows: int, seed: int, min_count: int) -> Path:
+    tsv = tmp / "criteo.tsv"
+    t = time.perf_counter()
+    write_synthetic(rows, tsv, seed)
+    print(f"  wrote {tsv} ({rows:,} rows) in {time.perf_counter() - t:.1f} s", flush=True)
+    t = time.perf_counter()
+    prepare(builtin_spec("criteo"), [tsv], tmp / "prepared", PrepareOptions(progress=False, min_count=min_count))
+    print(f"  prepared it (min_count {min_count}) in {time.perf_counter() - t:.1f} s", flush=True)
+    tsv.unlink()
+    return tmp / "prepared"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="DeepFM training throughput: the platform vs plain PyTorch.")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows (ignored with --data)")
+    parser.add_argument("--data", type=Path, help="an existing prepared directory (skips generate + prepare)")
+    parser.add_argument("--min-count", type=int, default=1, help="prepare's vocabulary min_count (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=4096, help="global batch size")
+    parser.add_argument("--warmup", type=int, default=5, help="reference steps before timing")
+    parser.add_argument("--ref-steps", type=int, default=60, help="timed reference steps")
+    parser.add_argument(
+        "--ref-epoch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the 1-thread reference for the whole epoch and print its test AUC (default: yes)",
+    )
+    parser.add_argument("--skip-ref-2threads", action="store_true")
+    parser.add_argument("--skip-nproc2", action="store_true")
+    parser.add_argument("--keep", type=Path, help="keep run directories and logs here (default: a temp dir)")
+    parser.add_argument("--worker", choices=["platform", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--nproc", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker == "platform":
+        platform_worker(args.data, args.out, args.nproc, args.batch_size // args.nproc, args.seed)
+        return 0
+    if args.worker == "reference":
+        reference_worker(
+            args.data, args.out, args.threads, args.batch_size, args.seed, args.warmup, args.ref_steps, args.ref_epoch
+        )
+        return 0
+
+    started = time.perf_counter()
+    load_start = _load()
+    date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    tmp = Path(tempfile.mkdtemp(prefix="ctr-train-bench-"))
+    work = args.keep or tmp
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    walls: dict[str, float] = {}
+    try:
+        data = args.data.resolve() if args.data else _prepare_data(tmp, args.rows, args.seed, args.min_count)
+        fm = FeatureMap.load(data)
+        common = ["--data", str(data), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
+        ref_args = ["--worker", "reference", "--warmup", str(args.warmup), "--ref-steps", str(args.ref_steps)]
+        plan: list[tuple[str, int, list[str]]] = [("platform-1x1", 1, ["--worker", "platform", "--nproc", "1"])]
+        if not args.skip_nproc2:
+            plan.append(("platform-2x1", 1, ["--worker", "platform", "--nproc", "2"]))
+        plan.append(
+            ("reference-1x1", 1, [*ref_args, "--threads", "1", "--ref-epoch" if args.ref_epoch else "--no-ref-epoch"])
+        )
+        if not args.skip_ref_2threads:
+            plan.append(("reference-1x2", 2, [*ref_args, "--threads", "2", "--no-ref-epoch"]))
+        for name, threads, extra in plan:
+            out = work / name
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            walls[name] = _run_worker([*extra, *common, "--out", str(out)], work / f"{name}.log", threads)
+            result_file = out / ("metrics.json" if name.startswith("platform") else RESULT)
+            results[name] = json.loads(result_file.read_text())
+            print(
+                f"  {name}: {results[name]['samples_per_sec']:,.0f} samples/s (process wall {walls[name]:.0f} s)",
+                flush=True,
+            )
+    finally:
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    ref = results["reference-1x1"]
+    ref_sps = ref["samples_per_sec"]
+    plat = results["platform-1x1"]
+    plat_sps = plat["samples_per_sec"]
+    cards = [f.cardinality for f in fm.categorical]
+    source = (
+        str(args.data)
+        if args.data
+        else f"synthetic Criteo (seed {args.seed}), {args.rows:,} rows, min_count {args.min_count}"
+    )
+    steps_ms = ", ".join(
+        f"{results[k]['step_ms_median']:.0f} ms at {k[-1]} thread(s)"
+        for k in ("reference-1x1", "reference-1x2")
+        if k in results
+    )
+    print()
+    print("## Training benchmark: platform DeepFM vs a plain-PyTorch reference (benchmarks/train_vs_pytorch.py)")
+    print()
+    print(f"- date: {date}")
+    print(
+        f"- machine: {platform.machine()}, {_cpu_model()}, nproc={os.cpu_count()}, load average at start {load_start}"
+    )
+    print(
+        f"- python {platform.python_version()}, torch {torch.__version__}, torchrec {_version('torchrec')}, "
+        f"fbgemm_gpu {_version('fbgemm_gpu')}, fbgemm_gpu-cpu {_version('fbgemm_gpu-cpu')}, "
+        f"lightning {_version('lightning')}"
+    )
+    print(f"- load average at end {_load()} (other processes may share the CPU; timings are wall clock)")
+    fields = f"{len(cards)} categorical fields, {sum(cards):,} embedding rows; {len(fm.dense)} dense fields"
+    print(f"- data: {source}; {fields}")
+    print(
+        f"- model: DeepFM, dim {EMBEDDING_DIM}, MLP {list(MLP_SIZES)} + BatchNorm, global batch {args.batch_size}; "
+        f"reference {ref['params']:,} parameters ({ref['embedding_params']:,} in embeddings), "
+        f"platform {plat['embedding_params']:,} embedding parameters (first-order tables are 4 wide for FBGEMM)"
+    )
+    print(
+        f"- platform: one epoch ({plat['global_step']} steps at 1 process), samples/s over its training batches; "
+        f"reference: {args.ref_steps} steps after {args.warmup} warm-up steps (median step {steps_ms})"
+    )
+    print("- process wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
+    print(f"- total benchmark wall time {time.perf_counter() - started:.0f} s")
+    print()
+    print("| implementation | processes x threads | samples/s | ratio vs reference 1x1 |")
+    print("|---|---|---:|---:|")
+    labels = {
+        "reference": "plain PyTorch reference (`nn.Embedding` per field, dense grads, Adam on all)",
+        "platform": "platform `ctr.train.train` (TorchRec DMP, FBGEMM fused row-wise Adagrad)",
+    }
+    for key in ("reference-1x1", "reference-1x2", "platform-1x1", "platform-2x1"):
+        if key in results:
+            kind, shape = key.split("-")
+            sps = results[key]["samples_per_sec"]
+            print(f"| {labels[kind]} | {shape.replace('x', ' x ')} | {sps:,.0f} | {sps / ref_sps:.2f}x |")
+    print()
+    print(f"platform / reference, 1 process x 1 thread each: {plat_sps / ref_sps:.2f}x")
+    if "reference-1x2" in results:
+        print(f"platform 1x1 / reference 1x2: {plat_sps / results['reference-1x2']['samples_per_sec']:.2f}x")
+    if "platform-2x1" in results:
+        p2 = results["platform-2x1"]["samples_per_sec"]
+        print(f"platform 2 processes / 1 process: {p2:,.0f} / {plat_sps:,.0f} samples/s = {p2 / plat_sps:.2f}x")
+    aucs = [f"platform 1x1 {plat['test_auc']:.4f}"]
+    if "platform-2x1" in results:
+        aucs.append(f"platform 2x1 {results['platform-2x1']['test_auc']:.4f}")
+    if args.ref_epoch:
+        aucs.append(f"reference 1x1 {ref['test_auc']:.4f} (after the same epoch, {ref['train_samples']:,} samples)")
+    print("test AUC after one epoch: " + ", ".join(aucs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
