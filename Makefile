@@ -28,7 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/prepare_vs_pandas.py
+	$(BIN)/python benchmarks/prepare_memory.py
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/train_vs_pytorch.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -82,6 +82,7 @@ class ReferenceDeepFM(nn.Module):
     def __init__(self, cardinalities: list[int], dims: list[int], n_dense: int, mlp: tuple[int, ...]) -> None:
         super().__init__()
         self.dim = max(dims)
+        self.pads = [self.dim - d for d in dims]
         self.emb = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(cardinalities, dims, strict=True))
         self.first = nn.ModuleList(nn.Embedding(c, 1) for c in cardinalities)
         for table in [*self.emb, *self.first]:
@@ -98,7 +99,7 @@ class ReferenceDeepFM(nn.Module):
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
 
     def forward(self, ids: list[torch.Tensor], dense: torch.Tensor) -> torch.Tensor:
-        sparse = [F.pad(e(x), (0, self.dim - e.embedding_dim)) for e, x in zip(self.emb, ids, strict=True)]
+        sparse = [F.pad(e(x), (0, pad)) for e, x, pad in zip(self.emb, ids, self.pads, strict=True)]
         fields = torch.cat([torch.stack(sparse, dim=1), dense.unsqueeze(-1) * self.dense_emb], dim=1)
         fm = 0.5 * (fields.sum(dim=1).square() - fields.square().sum(dim=1)).sum(dim=1)
         deep = self.mlp(fields.flatten(1)).squeeze(-1)
@@ -138,7 +139,7 @@ def reference_worker(
         start = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(model(ids, dense), labels)
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         seconds = time.perf_counter() - start
         total += labels.numel()

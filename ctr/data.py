@@ -72,6 +72,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from features.schema import FeatureMap
+from features.strict import from_dict
 
 __all__ = [
     "CSRColumn",
@@ -127,14 +128,8 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> DataConfig:
-        """Strict loader: an unknown or missing key is an error that names the key."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise ValueError(f"DataConfig: unknown key {key!r}; known keys are {sorted(known)}")
-        if "path" not in raw:
-            raise ValueError("DataConfig: missing required key 'path'")
-        return cls(**raw)
+        """Strict loader: an unknown key is an error naming it and the nearest valid key."""
+        return from_dict(cls, dict(raw))
 
     @property
     def resolved_eval_batch_size(self) -> int:

@@ -430,7 +430,9 @@ def test_data_config_strict() -> None:
         DataConfig.from_dict({})
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         DataConfig(path="d", batch_size=0)
-    with pytest.raises(ValueError, match="shuffle must be a bool"):
+    with pytest.raises(ValueError, match="shuffle: expected true/false, got 'yes'"):
         DataConfig.from_dict({"path": "d", "shuffle": "yes"})
+    with pytest.raises(ValueError, match=r"unknown key 'batch_sise' \(did you mean 'batch_size'\?\)"):
+        DataConfig.from_dict({"path": "d", "batch_sise": 8})
     with pytest.raises(AttributeError):
         cfg.batch_size = 4  # type: ignore[misc]
