@@ -15,7 +15,9 @@ BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
   every parameter, embeddings included. It trains on the same batches in the same order (``load_split`` +
   ``make_loader`` with the platform's seed; each KJT turned into one id tensor per field with
   ``kjt[field].values()`` before the clock starts), and is timed over ``--ref-steps`` steps after
-  ``--warmup`` steps (forward + backward + ``optimizer.step``, no data loading), at 1 and 2 threads.
+  ``--warmup`` steps (forward + backward + ``optimizer.step``, no data loading), at 1 and 2 threads. A run
+  that does not train the whole epoch also stops after ``--ref-time-limit`` timed seconds: on a loaded
+  machine two OpenMP threads can spin against other processes and make every step several times slower.
 
 Each measurement runs in a fresh subprocess of this script (``--worker ...``), so no run inherits another's
 threads or allocator state; the two-process platform run needs one anyway (Lightning starts the second rank
@@ -115,7 +117,15 @@ def _per_field(batch: Any, names: list[str]) -> list[torch.Tensor]:
 
 
 def reference_worker(
-    data: Path, out: Path, threads: int, batch_size: int, seed: int, warmup: int, steps: int, epoch: bool
+    data: Path,
+    out: Path,
+    threads: int,
+    batch_size: int,
+    seed: int,
+    warmup: int,
+    steps: int,
+    epoch: bool,
+    time_limit: float,
 ) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -133,7 +143,7 @@ def reference_worker(
     timed: list[float] = []
     samples = total = 0
     for i, batch in enumerate(loader):
-        if not epoch and i >= warmup + steps:
+        if not epoch and (i >= warmup + steps or sum(timed) > time_limit):
             break
         ids, dense, labels = _per_field(batch, names), batch.dense_features, batch.labels
         start = time.perf_counter()
@@ -252,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="train the 1-thread reference for the whole epoch and print its test AUC (default: yes)",
     )
+    parser.add_argument(
+        "--ref-time-limit",
+        type=float,
+        default=60.0,
+        help="stop timing a reference that is not training the whole epoch after this many timed seconds",
+    )
     parser.add_argument("--skip-ref-2threads", action="store_true")
     parser.add_argument("--skip-nproc2", action="store_true")
     parser.add_argument("--keep", type=Path, help="keep run directories and logs here (default: a temp dir)")
@@ -266,7 +282,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker == "reference":
         reference_worker(
-            args.data, args.out, args.threads, args.batch_size, args.seed, args.warmup, args.ref_steps, args.ref_epoch
+            args.data,
+            args.out,
+            args.threads,
+            args.batch_size,
+            args.seed,
+            args.warmup,
+            args.ref_steps,
+            args.ref_epoch,
+            args.ref_time_limit,
         )
         return 0
 
@@ -283,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         fm = FeatureMap.load(data)
         common = ["--data", str(data), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
         ref_args = ["--worker", "reference", "--warmup", str(args.warmup), "--ref-steps", str(args.ref_steps)]
+        ref_args += ["--ref-time-limit", str(args.ref_time_limit)]
         plan: list[tuple[str, int, list[str]]] = [("platform-1x1", 1, ["--worker", "platform", "--nproc", "1"])]
         if not args.skip_nproc2:
             plan.append(("platform-2x1", 1, ["--worker", "platform", "--nproc", "2"]))
@@ -318,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"synthetic Criteo (seed {args.seed}), {args.rows:,} rows, min_count {args.min_count}"
     )
     steps_ms = ", ".join(
-        f"{results[k]['step_ms_median']:.0f} ms at {k[-1]} thread(s)"
+        f"{results[k]['timed_steps']} steps at {k[-1]} thread(s), median {results[k]['step_ms_median']:.0f} ms"
         for k in ("reference-1x1", "reference-1x2")
         if k in results
     )
@@ -344,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"- platform: one epoch ({plat['global_step']} steps at 1 process), samples/s over its training batches; "
-        f"reference: {args.ref_steps} steps after {args.warmup} warm-up steps (median step {steps_ms})"
+        f"reference: timed steps after {args.warmup} warm-up steps ({steps_ms}; at most {args.ref_steps} steps, "
+        f"and at most {args.ref_time_limit:.0f} timed seconds unless it trains the epoch)"
     )
     print("- process wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
     print(f"- total benchmark wall time {time.perf_counter() - started:.0f} s")
