@@ -235,16 +235,19 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _prepare_data(tmp: Path, rows: int, seed: int, min_count: int) -> Path:
-    tsv = tmp / "criteo.tsv"
+def _prepare_data(root: Path, rows: int, seed: int, min_count: int) -> Path:
+    """Synthetic Criteo TSV -> ``root/prepared`` (replaced if it exists); the TSV is deleted afterwards."""
+    tsv, out = root / "criteo.tsv", root / "prepared"
     t = time.perf_counter()
     write_synthetic(rows, tsv, seed)
     print(f"  wrote {tsv} ({rows:,} rows) in {time.perf_counter() - t:.1f} s", flush=True)
+    if out.exists():
+        shutil.rmtree(out)
     t = time.perf_counter()
-    prepare(builtin_spec("criteo"), [tsv], tmp / "prepared", PrepareOptions(progress=False, min_count=min_count))
+    prepare(builtin_spec("criteo"), [tsv], out, PrepareOptions(progress=False, min_count=min_count))
     print(f"  prepared it (min_count {min_count}) in {time.perf_counter() - t:.1f} s", flush=True)
     tsv.unlink()
-    return tmp / "prepared"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-ref-2threads", action="store_true")
     parser.add_argument("--skip-nproc2", action="store_true")
-    parser.add_argument("--keep", type=Path, help="keep run directories and logs here (default: a temp dir)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the prepared data, run directories and logs here (default: a temp dir)"
+    )
     parser.add_argument("--worker", choices=["platform", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--nproc", type=int, default=1, help=argparse.SUPPRESS)
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     walls: dict[str, float] = {}
     try:
-        data = args.data.resolve() if args.data else _prepare_data(tmp, args.rows, args.seed, args.min_count)
+        data = args.data.resolve() if args.data else _prepare_data(work, args.rows, args.seed, args.min_count)
         fm = FeatureMap.load(data)
         common = ["--data", str(data), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
         ref_args = ["--worker", "reference", "--warmup", str(args.warmup), "--ref-steps", str(args.ref_steps)]
@@ -329,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
-        if args.keep is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # with --keep, everything (prepared data included) is under it
 
     ref = results["reference-1x1"]
     ref_sps = ref["samples_per_sec"]

@@ -54,8 +54,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +77,8 @@ __all__ = [
     "CTRDataModule",
     "ColumnarSplit",
     "DataConfig",
-    "ResumableLoader",
     "EpochBatchSampler",
+    "ResumableLoader",
     "load_split",
     "make_loader",
 ]

@@ -170,8 +170,9 @@ class LinearArch(nn.Module):
     The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
     tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
     columns and **the first-order weight of an id is the mean of its 4 columns** (a mean, not a sum, so a
-    step of the fused optimiser moves the logit as much as it would move a 1-column weight). ``self.dense`` (no bias) and
-    ``self.bias`` are dense parameters: a fused embedding optimiser belongs on ``ebc_linear`` only.
+    step of the fused optimiser moves the logit as much as it would move a 1-column weight).
+    ``self.dense`` (no bias) and ``self.bias`` are dense parameters: a fused embedding optimiser belongs on
+    ``ebc_linear`` only.
 
     Example:
         >>> from features.schema import CategoricalField, DenseField, FeatureMap

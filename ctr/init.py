@@ -16,7 +16,7 @@ import zlib
 
 import torch
 from torch import nn
-from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 
 __all__ = ["reinitialize", "table_init"]
 
@@ -25,7 +25,8 @@ def table_init(name: str, rows: int, dim: int, seed: int) -> torch.Tensor:
     """The full initial table ``name``: uniform in +-sqrt(1/rows), from a generator seeded by (seed, name)."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
     bound = (1.0 / rows) ** 0.5
-    return (torch.rand(rows, dim, generator=gen) * 2 - 1) * bound
+    table: torch.Tensor = (torch.rand(rows, dim, generator=gen) * 2 - 1) * bound
+    return table
 
 
 def _is_dense(module: nn.Module) -> bool:

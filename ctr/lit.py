@@ -109,8 +109,8 @@ class CTRModule(pl.LightningModule):
         )
         pg = dist.GroupMember.WORLD
         assert pg is not None, "TorchRecStrategy sets up the process group before configure_model"
-        plan = planner.collective_plan(model, sharders, pg)  # type: ignore[arg-type]
-        self.model = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)  # type: ignore[arg-type]
+        plan = planner.collective_plan(model, sharders, pg)
+        self.model = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
         reinitialize(self.model, self.config.trainer.seed)  # same start for any world size or plan
 
     def _dmp(self) -> DistributedModelParallel:
@@ -166,13 +166,17 @@ class CTRModule(pl.LightningModule):
     def _gather(self, parts: list[torch.Tensor]) -> np.ndarray:
         local = torch.cat(parts) if parts else torch.zeros(0)
         if self.trainer.world_size > 1:
-            local = self.all_gather(local).reshape(-1)  # every rank evaluates the same number of rows
+            gathered = self.all_gather(local)  # every rank evaluates the same number of rows
+            assert isinstance(gathered, torch.Tensor)
+            local = gathered.reshape(-1)
         return local.cpu().numpy()
 
     def _finish(self, prefix: str) -> None:
         probs = self._gather([o[0] for o in self._outputs])
         labels = self._gather([o[1] for o in self._outputs])
-        groups = self._gather([o[2] for o in self._outputs if o[2] is not None]) if self.config.trainer.group_field else None
+        groups = (
+            self._gather([o[2] for o in self._outputs if o[2] is not None]) if self.config.trainer.group_field else None
+        )
         self._outputs.clear()
         metrics = all_metrics(probs, labels, groups, prefix=prefix)
         self.final_metrics |= metrics
@@ -201,8 +205,11 @@ class CTRModule(pl.LightningModule):
         if not isinstance(saved, dict):
             raise CheckpointError(f"{path}: checkpoint carries no spec (not written by this platform)")
         want, have = _flatten(saved), _flatten(self._spec())
-        diff = [f"{k}: checkpoint {want.get(k)!r}, this run {have.get(k)!r}" for k in sorted(set(want) | set(have))
-                if want.get(k) != have.get(k)]
+        diff = [
+            f"{k}: checkpoint {want.get(k)!r}, this run {have.get(k)!r}"
+            for k in sorted(set(want) | set(have))
+            if want.get(k) != have.get(k)
+        ]
         if diff:
             raise CheckpointError(f"{path}: checkpoint does not match this run: " + "; ".join(diff))
 

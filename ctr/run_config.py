@@ -77,7 +77,9 @@ class TrainerConfig:
         if self.max_epochs < 1:
             raise ConfigError(f"TrainerConfig.max_epochs: must be >= 1, got {self.max_epochs}")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
-            raise ConfigError(f"TrainerConfig.checkpoint_every_n_steps: must be >= 1, got {self.checkpoint_every_n_steps}")
+            raise ConfigError(
+                f"TrainerConfig.checkpoint_every_n_steps: must be >= 1, got {self.checkpoint_every_n_steps}"
+            )
 
 
 @dataclass(frozen=True)

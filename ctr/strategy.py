@@ -22,10 +22,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed.checkpoint as dcp
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 __all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy"]
 
@@ -87,7 +88,7 @@ class TorchRecStrategy(DDPStrategy):
         rest = {k: v for k, v in checkpoint.items() if k != "state_dict"}
         if self.is_global_zero and path.is_file():
             path.unlink()  # a stale single-file checkpoint of the same name
-        dcp.save(state, checkpoint_id=str(path))
+        dcp_save(state, checkpoint_id=str(path))
         if self.is_global_zero:
             tmp = path / (META_FILE + ".tmp")
             torch.save(rest, tmp)
@@ -105,9 +106,10 @@ class TorchRecStrategy(DDPStrategy):
             raise CheckpointError(f"{meta_path}: corrupt checkpoint metadata ({type(e).__name__}: {e})") from e
         module = self._module()
         module.check_checkpoint_spec(meta, str(path))
+        assert self.lightning_module is not None
         state = {"state_dict": self.lightning_module.state_dict(), "fused_optim": module.fused_optimizer_state()}
         try:
-            dcp.load(state, checkpoint_id=str(path))
+            dcp_load(state, checkpoint_id=str(path))
         except Exception as e:
             raise CheckpointError(f"{path}: corrupt or incompatible checkpoint shards ({type(e).__name__}: {e})") from e
         module.load_fused_optimizer_state(state["fused_optim"])

@@ -41,7 +41,8 @@ class LoaderProgress(Callback):
     """Keeps the train loader's ``batches_done`` equal to the batches trained this epoch (for resume)."""
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        # at run time the training batch progress is a _ProcessedTracker (typed as its base class)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
         for loader in trainer.fit_loop._combined_loader.flattened if trainer.fit_loop._combined_loader else []:
             if isinstance(loader, ResumableLoader):
                 loader.batches_done = done
@@ -61,7 +62,9 @@ class Throughput(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args: Any) -> None:
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
         self.seconds += time.perf_counter() - self._start
         self.samples += int(batch.labels.numel()) * trainer.world_size
         if self.seconds > 0:

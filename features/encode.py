@@ -94,8 +94,10 @@ class EncodePlan:
         joined = [f for f in self.categorical_fields if f.kind == "vocab" and not sources[f.name].multi]
         lf = lf.with_columns([sources[f.name].value.alias(f"__val_{f.name}") for f in joined])
         for f in joined:
-            vocab = self.vocabs[f.name].lazy().select(
-                pl.col("value").alias(f"__val_{f.name}"), pl.col("id").alias(f"__id_{f.name}")
+            vocab = (
+                self.vocabs[f.name]
+                .lazy()
+                .select(pl.col("value").alias(f"__val_{f.name}"), pl.col("id").alias(f"__id_{f.name}"))
             )
             lf = lf.join(vocab, on=f"__val_{f.name}", how="left", maintain_order="left")
         exprs = [pl.col(k) for k in keep] + [pl.col("__label").alias("label")]
@@ -155,9 +157,7 @@ def fit_plan(
         )
         queries.append(pairs.drop_nulls("value").group_by("field", "value").len())
     for name in multi:
-        queries.append(
-            train.select(sources[name].value.explode().alias("value")).drop_nulls().group_by("value").len()
-        )
+        queries.append(train.select(sources[name].value.explode().alias("value")).drop_nulls().group_by("value").len())
     dense_stats = []
     for d in spec.dense:
         if d.encode == "dense":

@@ -71,7 +71,9 @@ def test_two_processes_match_one_process(small: Path, tmp_path: Path) -> None:
     sets = [x for s in FAST for x in ("--set", s)]
     one = _cli(["train", *common, *sets, "--set", "data.batch_size=1024", "--out", str(tmp_path / "one")])
     assert one.wait(timeout=600) == 0
-    two = _cli(["train", *common, *sets, "--set", "data.batch_size=512", "--nproc", "2", "--out", str(tmp_path / "two")])
+    two = _cli(
+        ["train", *common, *sets, "--set", "data.batch_size=512", "--nproc", "2", "--out", str(tmp_path / "two")]
+    )
     assert two.wait(timeout=600) == 0
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -150,8 +152,20 @@ def test_every_command_has_help(command: str) -> None:
 
 def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "train", "--data", str(small), "--model", "fm", "--out",
-         str(tmp_path / "r"), "--set", "optim.sparse_learning_rate=0.1"],
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "train",
+            "--data",
+            str(small),
+            "--model",
+            "fm",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "optim.sparse_learning_rate=0.1",
+        ],
         capture_output=True,
         text=True,
     )
