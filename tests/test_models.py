@@ -239,14 +239,14 @@ def test_dense_embedding_and_linear_arch_exact() -> None:
     lin = LinearArch(FM, ModelConfig(name="lr"))
     assert lin.bias.item() == 0.0 and lin.dense is not None
     with torch.no_grad():
-        for name in FM.sparse_names:  # id i of every field has weight sum(4 columns) = 4 * i
+        for name in FM.sparse_names:  # id i of every field has 4 columns equal to i: weight mean = i
             lin.ebc_linear.embedding_bags[f"lin_{name}"].weight.copy_(
                 torch.arange(CARD[name] + 0.0)[:, None].repeat(1, 4)
             )
         lin.dense.weight.copy_(torch.tensor([[1.0, 10.0]]))
         lin.bias.fill_(0.25)
     expected = [
-        4 * (c0 + sum(m) + c1) + d[0] + 10 * d[1] + 0.25 for (c0, m, c1), d in zip(ROWS, DENSE.tolist(), strict=True)
+        (c0 + sum(m) + c1) + d[0] + 10 * d[1] + 0.25 for (c0, m, c1), d in zip(ROWS, DENSE.tolist(), strict=True)
     ]
     torch.testing.assert_close(lin(_kjt(ROWS), DENSE), torch.tensor(expected))
 

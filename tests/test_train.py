@@ -46,7 +46,9 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # In-process runs leave Lightning's MASTER_PORT (still bound by this process's store) in os.environ.
+    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars} | {"PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, text=True, **kw)  # type: ignore[call-overload, no-any-return]
 
 
