@@ -29,6 +29,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,9 +77,10 @@ class PrepareOptions:
 
 
 class _Progress:
-    """Counts rows as Polars streams them (rows and rows/s); thread-safe, a no-op when disabled."""
+    """Counts rows as Polars streams them (rows and rows/s); thread-safe. A context manager."""
 
     def __init__(self, desc: str, enabled: bool) -> None:
+        self.enabled = enabled
         self._bar = tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not enabled, mininterval=0.5)
         self._lock = threading.Lock()
 
@@ -89,13 +92,16 @@ class _Progress:
 
         return expr.map_batches(tick, return_dtype=pl.String, is_elementwise=True)
 
-    def close(self) -> None:
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self._bar.close()
 
 
 def _base(spec: DatasetSpec, inputs: list[Path], progress: _Progress | None) -> pl.LazyFrame:
     lf = scan_inputs(spec, inputs)
-    if progress is not None:  # the label column is read by every query, so the hook always runs
+    if progress is not None and progress.enabled:  # the label column is read by every query, so the hook always runs
         lf = lf.with_columns(progress.hook(pl.col(spec.label.column)))
     return lf.pipe(validate, spec)
 
@@ -129,25 +135,16 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
     if options.min_count is not None:
         spec = DatasetSpec(**{**spec.__dict__, "min_count": options.min_count})
     started = time.perf_counter()
-    _check_out(out, options.overwrite)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        fit_bar = _Progress("fit", options.progress)
-        base = _base(spec, inputs, fit_bar)
-        valid, split_info = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
-        plan, _ = fit_plan(spec, valid.filter(pl.col("__split") == "train"), work)
-        fit_bar.close()
-        # Row count and rejects in a query of their own: sharing the fit query's scan makes it buffer rows.
-        count, rejects = pl.collect_all([base.select(pl.len()), _rejects(spec, base)], engine="streaming")
-        rows_read = int(count.item())
-        rejects.write_parquet(work / "rejects.parquet")
-
-        enc_bar = _Progress("encode", options.progress)
-        base = _base(spec, inputs, enc_bar)
-        valid, _ = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
-        splits = _encode(plan, valid, work, SPLITS, options.shard_rows)
-        enc_bar.close()
-
+    with _staged(out, options.overwrite) as work:
+        with _Progress("fit", options.progress) as bar:
+            base = _base(spec, inputs, bar)
+            valid, split_info = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
+            plan, _ = fit_plan(spec, valid.filter(pl.col("__split") == "train"), work)
+        rows_read = _count_and_quarantine(spec, base, work)
+        with _Progress("encode", options.progress) as bar:
+            base = _base(spec, inputs, bar)
+            valid, _ = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
+            splits = _encode(plan, valid, work, SPLITS, options.shard_rows)
         fm = FeatureMap(
             dataset=spec.name,
             label="label",
@@ -162,12 +159,6 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
         report = _report(spec, inputs, work, fm, rows_read, started)
         report["split"] = {"method": options.split, "seed": options.seed, **split_info}
         (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return report
 
 
@@ -186,30 +177,41 @@ def apply_feature_map(
     spec = from_dict(DatasetSpec, fm.source_spec, where=f"{feature_map}: source_spec")
     plan = EncodePlan.from_feature_map(spec, fm, root)
     started = time.perf_counter()
-    _check_out(out, overwrite)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        bar = _Progress("encode", progress)
-        base = _base(spec, inputs, bar)
-        valid = base.filter(pl.col("__reject").is_null()).pipe(derive_time_parts, spec)
-        valid = valid.with_columns(pl.lit(split).alias("__split"))
-        count, rejects = pl.collect_all([base.select(pl.len()), _rejects(spec, base)], engine="streaming")
-        rows_read = int(count.item())
-        rejects.write_parquet(work / "rejects.parquet")
-        splits = _encode(plan, valid, work, (split,), 1_000_000)
-        bar.close()
+    with _staged(out, overwrite) as work:
+        rows_read = _count_and_quarantine(spec, _base(spec, inputs, None), work)
+        with _Progress("encode", progress) as bar:
+            base = _base(spec, inputs, bar)
+            valid = base.filter(pl.col("__reject").is_null()).pipe(derive_time_parts, spec)
+            splits = _encode(plan, valid.with_columns(pl.lit(split).alias("__split")), work, (split,), 1_000_000)
         applied = FeatureMap(**{**fm.__dict__, "splits": splits})
         report = _report(spec, inputs, work, applied, rows_read, started)
         report["feature_map"] = str(feature_map)
         report["feature_map_hash"] = fm.content_hash
         (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+@contextmanager
+def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary sibling of ``out`` that replaces it on success and disappears on any failure."""
+    _check_out(out, overwrite)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield work
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return report
+
+
+def _count_and_quarantine(spec: DatasetSpec, base: pl.LazyFrame, work: Path) -> int:
+    """Count every row and write the rejects, in a query of its own (sharing the fit query's scan makes
+    Polars buffer rows). Returns ``rows_read``."""
+    count, rejects = pl.collect_all([base.select(pl.len()), _rejects(spec, base)], engine="streaming")
+    rejects.write_parquet(work / "rejects.parquet")
+    return int(count.item())
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
