@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,6 +89,20 @@ def embedding_params(fm: FeatureMap, config: ModelConfig) -> int:
     return total
 
 
+def _tables(fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfig) -> list[EmbeddingBagConfig]:
+    """One table per categorical field, named ``prefix + field``, of the given dims."""
+    return [
+        EmbeddingBagConfig(
+            name=f"{prefix}{f.name}",
+            embedding_dim=d,
+            num_embeddings=f.cardinality,
+            feature_names=[f.name],
+            pooling=_POOLING[config.pooling],
+        )
+        for f, d in zip(fm.categorical, dims, strict=True)
+    ]
+
+
 class SparseArch(nn.Module):
     """Pooled embeddings of every categorical field: ``KeyedJaggedTensor -> [B, F, D_max]``.
 
@@ -117,17 +133,7 @@ class SparseArch(nn.Module):
         self.embedding_dim = max(self.dims)
         self._uniform = len(set(self.dims)) == 1
         self._split_sizes = list(self.dims)
-        tables = [
-            EmbeddingBagConfig(
-                name=f"t_{f.name}",
-                embedding_dim=d,
-                num_embeddings=f.cardinality,
-                feature_names=[f.name],
-                pooling=_POOLING[config.pooling],
-            )
-            for f, d in zip(fm.categorical, self.dims, strict=True)
-        ]
-        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+        self.ebc = EmbeddingBagCollection(tables=_tables(fm, "t_", self.dims, config), device=device)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         # The EBC's KeyedTensor holds the fields side by side, in table (= feature-map) order: [B, sum(dims)].
@@ -191,16 +197,7 @@ class LinearArch(nn.Module):
         super().__init__()
         if not fm.categorical:
             raise ValueError(f"feature map {fm.dataset!r} has no categorical fields for the first-order term")
-        tables = [
-            EmbeddingBagConfig(
-                name=f"lin_{f.name}",
-                embedding_dim=LINEAR_DIM,
-                num_embeddings=f.cardinality,
-                feature_names=[f.name],
-                pooling=_POOLING[config.pooling],
-            )
-            for f in fm.categorical
-        ]
+        tables = _tables(fm, "lin_", [LINEAR_DIM] * len(fm.categorical), config)
         self.ebc_linear = EmbeddingBagCollection(tables=tables, device=device)
         self.dense = nn.Linear(len(fm.dense), 1, bias=False, device=device) if fm.dense else None
         self.bias = nn.Parameter(torch.empty(1, device=device))
