@@ -10,7 +10,7 @@ prints as "Maximum resident set size"). A sampler also reads ``VmRSS`` from ``/p
 temporary output directory, then the encode pass runs. Files created here are deleted unless ``--keep``.
 
 Example:
-    >>> # python benchmarks/prepare_memory.py --rows 10000000 --workdir /tmp/mem   # doctest: +SKIP
+    >>> # python benchmarks/prepare_memory.py --rows 10000000 --workdir scratch/mem   # doctest: +SKIP
 """
 
 from __future__ import annotations

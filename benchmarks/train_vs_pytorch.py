@@ -29,7 +29,7 @@ test AUC is printed next to the platform's, as a sanity check after the same num
 row-wise Adagrad at ``optim.sparse_lr``). ``--no-ref-epoch`` stops it after the timed steps.
 
 Example:
-    >>> # python benchmarks/train_vs_pytorch.py --rows 1000000 --keep /tmp/train-bench   # doctest: +SKIP
+    >>> # python benchmarks/train_vs_pytorch.py --rows 1000000 --keep scratch/train-bench   # doctest: +SKIP
 """
 
 from __future__ import annotations
