@@ -242,7 +242,8 @@ def main() -> None:
         "line would make it fail or silently mis-parse)."
     )
     print(
-        "- The polars pipeline reads the file three times (fit, count + quarantine, encode) with the streaming engine; the pandas baseline "
+        "- The polars pipeline reads the file three times (fit, count + quarantine, encode) with the streaming "
+        "engine; the pandas baseline "
         "reads it once and holds it all in memory as strings. Peak memory is measured by benchmarks/prepare_memory.py."
     )
 
