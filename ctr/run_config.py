@@ -43,7 +43,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     sparse: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
-    sparse_lr: float = 0.05
+    sparse_lr: float = 0.01
     scheduler: Literal["none", "step", "cosine"] = "none"
     gamma: float = 0.5
 

@@ -15,9 +15,11 @@ optimisers' state, the loop counters and the data loader's position within the e
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,12 @@ from features.schema import FeatureMap
 from features.strict import to_dict
 
 __all__ = ["LoaderProgress", "Throughput", "train"]
+
+# Known-harmless noise: metrics are computed on predictions gathered from every rank (so no sync_dist), DCP
+# still saves TorchRec's ShardedTensors, and the planner warns about a Topology built by hand.
+warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\(.*sync_dist=True")
+warnings.filterwarnings("ignore", message=r".*Please use DTensor instead and we are deprecating ShardedTensor")
+logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
 
 
 class LoaderProgress(Callback):

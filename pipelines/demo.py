@@ -32,7 +32,8 @@ def main() -> None:
     truth = write_synthetic(rows, raw, seed=0, progress=True)
 
     print(f"[2/3] prepare: Polars streaming pipeline -> {root / 'prepared'}")
-    report = prepare(builtin_spec("criteo"), [raw], root / "prepared", PrepareOptions(overwrite=True))
+    options = PrepareOptions(overwrite=True, min_count=10)
+    report = prepare(builtin_spec("criteo"), [raw], root / "prepared", options)
     print(
         _table(
             [
@@ -49,7 +50,7 @@ def main() -> None:
     run = root / "run_deepfm"
     config = load_run_config(
         None,
-        ["trainer.max_epochs=3", "trainer.patience=1", "data.batch_size=2048", "model.embedding_dim=16"],
+        ["trainer.max_epochs=3", "data.batch_size=2048", "model.embedding_dim=16", "model.mlp=[200, 200]"],
         data=str(root / "prepared"),
         model="deepfm",
     )
