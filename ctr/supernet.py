@@ -1,0 +1,142 @@
+"""OptEmbed building blocks: learnable row pruning and per-example prefix-dimension sampling.
+
+This is the first piece of the OptEmbed supernet (see ../shared/ref/optembed.md, sections 3 and 4); the
+supernet LightningModule, the search and the retraining build on it. Both pieces act on the field embeddings
+``[B, F, D]`` that ``SparseArch`` returns, so they compose with every base model.
+
+* :class:`RowPruning`: one learnable threshold per field (initialised at 0). A looked-up row is kept when
+  its L1 norm exceeds its field's threshold: a hard step forward, the long-tailed surrogate gradient
+  backward (:func:`surrogate_grad`), and the regulariser ``alpha * sum(exp(-t))``. The norm is taken on the
+  pooled output, which is the row itself for single-valued fields.
+* :class:`DimensionSampler`: in training, for every example and every field, a prefix dimension drawn
+  uniformly from ``candidates`` (multiples of 4 by default, as FBGEMM tables need); in evaluation the full
+  dimension. :func:`prefix_mask` applies a fixed per-field choice (a search candidate).
+
+Example:
+    >>> import torch
+    >>> emb = torch.tensor([[[0.5, -0.5, 0.0, 0.0], [0.1, 0.0, 0.0, 0.0]]])  # B=1, F=2, D=4
+    >>> pruning = RowPruning(num_fields=2)
+    >>> with torch.no_grad():
+    ...     _ = pruning.thresholds.copy_(torch.tensor([0.5, 0.05]))
+    >>> pruning(emb)[0, :, 0].tolist()  # field 0: norm 1.0 > 0.5 kept; field 1: 0.1 > 0.05 kept
+    [0.5, 0.10000000149011612]
+    >>> prefix_mask((4, 8), 8).int().tolist()
+    [[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["DimensionSampler", "RowPruning", "prefix_mask", "row_keep_mask", "surrogate_grad"]
+
+
+def surrogate_grad(x: torch.Tensor) -> torch.Tensor:
+    """The long-tailed surrogate of the step's derivative: 2 - 4|x| on |x| <= 0.4, 0.4 up to |x| <= 1, else 0."""
+    a = x.abs()
+    return torch.where(a <= 0.4, 2 - 4 * a, torch.where(a <= 1.0, torch.full_like(a, 0.4), torch.zeros_like(a)))
+
+
+class _Step(torch.autograd.Function):
+    """Hard step ``x > 0`` forward, :func:`surrogate_grad` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * surrogate_grad(x)
+
+
+def row_keep_mask(weight: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Which rows of a full table ``[N, D]`` survive ``threshold`` (the frozen mask of the search stage)."""
+    return weight.abs().sum(dim=1) > threshold
+
+
+class RowPruning(nn.Module):
+    """Per-field learnable thresholds on the L1 norm of each looked-up row (OptEmbed-E).
+
+    Example:
+        >>> pruning = RowPruning(num_fields=3)
+        >>> pruning.thresholds.tolist(), round(pruning.regularizer(alpha=1e-4).item(), 6)
+        ([0.0, 0.0, 0.0], 0.0003)
+    """
+
+    def __init__(self, num_fields: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        if num_fields < 1:
+            raise ValueError(f"RowPruning needs at least one field, got {num_fields}")
+        self.thresholds = nn.Parameter(torch.zeros(num_fields, device=device))
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.thresholds)
+
+    def mask(self, emb: torch.Tensor) -> torch.Tensor:
+        """``[B, F]`` keep mask (1.0 or 0.0) for field embeddings ``[B, F, D]``, differentiable by surrogate."""
+        if emb.dim() != 3 or emb.shape[1] != self.thresholds.numel():
+            raise ValueError(f"expected [B, {self.thresholds.numel()}, D] field embeddings, got {tuple(emb.shape)}")
+        score = emb.abs().sum(dim=2) - self.thresholds
+        keep: torch.Tensor = _Step.apply(score)  # type: ignore[no-untyped-call]
+        return keep
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb * self.mask(emb).unsqueeze(-1)
+
+    def regularizer(self, alpha: float) -> torch.Tensor:
+        """``alpha * sum_f exp(-t_f)``: always pushes thresholds up, more weakly as they grow."""
+        return alpha * torch.exp(-self.thresholds).sum()
+
+
+def prefix_mask(dims: Sequence[int] | torch.Tensor, full_dim: int) -> torch.Tensor:
+    """Boolean ``[..., full_dim]`` mask keeping the first ``dims[...]`` columns."""
+    d = torch.as_tensor(dims)
+    return torch.arange(full_dim, device=d.device) < d.unsqueeze(-1)
+
+
+class DimensionSampler(nn.Module):
+    """Uniform per-example, per-field prefix dimensions in training; the full dimension in evaluation.
+
+    Example:
+        >>> sampler = DimensionSampler(full_dim=8, generator=torch.Generator().manual_seed(0))
+        >>> sampler.candidates
+        (4, 8)
+        >>> out = sampler(torch.ones(5, 3, 8))
+        >>> sorted({int(n) for n in (out != 0).sum(-1).flatten()}) <= [4, 8]
+        True
+        >>> bool(sampler.eval()(torch.ones(5, 3, 8)).all())
+        True
+    """
+
+    def __init__(
+        self, full_dim: int, candidates: Sequence[int] | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        cands = tuple(candidates) if candidates is not None else tuple(range(4, full_dim + 1, 4))
+        bad = [c for c in cands if c < 1 or c > full_dim or c % 4]
+        if not cands or bad:
+            raise ValueError(
+                f"dimension candidates must be multiples of 4 in [4, {full_dim}] (FBGEMM tables need it), got {cands}"
+            )
+        self.full_dim = full_dim
+        self.candidates = cands
+        self.generator = generator
+        self.register_buffer("_cands", torch.tensor(cands), persistent=False)
+
+    def sample(self, batch: int, fields: int) -> torch.Tensor:
+        """``[batch, fields]`` dimensions drawn uniformly from the candidates."""
+        cands = self.get_buffer("_cands")
+        idx = torch.randint(len(self.candidates), (batch, fields), generator=self.generator)
+        return cands[idx.to(cands.device)]
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return emb
+        dims = self.sample(emb.shape[0], emb.shape[1]).to(emb.device)
+        return emb * prefix_mask(dims, emb.shape[2]).to(emb.dtype)

@@ -1,0 +1,87 @@
+"""OptEmbed building blocks: surrogate gradient values, masks, regulariser, dimension sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ctr.supernet import DimensionSampler, RowPruning, prefix_mask, row_keep_mask, surrogate_grad
+
+
+@pytest.mark.parametrize(
+    ("x", "g"),
+    [(-1.5, 0.0), (-1.0, 0.4), (-0.8, 0.4), (-0.3, 0.8), (0.0, 2.0), (0.2, 1.2), (0.4, 0.4), (0.5, 0.4), (1.2, 0.0)],
+)
+def test_surrogate_gradient_at_chosen_points(x: float, g: float) -> None:
+    assert surrogate_grad(torch.tensor(x)).item() == pytest.approx(g)
+
+
+def test_step_forward_and_gradients_reach_threshold_with_minus_sign() -> None:
+    # one field, one example: row [0.3, -0.1] has L1 norm 0.4; threshold 0.2 -> x = 0.2, kept, g(x) = 1.2
+    emb = torch.tensor([[[0.3, -0.1]]], requires_grad=True)
+    pruning = RowPruning(num_fields=1)
+    with torch.no_grad():
+        pruning.thresholds.fill_(0.2)
+    mask = pruning.mask(emb)
+    assert mask.tolist() == [[1.0]]
+    mask.sum().backward()
+    assert pruning.thresholds.grad is not None and emb.grad is not None
+    assert pruning.thresholds.grad.item() == pytest.approx(-1.2)
+    assert emb.grad.flatten().tolist() == pytest.approx([1.2, -1.2])  # through sign(e)
+
+
+def test_rows_far_below_threshold_get_no_gradient() -> None:
+    emb = torch.tensor([[[0.1, 0.1]]], requires_grad=True)  # norm 0.2; threshold 1.5 -> x = -1.3
+    pruning = RowPruning(num_fields=1)
+    with torch.no_grad():
+        pruning.thresholds.fill_(1.5)
+    out = pruning(emb)
+    assert out.abs().sum().item() == 0.0
+    pruning.mask(emb).sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum().item() == 0.0
+
+
+def test_pruning_zeroes_rows_per_field_and_checks_shape() -> None:
+    emb = torch.tensor([[[1.0, 1.0], [0.1, 0.0]], [[0.0, 0.2], [2.0, 0.0]]])  # B=2, F=2
+    pruning = RowPruning(num_fields=2)
+    with torch.no_grad():
+        pruning.thresholds.copy_(torch.tensor([0.5, 0.5]))
+    out = pruning(emb)
+    assert pruning.mask(emb).tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert out.tolist() == [[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [2.0, 0.0]]]
+    with pytest.raises(ValueError, match=r"expected \[B, 2, D\]"):
+        pruning(torch.ones(2, 3, 2))
+
+
+def test_regularizer_value() -> None:
+    pruning = RowPruning(num_fields=2)
+    with torch.no_grad():
+        pruning.thresholds.copy_(torch.tensor([0.0, 1.0]))
+    assert pruning.regularizer(0.5).item() == pytest.approx(0.5 * (1 + math.exp(-1)))
+
+
+def test_row_keep_mask_on_a_full_table() -> None:
+    weight = torch.tensor([[0.1, -0.1], [1.0, 0.0], [0.0, 0.0]])
+    assert row_keep_mask(weight, 0.15).tolist() == [True, True, False]
+
+
+def test_prefix_mask_and_dimension_sampler() -> None:
+    assert prefix_mask(torch.tensor([[4, 8]]), 8).sum(-1).tolist() == [[4, 8]]
+    sampler = DimensionSampler(16, generator=torch.Generator().manual_seed(1))
+    assert sampler.candidates == (4, 8, 12, 16)
+    out = sampler(torch.ones(200, 3, 16))
+    kept = (out != 0).sum(-1)
+    assert set(kept.unique().tolist()) == {4, 8, 12, 16}  # every candidate drawn
+    assert torch.equal(out, out * prefix_mask(kept, 16))  # masks are prefixes
+    again = DimensionSampler(16, generator=torch.Generator().manual_seed(1))(torch.ones(200, 3, 16))
+    assert torch.equal(out, again)  # state is explicit: same generator seed, same draws
+    sampler.eval()
+    assert torch.equal(sampler(torch.ones(2, 3, 16)), torch.ones(2, 3, 16))
+
+
+@pytest.mark.parametrize("candidates", [(6,), (4, 20), ()])
+def test_dimension_candidates_must_be_multiples_of_4(candidates: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="multiples of 4"):
+        DimensionSampler(16, candidates)
