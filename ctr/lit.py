@@ -136,11 +136,14 @@ class CTRModule(pl.LightningModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.labels.numel())
         return loss
 
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """What the dense optimiser updates: everything without a fused in-backward optimiser."""
+        return [p for _, p in in_backward_optimizer_filter(self._dmp().named_parameters())]
+
     def configure_optimizers(self) -> Any:
         optim = self.config.optim
-        dense = [p for _, p in in_backward_optimizer_filter(self._dmp().named_parameters())]
         cls = torch.optim.AdamW if optim.dense == "adamw" else torch.optim.Adam
-        opt = cls(dense, lr=optim.lr, weight_decay=optim.weight_decay)
+        opt = cls(self.dense_parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
         if optim.scheduler == "none":
             return opt
         sched: torch.optim.lr_scheduler.LRScheduler

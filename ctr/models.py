@@ -109,6 +109,7 @@ class CTRModel(nn.Module):
         self.dense_arch: nn.Module | None = None
         self.num_fields = 0
         self.embedding_dim = 0
+        self.field_transform: nn.Module | None = None  # e.g. OptEmbed's row pruning + dimension sampling
         if self.sparse_arch is not None:
             self.embedding_dim = self.sparse_arch.embedding_dim
             self.dense_arch, num_dense_fields = self._build_dense_arch(fm, config, device)
@@ -132,6 +133,8 @@ class CTRModel(nn.Module):
         if self.sparse_arch is None:
             raise RuntimeError(f"{type(self).__name__} has no field embeddings")
         sparse: torch.Tensor = self.sparse_arch(batch.sparse_features)
+        if self.field_transform is not None:
+            sparse = self.field_transform(sparse)
         if self.dense_arch is None:
             return sparse
         return torch.cat([sparse, self.dense_arch(batch.dense_features)], dim=1)

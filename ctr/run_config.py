@@ -26,7 +26,7 @@ from ctr.config import ModelConfig
 from ctr.data import DataConfig
 from features.strict import ConfigError, from_dict, load_yaml
 
-__all__ = ["OptimConfig", "RunConfig", "TrainerConfig", "load_run_config"]
+__all__ = ["OptimConfig", "RunConfig", "SupernetConfig", "TrainerConfig", "load_run_config"]
 
 Sharding = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
 
@@ -83,11 +83,32 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class SupernetConfig:
+    """OptEmbed supernet: thresholds' regulariser ``alpha``, their own SGD learning rate, dim candidates.
+
+    ``candidates`` defaults to the multiples of 4 up to the embedding dim. ``alpha`` and ``threshold_lr`` are
+    scale-dependent (see ../shared/ref/optembed.md, section 2): the defaults are starting points, not tuned.
+    """
+
+    alpha: float = 1e-4
+    threshold_lr: float = 1e-2
+    candidates: tuple[int, ...] | None = None
+    sample_dims: bool = True
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.threshold_lr <= 0:
+            raise ConfigError(
+                f"SupernetConfig: need alpha >= 0 and threshold_lr > 0, got {self.alpha}, {self.threshold_lr}"
+            )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig
     model: ModelConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    supernet: SupernetConfig | None = None
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

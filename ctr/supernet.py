@@ -126,14 +126,12 @@ class DimensionSampler(nn.Module):
             )
         self.full_dim = full_dim
         self.candidates = cands
-        self.generator = generator
-        self.register_buffer("_cands", torch.tensor(cands), persistent=False)
+        self.generator = generator  # no buffer: DMP zero-fills buffers of modules built on the meta device
 
     def sample(self, batch: int, fields: int) -> torch.Tensor:
         """``[batch, fields]`` dimensions drawn uniformly from the candidates."""
-        cands = self.get_buffer("_cands")
         idx = torch.randint(len(self.candidates), (batch, fields), generator=self.generator)
-        return cands[idx.to(cands.device)]
+        return torch.tensor(self.candidates)[idx]
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         if not self.training:

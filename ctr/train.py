@@ -33,6 +33,7 @@ from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
 from ctr.run_config import RunConfig
 from ctr.strategy import CheckpointError, TorchRecStrategy
+from ctr.supernet_module import SupernetModule
 from features.schema import FeatureMap
 from features.strict import to_dict
 
@@ -133,7 +134,7 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
     ]
     if config.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    module = CTRModule(config, fm)
+    module = SupernetModule(config, fm) if config.supernet is not None else CTRModule(config, fm)
     data = CTRDataModule(config.data)
     trainer = _trainer(config, out, nproc, callbacks, fitting=True)
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +86,30 @@ def test_prefix_mask_and_dimension_sampler() -> None:
 def test_dimension_candidates_must_be_multiples_of_4(candidates: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="multiples of 4"):
         DimensionSampler(16, candidates)
+
+
+def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) -> None:
+    from ctr.run_config import load_run_config
+    from ctr.train import train
+    from features.prepare import PrepareOptions, prepare
+    from features.spec import builtin_spec
+    from features.synth import write_synthetic
+
+    write_synthetic(6000, tmp_path / "s.tsv", seed=2)
+    prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], tmp_path / "p", PrepareOptions(progress=False))
+    sets = ["trainer.progress_bar=false", "trainer.max_epochs=1", "model.mlp=[32]", "model.embedding_dim=8"]
+    sets += ["supernet.alpha=0.5", "supernet.threshold_lr=0.1", "trainer.threads=1", "trainer.log_every_n_steps=1"]
+    sets += ["data.batch_size=256"]
+    metrics = train(load_run_config(None, sets, data=str(tmp_path / "p"), model="deepfm"), tmp_path / "run")
+    assert 0.5 < metrics["test_auc"] < 1.0
+    meta = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt", weights_only=True)
+    assert meta["ctr_spec"]["model"]["name"] == "deepfm"
+    logs = (next((tmp_path / "run" / "logs").rglob("metrics.csv"))).read_text().splitlines()
+    header = logs[0].split(",")
+    assert "threshold_mean" in header
+    means = [
+        float(row.split(",")[header.index("threshold_mean")])
+        for row in logs[1:]
+        if row.split(",")[header.index("threshold_mean")]
+    ]
+    assert means and means[-1] > 0.0  # the regulariser pushed the thresholds up from 0
