@@ -134,9 +134,17 @@ def _parse_value(raw: str) -> Any:
 
 
 def load_run_config(
-    path: str | Path | None, overrides: Sequence[str] = (), *, data: str | None = None, model: str | None = None
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    data: str | None = None,
+    model: str | None = None,
+    sections: Sequence[str] = (),
 ) -> RunConfig:
-    """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly."""
+    """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly.
+
+    ``sections`` are optional sections to create with their defaults when absent (``ctr supernet``).
+    """
     tree: dict[str, Any] = {}
     if path is not None:
         loaded = load_yaml(path)
@@ -148,6 +156,9 @@ def load_run_config(
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         _set(tree, key.strip(), _parse_value(raw))
+    for section in sections:
+        if tree.get(section) is None:
+            tree[section] = {}
     if data is not None:
         _set(tree, "data.path", data)
     if model is not None:

@@ -51,7 +51,8 @@ def _train(args: argparse.Namespace) -> None:
     from ctr.run_config import load_run_config
     from ctr.train import train
 
-    config = load_run_config(args.config, args.set, data=args.data, model=args.model)
+    sections = ("supernet",) if args.command == "supernet" else ()
+    config = load_run_config(args.config, args.set, data=args.data, model=args.model, sections=sections)
     metrics = train(config, Path(args.out), nproc=args.nproc, resume=args.resume)
     print(json.dumps(metrics))
 
@@ -92,15 +93,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_apply)
 
-    p = sub.add_parser("train", help="train a CTR model (TorchRec + FBGEMM under Lightning) on prepared data")
-    p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
-    p.add_argument("--out", required=True, metavar="RUN", help="run directory (metrics.json, checkpoints, logs)")
-    p.add_argument("--config", metavar="FILE", help="YAML run config (sections: data, model, optim, trainer)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
-    p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes (tables sharded across them)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
-    p.set_defaults(func=_train)
+    for name, text in [
+        ("train", "train a CTR model (TorchRec + FBGEMM under Lightning) on prepared data"),
+        ("supernet", "train an OptEmbed supernet: learnable row pruning + dimension sampling (supernet.* keys)"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
+        p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+        p.add_argument("--out", required=True, metavar="RUN", help="run directory (metrics.json, checkpoints, logs)")
+        p.add_argument("--config", metavar="FILE", help="YAML run config (data, model, optim, trainer, supernet)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
+        p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes (tables sharded across them)")
+        p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
+        p.set_defaults(func=_train)
 
     p = sub.add_parser("synth", help="planted-signal Criteo-format data with its ground truth")
     p.add_argument("--rows", required=True, type=int, metavar="N")
@@ -119,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError, FileNotFoundError)
-    if args.command == "train":
+    if args.command in ("train", "supernet"):
         from ctr.lit import NonFiniteLossError
         from ctr.strategy import CheckpointError
 
