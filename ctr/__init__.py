@@ -1,1 +1,1 @@
-"""ctr."""
+"""TorchRec/FBGEMM CTR models trained by Lightning, sharded by DistributedModelParallel."""

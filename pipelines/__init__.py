@@ -1,1 +1,1 @@
-"""pipelines."""
+"""The `ctr` command and end-to-end jobs (demo)."""
