@@ -1,0 +1,27 @@
+"""The `Example:` blocks in module docstrings run, so the documentation cannot drift from the code."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "features.hashing",
+    "features.strict",
+    "features.spec",
+    "features.transforms",
+    "features.encode",
+    "ctr.metrics",
+    "ctr.run_config",
+    "ctr.supernet",
+    "ctr.plan",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
