@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 from torchrec.datasets.utils import Batch
 
 from ctr.lit import CTRModule
 from ctr.models import CTRModel
+from ctr.plan import EmbeddingPlan, FieldPlan
 from ctr.run_config import RunConfig, SupernetConfig
-from ctr.supernet import DimensionSampler, RowPruning
+from ctr.supernet import DimensionSampler, RowPruning, row_keep_mask
 from features.schema import FeatureMap
 
 __all__ = ["SupernetModule"]
@@ -71,3 +73,43 @@ class SupernetModule(CTRModule):
         """As ``CTRModule``'s, minus the thresholds (they take :meth:`on_after_backward`'s SGD step)."""
         threshold = self.thresholds
         return [p for p in super().dense_parameters() if p is not threshold]
+
+    def row_masks(self) -> dict[str, torch.Tensor]:
+        """Per field, which table rows survive the learned threshold (the frozen mask of the search stage).
+
+        Reads every table whole, so it needs all shards local: one process, or table-wise sharding gathered
+        first (the multi-rank gather is not implemented yet and raises).
+        """
+        thresholds = self.thresholds.detach().cpu()
+        state = self._dmp().state_dict()
+        masks: dict[str, torch.Tensor] = {}
+        for i, field in enumerate(self.feature_map.categorical):
+            masks[field.name] = row_keep_mask(
+                _whole(state[f"sparse_arch.ebc.embedding_bags.t_{field.name}.weight"]), float(thresholds[i])
+            )
+        return masks
+
+    def plan(self, dims: dict[str, int] | None = None) -> EmbeddingPlan:
+        """The plan of kept rows (from :meth:`row_masks`) and ``dims`` per field (default: the full dim)."""
+        full = self.config.model.embedding_dim
+        masks = self.row_masks()
+        fields = tuple(
+            FieldPlan(name, (dims or {}).get(name, full), int(mask.sum()), int(mask.numel()))
+            for name, mask in masks.items()
+        )
+        return EmbeddingPlan(self.feature_map.content_hash, full, fields)
+
+
+def _whole(value: torch.Tensor) -> torch.Tensor:
+    """A full table from a plain tensor or a ShardedTensor whose shards are all local."""
+    if not isinstance(value, ShardedTensor):
+        return value.detach().cpu()
+    rows, cols = value.size()
+    out = torch.full((rows, cols), float("nan"))
+    for shard in value.local_shards():
+        r0, c0 = shard.metadata.shard_offsets
+        r, c = shard.metadata.shard_sizes
+        out[r0 : r0 + r, c0 : c0 + c] = shard.tensor.detach().cpu()
+    if torch.isnan(out).any():
+        raise NotImplementedError("row masks of tables sharded across ranks need a gather (not implemented yet)")
+    return out

@@ -165,6 +165,10 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
     if "test_gauc" in m:
         metrics["test_gauc"] = m["test_gauc"]
     metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    if isinstance(module, SupernetModule) and trainer.world_size == 1:
+        plan = module.plan()  # rows kept by the learned thresholds, full dims (the search picks dims)
+        plan.save(out / "plan.json")
+        metrics |= {"row_sparsity": plan.row_sparsity, "rows_kept": sum(f.rows_kept for f in plan.fields)}
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

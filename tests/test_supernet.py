@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ctr.plan import EmbeddingPlan
 from ctr.supernet import DimensionSampler, RowPruning, prefix_mask, row_keep_mask, surrogate_grad
 
 
@@ -113,3 +114,8 @@ def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) ->
         if row.split(",")[header.index("threshold_mean")]
     ]
     assert means and means[-1] > 0.0  # the regulariser pushed the thresholds up from 0
+    plan = EmbeddingPlan.load(tmp_path / "run" / "plan.json")
+    assert [f.name for f in plan.fields] == [f"C{i}" for i in range(1, 27)]
+    assert all(0 <= f.rows_kept <= f.rows_total and f.dim == 8 for f in plan.fields)
+    assert metrics["row_sparsity"] == pytest.approx(plan.row_sparsity)
+    assert 0.0 < plan.row_sparsity < 1.0, "with alpha 0.5 the thresholds prune some rows, not all"
