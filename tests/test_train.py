@@ -178,3 +178,11 @@ def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) ->
     )
     assert proc.returncode == 1
     assert "unknown key 'sparse_learning_rate' (did you mean 'sparse_lr'?)" in proc.stderr
+
+
+def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: Path) -> None:
+    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.group_field=C9"]
+    metrics = train(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run")
+    assert 0.0 <= metrics["test_gauc"] <= 1.0
+    with pytest.raises(ValueError, match="group_field 'nope' is not a categorical field"):
+        train(load_run_config(None, [*FAST, "trainer.group_field=nope"], data=str(small), model="fm"), tmp_path / "r2")
