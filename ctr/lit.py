@@ -40,7 +40,7 @@ from ctr.models import CTRModel, build_model
 from ctr.run_config import RunConfig
 from ctr.strategy import CheckpointError
 from features.schema import FeatureMap
-from features.strict import to_dict
+from features.strict import ConfigError, to_dict
 
 __all__ = ["CTRModule", "NonFiniteLossError"]
 
@@ -75,7 +75,7 @@ class CTRModule(pl.LightningModule):
         self.final_metrics: dict[str, float] = {}
         group = config.trainer.group_field
         if group is not None and group not in feature_map.sparse_names:
-            raise ValueError(f"trainer.group_field {group!r} is not a categorical field of the feature map")
+            raise ConfigError(f"trainer.group_field {group!r} is not a categorical field of the feature map")
 
     # ------------------------------------------------------------------ model and sharding
     def build_unsharded(self, device: torch.device) -> CTRModel:
