@@ -101,7 +101,7 @@ class CTRModule(pl.LightningModule):
         world = dist.get_world_size() if dist.is_initialized() else 1
         sharding = self.config.trainer.sharding
         if sharding in ("row_wise", "table_row_wise") and device.type != "cuda":
-            raise ValueError(f"sharding {sharding!r} needs a CUDA device (NCCL); use table_wise or column_wise on CPU")
+            raise ConfigError(f"sharding {sharding!r} needs a CUDA device (NCCL); use table_wise or column_wise on CPU")
         constraints = {t: ParameterConstraints(sharding_types=[sharding]) for t in tables}
         sharders = [EmbeddingBagCollectionSharder()]
         planner = EmbeddingShardingPlanner(

@@ -24,6 +24,7 @@ from ctr.plan import EmbeddingPlan, FieldPlan
 from ctr.run_config import RunConfig, SupernetConfig
 from ctr.supernet import DimensionSampler, RowPruning, row_keep_mask
 from features.schema import FeatureMap
+from features.strict import ConfigError
 
 __all__ = ["SupernetModule"]
 
@@ -31,9 +32,9 @@ __all__ = ["SupernetModule"]
 class SupernetModule(CTRModule):
     def __init__(self, config: RunConfig, feature_map: FeatureMap) -> None:
         if config.supernet is None:
-            raise ValueError("SupernetModule needs a `supernet` section in the run config")
+            raise ConfigError("SupernetModule needs a `supernet` section in the run config")
         if config.model.name == "lr":
-            raise ValueError("the OptEmbed supernet needs field embeddings; model 'lr' has none")
+            raise ConfigError("the OptEmbed supernet needs field embeddings; model 'lr' has none")
         super().__init__(config, feature_map)
         self.supernet_config: SupernetConfig = config.supernet
         self._pruning: RowPruning | None = None
