@@ -37,7 +37,8 @@ class SupernetModule(CTRModule):
             raise ConfigError("the OptEmbed supernet needs field embeddings; model 'lr' has none")
         super().__init__(config, feature_map)
         self.supernet_config: SupernetConfig = config.supernet
-        self._pruning: RowPruning | None = None
+        # found once in the sharded model; a plain list so that nn.Module does not register it a second time
+        self._pruning_found: list[RowPruning] = []
 
     def build_unsharded(self, device: torch.device) -> CTRModel:
         model = super().build_unsharded(device)
@@ -50,18 +51,22 @@ class SupernetModule(CTRModule):
         return model
 
     @property
+    def pruning(self) -> RowPruning:
+        """The model's :class:`RowPruning` (looked up once, not on every step)."""
+        if not self._pruning_found:
+            self._pruning_found += [m for m in self._dmp().modules() if isinstance(m, RowPruning)]
+        if len(self._pruning_found) != 1:
+            raise RuntimeError(f"expected one RowPruning in the supernet, found {len(self._pruning_found)}")
+        return self._pruning_found[0]
+
+    @property
     def thresholds(self) -> nn.Parameter:
-        for name, param in self._dmp().named_parameters():
-            if name.endswith("field_transform.0.thresholds"):
-                assert isinstance(param, nn.Parameter)
-                return param
-        raise RuntimeError("the supernet's thresholds are missing")
+        return self.pruning.thresholds
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
-        reg = self.supernet_config.alpha * torch.exp(-self.thresholds).sum()
         self.log("threshold_mean", self.thresholds.detach().mean(), prog_bar=False)
-        return loss + reg
+        return loss + self.pruning.regularizer(self.supernet_config.alpha)
 
     def on_after_backward(self) -> None:
         t = self.thresholds

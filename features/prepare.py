@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,14 +119,23 @@ def _time_cuts(valid: pl.LazyFrame, column: str, ratios: tuple[float, float, flo
     return int(q["c1"][0]), int(q["c2"][0])
 
 
-def _with_split(valid: pl.LazyFrame, spec: DatasetSpec, options: PrepareOptions) -> tuple[pl.LazyFrame, Any]:
-    valid = valid.pipe(derive_time_parts, spec)
+def _splitter(
+    valid: pl.LazyFrame, spec: DatasetSpec, options: PrepareOptions
+) -> tuple[Callable[[pl.LazyFrame], pl.LazyFrame], dict[str, Any]]:
+    """The step that derives time parts and assigns ``__split``, fixed once (the time cuts cost a pass)."""
     if options.split == "time":
         if spec.time is None:
             raise InputError(f"--split time needs a time column; dataset {spec.name!r} has none")
-        cuts = _time_cuts(valid, spec.time.column, options.ratios)
-        return valid.pipe(assign_time_split, spec.time.column, *cuts), {"time_cuts_us": list(cuts)}
-    return valid.pipe(assign_random_split, options.seed, options.ratios), {"ratios": list(options.ratios)}
+        column = spec.time.column
+        cuts = _time_cuts(valid, column, options.ratios)
+        return (
+            lambda lf: lf.pipe(derive_time_parts, spec).pipe(assign_time_split, column, *cuts),
+            {"time_cuts_us": list(cuts)},
+        )
+    return (
+        lambda lf: lf.pipe(derive_time_parts, spec).pipe(assign_random_split, options.seed, options.ratios),
+        {"ratios": list(options.ratios)},
+    )
 
 
 def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOptions | None = None) -> dict[str, Any]:
@@ -138,13 +147,13 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
     with _staged(out, options.overwrite) as work:
         with _Progress("fit", options.progress) as bar:
             base = _base(spec, inputs, bar)
-            valid, split_info = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
-            plan, _ = fit_plan(spec, valid.filter(pl.col("__split") == "train"), work)
+            valid = base.filter(pl.col("__reject").is_null())
+            split, split_info = _splitter(valid, spec, options)
+            plan, _ = fit_plan(spec, split(valid).filter(pl.col("__split") == "train"), work)
         rows_read = _count_and_quarantine(spec, base, work)
         with _Progress("encode", options.progress) as bar:
             base = _base(spec, inputs, bar)
-            valid, _ = _with_split(base.filter(pl.col("__reject").is_null()), spec, options)
-            splits = _encode(plan, valid, work, SPLITS, options.shard_rows)
+            splits = _encode(plan, split(base.filter(pl.col("__reject").is_null())), work, SPLITS, options.shard_rows)
         fm = FeatureMap(
             dataset=spec.name,
             label="label",
