@@ -28,7 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-__all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy"]
+__all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy", "complete_checkpoint"]
 
 META_FILE = "lightning_meta.pt"
 
@@ -82,21 +82,34 @@ class TorchRecStrategy(DDPStrategy):
         return module
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """Write into ``<path>.partial`` and swap it in whole, so a kill mid-save never leaves a mixed checkpoint.
+
+        The previous checkpoint of the same name is moved to ``<path>.stale`` before the swap and deleted after
+        it; a kill between the two renames leaves the stale one complete, and ``load_checkpoint`` falls back to it.
+        """
         path = Path(self.broadcast(str(filepath)))
+        partial, stale = _sibling(path, "partial"), _sibling(path, "stale")
         module = self._module()
         state = {"state_dict": checkpoint["state_dict"], "fused_optim": module.fused_optimizer_state()}
         rest = {k: v for k, v in checkpoint.items() if k != "state_dict"}
-        if self.is_global_zero and path.is_file():
-            path.unlink()  # a stale single-file checkpoint of the same name
-        dcp_save(state, checkpoint_id=str(path))
+        if self.is_global_zero and partial.exists():
+            shutil.rmtree(partial)  # left by a run killed mid-save
+        self.barrier("torchrec_save_checkpoint_begin")
+        dcp_save(state, checkpoint_id=str(partial))
+        self.barrier("torchrec_save_checkpoint_shards")
         if self.is_global_zero:
-            tmp = path / (META_FILE + ".tmp")
-            torch.save(rest, tmp)
-            tmp.replace(path / META_FILE)  # the meta file last: its presence marks a complete checkpoint
+            torch.save(rest, partial / META_FILE)  # the meta file last: its presence marks a complete checkpoint
+            if stale.exists():
+                _remove(stale)
+            if path.exists():
+                path.rename(stale)
+            partial.rename(path)
+            _remove(stale)
         self.barrier("torchrec_save_checkpoint")
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(self.broadcast(str(checkpoint_path)))
+        path = complete_checkpoint(path) or path
         meta_path = path / META_FILE
         if not meta_path.is_file():
             raise CheckpointError(f"{path}: not a complete checkpoint ({META_FILE} missing)")
@@ -118,8 +131,23 @@ class TorchRecStrategy(DDPStrategy):
 
     def remove_checkpoint(self, filepath: Any) -> None:
         if self.is_global_zero:
-            path = Path(filepath)
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+            _remove(Path(filepath))
+
+
+def complete_checkpoint(path: Path) -> Path | None:
+    """``path`` if it holds a complete checkpoint; else its ``.stale`` sibling if a kill mid-swap left one whole."""
+    for candidate in (path, _sibling(path, "stale")):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    return None
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{path.name}.{suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

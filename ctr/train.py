@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
 from ctr.run_config import RunConfig
-from ctr.strategy import CheckpointError, TorchRecStrategy
+from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint
 from ctr.supernet_module import SupernetModule
 from features.schema import FeatureMap
 from features.strict import to_dict
@@ -114,7 +114,7 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not (last / "lightning_meta.pt").is_file():
+    if resume and complete_checkpoint(last) is None:
         raise CheckpointError(f"{last}: nothing to resume (no complete checkpoint in {ckpt_dir})")
     if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise CheckpointError(f"{ckpt_dir}: the run directory has checkpoints; pass --resume or use a new --out")

@@ -107,10 +107,12 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_pa
     import torch
 
     while time.time() < deadline:
-        if meta.is_file():
+        try:
             step = torch.load(meta, weights_only=True)["global_step"]
-            if step >= 20:
-                break
+        except (OSError, EOFError, RuntimeError):
+            step = -1  # not written yet, or being swapped in
+        if step >= 20:
+            break
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -140,6 +142,25 @@ def test_checkpoint_of_another_config_is_refused(small: Path, tmp_path: Path) ->
         train(other, tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match="pass --resume"):
         train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
+
+
+def test_a_kill_during_a_checkpoint_swap_resumes_from_the_previous_checkpoint(small: Path, tmp_path: Path) -> None:
+    base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    cfg = load_run_config(None, base, data=str(small), model="fm")
+    first = train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints"
+    # The state a kill leaves between "last -> last.stale" and "last.partial -> last": a half-written partial.
+    (ckpt / "last.ckpt").rename(ckpt / "last.ckpt.stale")
+    (ckpt / "last.ckpt.partial").mkdir()
+    (ckpt / "last.ckpt.partial" / "__0_0.distcp").write_bytes(b"half")
+    resumed = train(
+        load_run_config(None, [*base, "trainer.max_epochs=2"], data=str(small), model="fm"),
+        tmp_path / "run",
+        resume=True,
+    )
+    assert resumed["global_step"] == 2 * first["global_step"]
+    assert (ckpt / "last.ckpt" / "lightning_meta.pt").is_file()
+    assert not (ckpt / "last.ckpt.partial").exists() and not (ckpt / "last.ckpt.stale").exists()
 
 
 def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
