@@ -42,6 +42,8 @@ class ModelConfig:
     * ``dense_mlp``: hidden sizes of DLRM's bottom MLP; a last layer of size ``embedding_dim`` is appended so
       that the dense vector meets the sparse embeddings (DLRM needs every field at ``embedding_dim``).
     * ``pooling``: how a multi-valued field's embeddings are pooled (``"sum"`` or ``"mean"``).
+    * ``pad_to``: pad the field vectors to at least this width (a retrained OptEmbed table keeps the
+      supernet's width, so its dense layers have the supernet's shapes); ``None``: the largest field dim.
     """
 
     name: ModelName
@@ -54,6 +56,7 @@ class ModelConfig:
     low_rank: int | None = None
     dense_mlp: tuple[int, ...] = (64,)
     pooling: Literal["sum", "mean"] = "sum"
+    pad_to: int | None = None
 
     def __post_init__(self) -> None:
         where = type(self).__name__
@@ -64,6 +67,8 @@ class ModelConfig:
         _check_dim(f"{where}.embedding_dim", self.embedding_dim)
         for name, dim in self.field_dims.items():
             _check_dim(f"{where}.field_dims[{name!r}]", dim)
+        if self.pad_to is not None:
+            _check_dim(f"{where}.pad_to", self.pad_to)
         for key in ("mlp", "dense_mlp"):
             sizes: tuple[int, ...] = getattr(self, key)
             for i, size in enumerate(sizes):

@@ -54,7 +54,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -196,6 +196,21 @@ class ColumnarSplit:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def remapped(self, feature_map: FeatureMap, remaps: Mapping[str, npt.NDArray[np.int32]]) -> ColumnarSplit:
+        """This split with every id of field ``f`` replaced by ``remaps[f][id]``, under ``feature_map``.
+
+        How a pruned table reads its data: kept rows get new ids, pruned ones the OOV row's
+        (:meth:`ctr.pruned.PrunedTables.remap`). One vectorised gather per field; the dense part is shared.
+        """
+        if sorted(remaps) != sorted(self.keys) or list(feature_map.sparse_names) != self.keys:
+            raise ValueError(f"remaps for {sorted(remaps)} do not match the split's fields {self.keys}")
+        single = [f.name for f in self.feature_map.categorical if not f.multi_valued]
+        sparse = np.empty_like(self.sparse)
+        for j, name in enumerate(single):
+            sparse[:, j] = remaps[name][self.sparse[:, j]]
+        multi = {name: CSRColumn(col.offsets, remaps[name][col.values]) for name, col in self.multi.items()}
+        return ColumnarSplit(feature_map, self.dense, self.labels, sparse, multi)
 
     def batch(self, indices: npt.NDArray[np.integer[Any]]) -> Batch:
         """Gather rows ``indices`` (each in ``[0, len(self))``; not checked, this is the hot path)."""
@@ -573,9 +588,11 @@ class CTRDataModule(lightning.LightningDataModule):
     by rank, and Lightning would otherwise wrap it in a ``DistributedSampler``; :meth:`setup` refuses that.
     """
 
-    def __init__(self, config: DataConfig) -> None:
+    def __init__(self, config: DataConfig, transform: Callable[[ColumnarSplit], ColumnarSplit] | None = None) -> None:
+        """``transform`` applies to every split once loaded (a pruned table's id remap)."""
         super().__init__()
         self.config = config
+        self.transform = transform
         self._feature_map: FeatureMap | None = None
         self._splits: dict[str, ColumnarSplit] = {}
         self.rank = 0
@@ -605,7 +622,8 @@ class CTRDataModule(lightning.LightningDataModule):
         fm = self.feature_map
         for name in _STAGE_SPLITS[stage]:
             if name in fm.splits and name not in self._splits:
-                self._splits[name] = load_split(self.config.path, fm, name)
+                split = load_split(self.config.path, fm, name)
+                self._splits[name] = self.transform(split) if self.transform is not None else split
 
     def split(self, name: str) -> ColumnarSplit:
         if name not in self._splits:

@@ -130,8 +130,8 @@ class SparseArch(nn.Module):
         super().__init__()
         self.dims = field_dims(fm, config)
         self.num_fields = len(self.dims)
-        self.embedding_dim = max(self.dims)
-        self._uniform = len(set(self.dims)) == 1
+        self.embedding_dim = max(*self.dims, config.pad_to or 0)
+        self._uniform = set(self.dims) == {self.embedding_dim}
         self._split_sizes = list(self.dims)
         self.ebc = EmbeddingBagCollection(tables=_tables(fm, "t_", self.dims, config), device=device)
 

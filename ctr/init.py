@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 
-__all__ = ["reinitialize", "table_init"]
+__all__ = ["is_table", "reinitialize", "table_init", "write_whole"]
 
 
 def table_init(name: str, rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -35,19 +35,30 @@ def _is_dense(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
+def write_whole(value: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy the whole tensor ``full`` into ``value``: a plain tensor, or this rank's shards of a ShardedTensor."""
+    if tuple(value.size()) != tuple(full.shape):
+        raise ValueError(f"cannot write a tensor of shape {tuple(full.shape)} into one of {tuple(value.size())}")
+    if isinstance(value, ShardedTensor):
+        for shard in value.local_shards():
+            r0, c0 = shard.metadata.shard_offsets
+            r, c = shard.metadata.shard_sizes
+            shard.tensor.copy_(full[r0 : r0 + r, c0 : c0 + c])
+    else:
+        value.copy_(full)
+
+
+def is_table(key: str) -> bool:
+    """Whether a state-dict key names an embedding table's weight."""
+    return key.endswith(".weight") and ".embedding_bags." in key
+
+
+@torch.no_grad()
 def reinitialize(dmp: nn.Module, seed: int) -> None:
     for key, value in dmp.state_dict().items():
-        if not (key.endswith(".weight") and ".embedding_bags." in key):
-            continue
-        rows, dim = value.size()
-        full = table_init(key.split(".")[-2], rows, dim, seed)
-        if isinstance(value, ShardedTensor):
-            for shard in value.local_shards():
-                r0, c0 = shard.metadata.shard_offsets
-                r, c = shard.metadata.shard_sizes
-                shard.tensor.copy_(full[r0 : r0 + r, c0 : c0 + c])
-        else:
-            value.copy_(full)
+        if is_table(key):
+            rows, dim = value.size()
+            write_whole(value, table_init(key.split(".")[-2], rows, dim, seed))
     torch.manual_seed(seed)
     for _, module in dmp.named_modules():
         reset = getattr(module, "reset_parameters", None)

@@ -192,22 +192,27 @@ class CTRModule(pl.LightningModule):
         self._finish("test_")
 
     # ------------------------------------------------------------------ checkpoints (see ctr.strategy)
-    def _spec(self) -> dict[str, Any]:
-        return {
+    def _spec(self, *, world_size: bool = True) -> dict[str, Any]:
+        spec = {
             "model": to_dict(self.config.model),
             "sparse_optimizer": self.config.optim.sparse,
             "feature_map_hash": self.feature_map.content_hash,
-            "world_size": self.trainer.world_size,
         }
+        if world_size:
+            spec["world_size"] = self.trainer.world_size
+        return spec
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ctr_spec"] = self._spec()
 
-    def check_checkpoint_spec(self, meta: dict[str, Any], path: str) -> None:
+    def check_checkpoint_spec(self, meta: dict[str, Any], path: str, *, world_size: bool = True) -> None:
+        """Refuse a checkpoint of another model config, optimiser, feature map or (resuming) world size."""
         saved = meta.get("ctr_spec")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{path}: checkpoint carries no spec (not written by this platform)")
-        want, have = _flatten(saved), _flatten(self._spec())
+        if not world_size:
+            saved = {k: v for k, v in saved.items() if k != "world_size"}
+        want, have = _flatten(saved), _flatten(self._spec(world_size=world_size))
         diff = [
             f"{k}: checkpoint {want.get(k)!r}, this run {have.get(k)!r}"
             for k in sorted(set(want) | set(have))

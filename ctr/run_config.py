@@ -26,7 +26,15 @@ from ctr.config import ModelConfig
 from ctr.data import DataConfig
 from features.strict import ConfigError, from_dict, load_yaml
 
-__all__ = ["OptimConfig", "RunConfig", "SupernetConfig", "TrainerConfig", "load_run_config"]
+__all__ = [
+    "OptimConfig",
+    "RetrainConfig",
+    "RunConfig",
+    "SearchConfig",
+    "SupernetConfig",
+    "TrainerConfig",
+    "load_run_config",
+]
 
 Sharding = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
 
@@ -88,12 +96,14 @@ class SupernetConfig:
 
     ``candidates`` defaults to the multiples of 4 up to the embedding dim. ``alpha`` and ``threshold_lr`` are
     scale-dependent (see ../shared/ref/optembed.md, section 2): the defaults are starting points, not tuned.
+    ``prune_rows`` and ``sample_dims`` switch the two halves of the supernet (see :mod:`ctr.variants`).
     """
 
     alpha: float = 1e-4
     threshold_lr: float = 1e-2
     candidates: tuple[int, ...] | None = None
     sample_dims: bool = True
+    prune_rows: bool = True
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.threshold_lr <= 0:
@@ -103,12 +113,61 @@ class SupernetConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """OptEmbed's evolutionary search over per-field dims (defaults as in the paper: 20, 10, 10, 0.1, 30, 15).
+
+    ``multi_objective``: maximise validation AUC and minimise embedding parameters (Pareto front).
+    ``budget``: keep only candidates whose embedding parameters are at most this fraction of the full
+    table's. ``val_rows``: score on a seeded sample of that many validation rows (``None``: all of them).
+    ``workers``: Ray evaluator actors (0: score in the driver process, without Ray).
+    """
+
+    population: int = 20
+    n_mutation: int = 10
+    n_crossover: int = 10
+    mutation_prob: float = 0.1
+    generations: int = 30
+    top_k: int = 15
+    crossover: Literal["one_point", "uniform"] = "one_point"
+    seed: int = 0
+    workers: int = 1
+    multi_objective: bool = False
+    budget: float | None = None
+    val_rows: int | None = None
+    eval_batch_size: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"SearchConfig.workers: must be >= 0, got {self.workers}")
+        if self.budget is not None and not 0.0 < self.budget <= 1.0:
+            raise ConfigError(f"SearchConfig.budget: a fraction in (0, 1] of the full table, got {self.budget}")
+        if self.val_rows is not None and self.val_rows < 1:
+            raise ConfigError(f"SearchConfig.val_rows: must be >= 1 or null, got {self.val_rows}")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining the physically pruned, mixed-dimension table of an OptEmbed plan.
+
+    ``init``: ``rewind`` to the supernet's initial weights (lottery-ticket style, as the official code),
+    ``fresh`` (a new initialisation, seeded by ``trainer.seed``) or ``inherit`` the trained supernet's weights.
+    ``supernet``: the supernet's run directory; ``plan``: the directory holding ``plan.json`` and ``masks.npz``.
+    """
+
+    init: Literal["rewind", "fresh", "inherit"] = "rewind"
+    supernet: str | None = None
+    plan: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig
     model: ModelConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     supernet: SupernetConfig | None = None
+    search: SearchConfig | None = None
+    retrain: RetrainConfig | None = None
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

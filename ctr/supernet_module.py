@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor.api import ShardedTensor
@@ -26,7 +28,7 @@ from ctr.supernet import DimensionSampler, RowPruning, row_keep_mask
 from features.schema import FeatureMap
 from features.strict import ConfigError
 
-__all__ = ["SupernetModule"]
+__all__ = ["SupernetModule", "find_pruning", "model_row_masks"]
 
 
 class SupernetModule(CTRModule):
@@ -43,57 +45,56 @@ class SupernetModule(CTRModule):
     def build_unsharded(self, device: torch.device) -> CTRModel:
         model = super().build_unsharded(device)
         assert model.sparse_arch is not None
-        pruning = RowPruning(model.sparse_arch.num_fields, device=device)
-        steps: list[nn.Module] = [pruning]
+        steps: list[nn.Module] = []
+        if self.supernet_config.prune_rows:
+            steps.append(RowPruning(model.sparse_arch.num_fields, device=device))
         if self.supernet_config.sample_dims:
             steps.append(DimensionSampler(model.sparse_arch.embedding_dim, self.supernet_config.candidates))
         model.field_transform = nn.Sequential(*steps)
         return model
 
     @property
-    def pruning(self) -> RowPruning:
-        """The model's :class:`RowPruning` (looked up once, not on every step)."""
+    def pruning(self) -> RowPruning | None:
+        """The model's :class:`RowPruning` (looked up once, not on every step); ``None`` without row pruning."""
+        if not self.supernet_config.prune_rows:
+            return None
         if not self._pruning_found:
             self._pruning_found += [m for m in self._dmp().modules() if isinstance(m, RowPruning)]
         if len(self._pruning_found) != 1:
             raise RuntimeError(f"expected one RowPruning in the supernet, found {len(self._pruning_found)}")
         return self._pruning_found[0]
 
-    @property
-    def thresholds(self) -> nn.Parameter:
-        return self.pruning.thresholds
-
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
-        self.log("threshold_mean", self.thresholds.detach().mean(), prog_bar=False)
-        return loss + self.pruning.regularizer(self.supernet_config.alpha)
+        pruning = self.pruning
+        if pruning is None:
+            return loss
+        self.log("threshold_mean", pruning.thresholds.detach().mean(), prog_bar=False)
+        return loss + pruning.regularizer(self.supernet_config.alpha)
 
     def on_after_backward(self) -> None:
-        t = self.thresholds
-        if t.grad is not None:
+        pruning = self.pruning
+        t = pruning.thresholds if pruning is not None else None
+        if t is not None and t.grad is not None:
             with torch.no_grad():
                 t.sub_(self.supernet_config.threshold_lr * t.grad)
             t.grad = None
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """As ``CTRModule``'s, minus the thresholds (they take :meth:`on_after_backward`'s SGD step)."""
-        threshold = self.thresholds
-        return [p for p in super().dense_parameters() if p is not threshold]
+        pruning = self.pruning
+        if pruning is None:
+            return super().dense_parameters()
+        return [p for p in super().dense_parameters() if p is not pruning.thresholds]
 
     def row_masks(self) -> dict[str, torch.Tensor]:
         """Per field, which table rows survive the learned threshold (the frozen mask of the search stage).
 
         Reads every table whole, so it needs all shards local: one process, or table-wise sharding gathered
-        first (the multi-rank gather is not implemented yet and raises).
+        first (the multi-rank gather is not implemented: the search stage reads the checkpoint instead,
+        :func:`ctr.optembed.supernet_masks`).
         """
-        thresholds = self.thresholds.detach().cpu()
-        state = self._dmp().state_dict()
-        masks: dict[str, torch.Tensor] = {}
-        for i, field in enumerate(self.feature_map.categorical):
-            masks[field.name] = row_keep_mask(
-                _whole(state[f"sparse_arch.ebc.embedding_bags.t_{field.name}.weight"]), float(thresholds[i])
-            )
-        return masks
+        return model_row_masks(self._dmp(), self.feature_map, self.pruning, unwrap=_whole)
 
     def plan(self, dims: dict[str, int] | None = None) -> EmbeddingPlan:
         """The plan of kept rows (from :meth:`row_masks`) and ``dims`` per field (default: the full dim)."""
@@ -104,6 +105,33 @@ class SupernetModule(CTRModule):
             for name, mask in masks.items()
         )
         return EmbeddingPlan(self.feature_map.content_hash, full, fields)
+
+
+def model_row_masks(
+    model: nn.Module,
+    fm: FeatureMap,
+    pruning: RowPruning | None,
+    unwrap: Callable[[torch.Tensor], torch.Tensor] = lambda t: t.detach().cpu(),
+) -> dict[str, torch.Tensor]:
+    """Per categorical field, the rows whose L1 norm exceeds the field's learned threshold (all without pruning)."""
+    state = model.state_dict()
+    masks: dict[str, torch.Tensor] = {}
+    thresholds = pruning.thresholds.detach().cpu() if pruning is not None else None
+    for i, field in enumerate(fm.categorical):
+        weight = unwrap(state[f"sparse_arch.ebc.embedding_bags.t_{field.name}.weight"])
+        if thresholds is None:
+            masks[field.name] = torch.ones(weight.shape[0], dtype=torch.bool)
+        else:
+            masks[field.name] = row_keep_mask(weight, float(thresholds[i]))
+    return masks
+
+
+def find_pruning(model: nn.Module) -> RowPruning | None:
+    """The :class:`RowPruning` of a (plain) supernet model, if it has one."""
+    found = [m for m in model.modules() if isinstance(m, RowPruning)]
+    if len(found) > 1:
+        raise RuntimeError(f"expected at most one RowPruning in the supernet, found {len(found)}")
+    return found[0] if found else None
 
 
 def _whole(value: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
+from ctr.retrain_module import RetrainModule
 from ctr.run_config import RunConfig
 from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint
 from ctr.supernet_module import SupernetModule
@@ -104,6 +105,15 @@ def _trainer(config: RunConfig, out: Path, nproc: int, callbacks: list[Callback]
     )
 
 
+def build_module(config: RunConfig, fm: FeatureMap) -> CTRModule:
+    """The LightningModule a config asks for: a supernet, a retraining of an OptEmbed plan, or a base model."""
+    if config.supernet is not None:
+        return SupernetModule(config, fm)
+    if config.retrain is not None:
+        return RetrainModule(config, fm)
+    return CTRModule(config, fm)
+
+
 def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``."""
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
@@ -134,8 +144,8 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
     ]
     if config.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    module = SupernetModule(config, fm) if config.supernet is not None else CTRModule(config, fm)
-    data = CTRDataModule(config.data)
+    module = build_module(config, fm)
+    data = CTRDataModule(config.data, transform=module.transform_split if isinstance(module, RetrainModule) else None)
     trainer = _trainer(config, out, nproc, callbacks, fitting=True)
     started = time.perf_counter()
     trainer.fit(module, data, ckpt_path=str(last) if resume else None)
