@@ -53,10 +53,10 @@ def read_run_config(run: str | Path) -> RunConfig:
 def load_run(run: str | Path, checkpoint: str | None = None, feature_map: FeatureMap | None = None) -> TrainedRun:
     """The model of ``run`` at its best checkpoint (or ``checkpoint``, relative to the run directory).
 
-    ``feature_map`` overrides the one in the config's data path (a retrained run's reduced map).
+    ``feature_map`` overrides the one in the config's data path. A retraining run builds its reduced tables
+    from its plan, as in training.
     """
-    from ctr.lit import CTRModule
-    from ctr.supernet_module import SupernetModule
+    from ctr.train import build_module
 
     root = Path(run)
     config = read_run_config(root)
@@ -68,7 +68,7 @@ def load_run(run: str | Path, checkpoint: str | None = None, feature_map: Featur
     if ckpt is None:
         raise CheckpointError(f"{root}: no complete checkpoint {checkpoint or metrics['best_checkpoint']!r}")
     fm = feature_map if feature_map is not None else FeatureMap.load(config.data.path)
-    module = SupernetModule(config, fm) if config.supernet is not None else CTRModule(config, fm)
+    module = build_module(config, fm)
     try:
         meta = torch.load(ckpt / META_FILE, map_location="cpu", weights_only=True)
     except Exception as e:

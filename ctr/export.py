@@ -1,0 +1,168 @@
+"""Export a retrained OptEmbed model as one artifact that loads strictly for inference.
+
+An artifact directory holds everything serving needs, and nothing it must guess:
+
+==================  =====================================================================================
+``feature_map.json`` the fitted feature map (with ``vocab/``): encodes raw logs (``ctr apply``)
+``plan.json``        per-field dims and kept rows; ``masks.npz`` the kept rows (the id remap)
+``model.json``       :class:`ExportSpec`: model config, both feature-map hashes, int8 or not, weights digest
+``weights.pt``       the state dict (plain tensors; int8 tables as uint8 rows through TorchRec/FBGEMM)
+==================  =====================================================================================
+
+:func:`load_exported` checks the spec strictly (unknown keys, format version), the feature map's content hash,
+the weights' SHA-256 and every state-dict key before it returns an :class:`ExportedModel`; weights load with
+``weights_only=True``.
+
+Example:
+    >>> info = export_run("runs/optembed/retrain", "runs/optembed/export", int8=True)  # doctest: +SKIP
+    >>> model = load_exported("runs/optembed/export")  # doctest: +SKIP
+    >>> model.predict(load_split("new_data", model.feature_map, "test"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ctr.config import ModelConfig
+from ctr.data import ColumnarSplit
+from ctr.embedding import embedding_params
+from ctr.models import CTRModel, build_model
+from ctr.pruned import MASKS_FILE, PLAN_FILE, PrunedTables
+from ctr.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
+from ctr.restore import load_run, read_run_config
+from features.schema import FeatureMap
+from features.strict import ConfigError, from_dict, to_dict
+
+__all__ = ["EXPORT_FORMAT", "ExportSpec", "ExportedModel", "export_run", "load_exported"]
+
+EXPORT_FORMAT = 1
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    format: int
+    model: ModelConfig  # the retrained model's config: per-field dims, padded width
+    feature_map_hash: str  # the fitted feature map's
+    table_hash: str  # the reduced feature map's (cardinalities = kept rows)
+    int8: bool
+    weights_sha256: str
+    embedding_params: int
+    embedding_bytes: int
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    spec: ExportSpec
+    feature_map: FeatureMap
+    tables: PrunedTables
+    model: CTRModel  # eval mode, CPU
+
+    def predict(self, split: ColumnarSplit, batch_size: int = 8192) -> npt.NDArray[np.float32]:
+        """Click probabilities for every row of ``split`` (encoded with this artifact's feature map)."""
+        theirs = [(f.name, f.cardinality) for f in split.feature_map.categorical]
+        ours = [(f.name, f.cardinality) for f in self.feature_map.categorical]
+        if theirs != ours or split.feature_map.dense_names != self.feature_map.dense_names:
+            raise ConfigError("the data was not encoded with this artifact's feature map (fields differ)")
+        reduced = self.tables.feature_map(self.feature_map)
+        data = split.remapped(reduced, {name: self.tables.remap(name) for name in self.feature_map.sparse_names})
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                out.append(torch.sigmoid(self.model(data.batch(np.arange(start, min(start + batch_size, len(data)))))))
+        return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_run(run: str | Path, out: str | Path, *, int8: bool = False) -> dict[str, object]:
+    """Export the best checkpoint of retraining run ``run`` into the artifact directory ``out``."""
+    config = read_run_config(run)
+    if config.retrain is None or config.retrain.plan is None:
+        raise ConfigError(f"{run}: not a retraining run (no retrain.plan in its config)")
+    fm = FeatureMap.load(config.data.path)
+    tables = PrunedTables.load(config.retrain.plan, fm.content_hash)
+    trained = load_run(run)  # builds the RetrainModule's reduced model and loads it strictly
+    model = quantize_embeddings(trained.model) if int8 else trained.model
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    fm.save(out / "feature_map.json")
+    vocab = Path(config.data.path) / "vocab"
+    if vocab.is_dir():
+        shutil.copytree(vocab, out / "vocab")
+    tables.save(out)
+    state = quantized_state_dict(model) if int8 else {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(state, out / WEIGHTS_FILE)
+    reduced = tables.feature_map(fm)
+    spec = ExportSpec(
+        format=EXPORT_FORMAT,
+        model=tables.model_config(config.model),
+        feature_map_hash=fm.content_hash,
+        table_hash=reduced.content_hash,
+        int8=int8,
+        weights_sha256=_sha256(out / WEIGHTS_FILE),
+        embedding_params=embedding_params(reduced, tables.model_config(config.model)),
+        embedding_bytes=embedding_bytes(model),
+    )
+    (out / SPEC_FILE).write_text(json.dumps(to_dict(spec), indent=2) + "\n")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {
+        "path": str(out),
+        "int8": int8,
+        "embedding_params": spec.embedding_params,
+        "embedding_bytes": spec.embedding_bytes,
+        "weights_bytes": (out / WEIGHTS_FILE).stat().st_size,
+        "artifact_bytes": size,
+    }
+
+
+def load_exported(path: str | Path) -> ExportedModel:
+    """Load an artifact strictly: spec, feature map, plan and weights must all agree."""
+    root = Path(path)
+    spec_path = root / SPEC_FILE
+    if not spec_path.is_file():
+        raise ConfigError(f"{spec_path}: missing (not an exported model)")
+    try:
+        raw = json.loads(spec_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{spec_path}: corrupt ({e})") from e
+    spec = from_dict(ExportSpec, raw, where=str(spec_path))
+    if spec.format != EXPORT_FORMAT:
+        raise ConfigError(f"{spec_path}: export format {spec.format}, this version reads {EXPORT_FORMAT}")
+    fm = FeatureMap.load(root)
+    if fm.content_hash != spec.feature_map_hash:
+        raise ConfigError(
+            f"{root}: feature map {fm.content_hash[:12]} is not the exported {spec.feature_map_hash[:12]}"
+        )
+    tables = PrunedTables.load(root, fm.content_hash)
+    reduced = tables.feature_map(fm)
+    if reduced.content_hash != spec.table_hash:
+        raise ConfigError(f"{root}: {PLAN_FILE}/{MASKS_FILE} do not give the exported tables")
+    weights = root / WEIGHTS_FILE
+    if not weights.is_file() or _sha256(weights) != spec.weights_sha256:
+        raise ConfigError(f"{weights}: missing or corrupt (SHA-256 differs from {SPEC_FILE})")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    skeleton = build_model(reduced, spec.model)
+    if spec.int8:
+        model = load_quantized(skeleton, state)
+    else:
+        skeleton.load_state_dict(state, strict=True)
+        model = skeleton
+    return ExportedModel(spec, fm, tables, model.eval())
