@@ -120,6 +120,8 @@ class SearchConfig:
     ``budget``: keep only candidates whose embedding parameters are at most this fraction of the full
     table's. ``val_rows``: score on a seeded sample of that many validation rows (``None``: all of them).
     ``workers``: Ray evaluator actors (0: score in the driver process, without Ray).
+    ``pick_tolerance``: retrain the smallest candidate whose validation AUC is within this of the best one
+    (0: the best one itself).
     """
 
     population: int = 20
@@ -135,8 +137,11 @@ class SearchConfig:
     budget: float | None = None
     val_rows: int | None = None
     eval_batch_size: int = 8192
+    pick_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.pick_tolerance < 0:
+            raise ConfigError(f"SearchConfig.pick_tolerance: must be >= 0, got {self.pick_tolerance}")
         if self.workers < 0:
             raise ConfigError(f"SearchConfig.workers: must be >= 0, got {self.workers}")
         if self.budget is not None and not 0.0 < self.budget <= 1.0:
@@ -174,7 +179,9 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
-        child = node.setdefault(key, {})
+        if node.get(key) is None:  # absent, or an empty section (``supernet: null`` in a resolved config)
+            node[key] = {}
+        child = node[key]
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: {key!r} is not a section")
         node = child

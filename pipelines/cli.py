@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -57,6 +58,83 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps(metrics))
 
 
+def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
+    from ctr.run_config import load_run_config
+
+    sets = list(args.set)
+    if getattr(args, "search_workers", None) is not None:
+        sets.append(f"search.workers={args.search_workers}")
+    if getattr(args, "multi_objective", False):
+        sets.append("search.multi_objective=true")
+    return load_run_config(args.config, sets, data=getattr(args, "data", None), model=args.model, sections=sections)
+
+
+def _optembed(args: argparse.Namespace) -> None:
+    from ctr.variants import variant
+    from pipelines.optembed import run_optembed
+
+    config = _run_config(args, ("supernet", "search", "retrain"))
+    result = run_optembed(
+        config,
+        Path(args.out),
+        variant(args.variant),
+        storage=args.storage,
+        study=args.study,
+        address=args.address,
+        nproc=args.nproc,
+        int8=args.int8,
+        progress=not args.quiet,
+    )
+    print(json.dumps({k: result[k] for k in ("baseline", "final", "params_ratio", "sparsity", "row_sparsity")}))
+
+
+def _search(args: argparse.Namespace) -> None:
+    from ctr.restore import read_run_config
+    from ctr.run_config import load_run_config
+    from ctr.variants import variant
+    from pipelines.optembed import search_stage
+
+    supernet = read_run_config(args.supernet)
+    sets = [*args.set, *([f"search.workers={args.search_workers}"] if args.search_workers is not None else [])]
+    sets += ["search.multi_objective=true"] if args.multi_objective else []
+    config = load_run_config(
+        args.config, sets, data=supernet.data.path, model=supernet.model.name, sections=("search",)
+    ).search
+    assert config is not None
+    summary = search_stage(
+        Path(args.supernet),
+        Path(args.out),
+        variant(args.variant),
+        config,
+        storage=args.storage,
+        study=args.study,
+        address=args.address,
+        progress=not args.quiet,
+    )
+    print(json.dumps({k: summary.get(k) for k in ("dims", "embedding_params", "sparsity", "row_sparsity", "trials")}))
+
+
+def _retrain(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from ctr.run_config import load_run_config
+    from ctr.train import train
+
+    sets = [*args.set, f"retrain.supernet={args.supernet}", f"retrain.plan={args.plan}"]
+    sets += [f"retrain.init={args.init}"] if args.init else []
+    # Default: the supernet's own settings (model, optimiser, trainer), without its supernet section.
+    source = args.config if args.config is not None else str(Path(args.supernet) / "config.yaml")
+    config = load_run_config(source, sets, data=args.data, model=None)
+    config = dataclasses.replace(config, supernet=None, search=None)
+    print(json.dumps(train(config, Path(args.out), nproc=args.nproc, resume=args.resume)))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from ctr.export import export_run
+
+    print(json.dumps(export_run(Path(args.run), Path(args.out), int8=args.int8)))
+
+
 def _synth(args: argparse.Namespace) -> None:
     from features.synth import write_synthetic
 
@@ -65,6 +143,14 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 MODEL_NAMES = ("lr", "fm", "deepfm", "fnn", "ipnn", "dcn", "dcnv2", "dlrm")
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--search-workers", type=int, metavar="N", help="Ray evaluator actors (0: no Ray; default 1)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite file in the search dir)")
+    p.add_argument("--study", default="optembed", metavar="NAME", help="Optuna study name")
+    p.add_argument("--multi-objective", action="store_true", help="maximise AUC and minimise parameters (Pareto)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -107,6 +193,56 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
         p.set_defaults(func=_train)
 
+    variants = ["optembed", "optembed-e", "optembed-d"]
+    p = sub.add_parser("optembed", help="OptEmbed end to end: baseline, supernet, search, retrain, export, result.json")
+    p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
+    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--out", required=True, metavar="RUN", help="pipeline directory (one sub-directory per stage)")
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML config (data, model, optim, trainer, supernet, search, retrain)"
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. search.generations=5"
+    )
+    p.add_argument(
+        "--variant", choices=variants, default="optembed", help="rows and dims, rows only (-e), dims only (-d)"
+    )
+    _search_args(p)
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help="training processes")
+    p.add_argument("--int8", action="store_true", help="export int8 embedding tables")
+    p.add_argument("--quiet", action="store_true", help="no search progress bar")
+    p.set_defaults(func=_optembed)
+
+    p = sub.add_parser("search", help="evolutionary search of per-field dims on a trained supernet (Optuna + Ray)")
+    p.add_argument("--supernet", required=True, metavar="RUN", help="run directory of `ctr supernet`")
+    p.add_argument("--out", required=True, metavar="DIR", help="plan.json, masks.npz, search.json, plots/")
+    p.add_argument("--config", metavar="FILE", help="YAML with a `search` section")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. search.population=10"
+    )
+    p.add_argument("--variant", choices=variants, default="optembed")
+    _search_args(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_search, model=None)
+
+    p = sub.add_parser("retrain", help="retrain the pruned, mixed-dimension table of a search's plan")
+    p.add_argument("--supernet", required=True, metavar="RUN", help="run directory of `ctr supernet`")
+    p.add_argument("--plan", required=True, metavar="DIR", help="output directory of `ctr search`")
+    p.add_argument("--out", required=True, metavar="RUN")
+    p.add_argument("--data", metavar="DIR", help="prepared data (default: the supernet's)")
+    p.add_argument("--init", choices=["rewind", "fresh", "inherit"], help="initial weights (default: rewind)")
+    p.add_argument("--config", metavar="FILE", help="YAML run config (default: the supernet's settings)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--nproc", type=int, default=1, metavar="N")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_retrain)
+
+    p = sub.add_parser("export", help="export a retrained model as one strictly loading artifact")
+    p.add_argument("--run", required=True, metavar="RUN", help="run directory of `ctr retrain`")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--int8", action="store_true", help="int8 embedding tables (TorchRec/FBGEMM quantisation)")
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("synth", help="planted-signal Criteo-format data with its ground truth")
     p.add_argument("--rows", required=True, type=int, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE", help="TSV output; truth goes to FILE.truth.json")
@@ -124,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError, FileNotFoundError)
-    if args.command in ("train", "supernet"):
+    if args.command in ("train", "supernet", "optembed", "search", "retrain", "export"):
         from ctr.lit import NonFiniteLossError
         from ctr.strategy import CheckpointError
 

@@ -1,0 +1,244 @@
+"""The OptEmbed pipeline: baseline -> supernet -> search -> retrain -> export -> ``result.json`` and plots.
+
+Every stage writes into its own directory under ``RUN`` and can run alone (``ctr supernet``, ``ctr search``,
+``ctr retrain``, ``ctr export``). Run again after an interruption, the pipeline resumes: a finished stage (its
+``metrics.json`` or ``search.json`` exists) is not redone, a training stage with a checkpoint continues from
+it, and the search continues its Optuna study without re-evaluating finished candidates.
+
+::
+
+    RUN/baseline/   the base model with full tables            (metrics.json)
+    RUN/supernet/   the OptEmbed supernet                       (metrics.json, plan.json of kept rows)
+    RUN/search/     plan.json + masks.npz, search.json, study.db (default SQLite storage),
+                    plots/dims.png, plots/generations.png, plots/pareto.png
+    RUN/retrain/    the pruned, mixed-dimension model           (metrics.json)
+    RUN/export/     the inference artifact                      (see ctr.export)
+    RUN/result.json baseline vs final, sparsity, per-field dims and rows
+
+Example:
+    >>> result = run_optembed(load_run_config("optembed.yaml"), Path("runs/oe"), VARIANTS["optembed"])  # doctest: +SKIP
+    >>> result["final"]["embedding_params"] / result["baseline"]["embedding_params"]  # doctest: +SKIP
+    0.41
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctr.data import load_split
+from ctr.embedding import FIRST_ORDER_MODELS, LINEAR_DIM
+from ctr.export import export_run
+from ctr.plan import EmbeddingPlan, FieldPlan
+from ctr.pruned import PrunedTables
+from ctr.restore import load_run
+from ctr.run_config import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
+from ctr.strategy import complete_checkpoint
+from ctr.supernet_module import find_pruning, model_row_masks
+from ctr.train import train
+from ctr.variants import Variant
+from features.strict import ConfigError
+from search.driver import Scored, SearchOutcome, SearchSpace, run_search
+from search.plots import plot_search
+from search.scorer import CandidateScorer
+
+__all__ = ["run_optembed", "search_stage", "train_stage"]
+
+
+def train_stage(config: RunConfig, out: Path, *, nproc: int = 1) -> dict[str, Any]:
+    """Train into ``out``, or return its metrics when it is done, or resume it from its last checkpoint."""
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        loaded: dict[str, Any] = json.loads(metrics.read_text())
+        return loaded
+    resume = complete_checkpoint(out / "checkpoints" / "last.ckpt") is not None
+    if not resume and out.exists():
+        shutil.rmtree(out)  # started, but killed before its first checkpoint
+    return train(config, out, nproc=nproc, resume=resume)
+
+
+def _choices(config: RunConfig) -> tuple[int, ...]:
+    supernet = config.supernet or SupernetConfig()
+    full = config.model.embedding_dim
+    return tuple(supernet.candidates) if supernet.candidates is not None else tuple(range(4, full + 1, 4))
+
+
+def _pick(scored: list[Scored], tolerance: float) -> Scored:
+    """The smallest candidate within ``tolerance`` of the best validation AUC (ties: higher AUC, earlier trial)."""
+    best = max(s.val_auc for s in scored)
+    near = [s for s in scored if s.val_auc >= best - tolerance]
+    return min(near, key=lambda s: (s.embedding_params, -s.val_auc, s.trial))
+
+
+def search_stage(
+    supernet: Path,
+    out: Path,
+    variant: Variant,
+    config: SearchConfig,
+    *,
+    storage: str | None = None,
+    study: str = "optembed",
+    address: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Freeze the supernet's row masks, search per-field dims (if the variant does), write the plan into ``out``."""
+    done = out / "search.json"
+    if done.is_file():
+        loaded: dict[str, Any] = json.loads(done.read_text())
+        return loaded
+    started = time.perf_counter()
+    run = load_run(supernet)
+    fm, model_config = run.feature_map, run.config.model
+    scfg = run.config.supernet
+    if scfg is None:
+        raise ConfigError(f"{supernet}: not a supernet run (its config has no `supernet` section)")
+    if scfg.prune_rows != variant.prune_rows or (variant.search_dims and not scfg.sample_dims):
+        raise ConfigError(
+            f"{supernet}: its supernet (prune_rows={scfg.prune_rows}, sample_dims={scfg.sample_dims}) "
+            f"was not trained for variant {variant.name!r}"
+        )
+    masks = model_row_masks(run.model, fm, find_pruning(run.model))
+    full = model_config.embedding_dim
+    plan = EmbeddingPlan(
+        fm.content_hash, full, tuple(FieldPlan(n, full, int(m.sum()), int(m.numel())) for n, m in masks.items())
+    )
+    tables = PrunedTables(plan, {n: m.numpy() for n, m in masks.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    rows = tuple(int(tables.kept_ids(n).shape[0]) for n in fm.sparse_names)
+    fixed = LINEAR_DIM * sum(rows) if model_config.name in FIRST_ORDER_MODELS else 0
+    space = SearchSpace(tuple(fm.sparse_names), tuple(_choices(run.config) for _ in rows), rows, fixed)
+    outcome: SearchOutcome | None = None
+    scored: list[Scored] = []
+    summary: dict[str, Any] = {"variant": variant.name, "supernet": str(supernet)}
+    if variant.search_dims:
+        torch.set_num_threads(1)
+        split = load_split(run.config.data.path, fm, "valid")
+        scorer = CandidateScorer(
+            run.model, masks, split, batch_size=config.eval_batch_size, max_rows=config.val_rows, seed=config.seed
+        )
+        url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+        outcome = run_search(
+            scorer,
+            space,
+            config,
+            url,
+            study,
+            spec={"feature_map_hash": fm.content_hash, "supernet": str(Path(supernet).resolve())},
+            address=address,
+            progress=progress,
+        )
+        scored = _all_scored(url, study)
+        chosen = _pick(scored, config.pick_tolerance)
+        dims = chosen.dims
+        summary |= {
+            "storage": url,
+            "study": study,
+            "trials": outcome.trials,
+            "evaluated": outcome.evaluated,
+            "best": dataclasses.asdict(outcome.best),
+            "chosen": dataclasses.asdict(chosen),
+            "pareto": [dataclasses.asdict(s) for s in outcome.pareto],
+            "best_per_generation": outcome.best_per_generation,
+            "full_dims_val_auc": scorer.score(tuple(full for _ in rows)),
+            "scorer_rows": scorer.num_rows,
+        }
+    else:
+        dims = {n: full for n in fm.sparse_names}
+    final = tables.with_dims(dims)
+    final.save(out)
+    summary |= {
+        "dims": dims,
+        "embedding_params": space.cost(tuple(dims[n] for n in fm.sparse_names)),
+        "sparsity": final.plan.sparsity,
+        "row_sparsity": final.plan.row_sparsity,
+        "seconds": time.perf_counter() - started,
+    }
+    summary["plots"] = [str(p) for p in plot_search(outcome, scored, final.plan, out / "plots")]
+    done.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _all_scored(storage: str, study: str) -> list[Scored]:
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    return [
+        Scored(
+            dims={k: int(v) for k, v in t.user_attrs["dims"].items()},
+            val_auc=float(t.user_attrs["val_auc"]),
+            embedding_params=int(t.user_attrs["embedding_params"]),
+            generation=int(t.user_attrs["generation"]),
+            trial=t.number,
+        )
+        for t in trials
+    ]
+
+
+def run_optembed(
+    config: RunConfig,
+    out: Path,
+    variant: Variant,
+    *,
+    storage: str | None = None,
+    study: str = "optembed",
+    address: str | None = None,
+    nproc: int = 1,
+    int8: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole flow; returns (and writes) ``RUN/result.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    base = dataclasses.replace(config, supernet=None, search=None, retrain=None)
+
+    def timed(name: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        started = time.perf_counter()
+        value = fn(*args, **kw)
+        seconds[name] = time.perf_counter() - started
+        return value
+
+    baseline = timed("baseline", train_stage, base, out / "baseline", nproc=nproc)
+    supernet_cfg = dataclasses.replace(base, supernet=variant.supernet(config.supernet or SupernetConfig()))
+    timed("supernet", train_stage, supernet_cfg, out / "supernet", nproc=nproc)
+    search = timed(
+        "search",
+        search_stage,
+        out / "supernet",
+        out / "search",
+        variant,
+        config.search or SearchConfig(),
+        storage=storage,
+        study=study,
+        address=address,
+        progress=progress,
+    )
+    retrain = dataclasses.replace(
+        config.retrain or RetrainConfig(), supernet=str(out / "supernet"), plan=str(out / "search")
+    )
+    final = timed("retrain", train_stage, dataclasses.replace(base, retrain=retrain), out / "retrain", nproc=nproc)
+    exported = timed("export", export_run, out / "retrain", out / "export", int8=int8)
+    plan = PrunedTables.load(out / "search").plan
+    keys = ("test_auc", "test_logloss", "val_auc", "embedding_params", "samples_per_sec")
+    result: dict[str, Any] = {
+        "variant": variant.name,
+        "model": config.model.name,
+        "baseline": {k: baseline.get(k) for k in keys},
+        "final": {k: final.get(k) for k in keys},
+        "params_ratio": final["embedding_params"] / baseline["embedding_params"],
+        "auc_change": final["test_auc"] - baseline["test_auc"],
+        "sparsity": plan.sparsity,
+        "row_sparsity": plan.row_sparsity,
+        "fields": [dataclasses.asdict(f) for f in plan.fields],
+        "search": {k: search.get(k) for k in ("trials", "evaluated", "best", "chosen", "storage", "study")},
+        "export": exported,
+        "seconds": seconds,
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
