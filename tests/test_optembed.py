@@ -1,0 +1,283 @@
+"""OptEmbed after the supernet: pruned tables, candidate scoring, the search, retraining, export, the pipeline.
+
+Mechanics tests on 8,000 planted rows (6.4k train) with a small DeepFM (dim 8, MLP [32]) trained one epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctr.data import load_split
+from ctr.export import export_run, load_exported
+from ctr.init import table_init
+from ctr.metrics import auc
+from ctr.plan import EmbeddingPlan, FieldPlan
+from ctr.pruned import PrunedTables
+from ctr.restore import load_run
+from ctr.run_config import RetrainConfig, SearchConfig, load_run_config
+from ctr.supernet_module import find_pruning, model_row_masks
+from ctr.train import train
+from ctr.variants import VARIANTS
+from features.prepare import PrepareOptions, prepare
+from features.schema import FeatureMap
+from features.spec import builtin_spec
+from features.strict import ConfigError
+from features.synth import write_synthetic
+from pipelines.optembed import run_optembed, search_stage
+from search.driver import SearchSpace, run_search
+from search.scorer import CandidateScorer
+
+SMALL = ["trainer.progress_bar=false", "model.mlp=[32]", "model.embedding_dim=8", "trainer.threads=1"]
+SMALL += ["trainer.max_epochs=1", "data.batch_size=512", "optim.sparse_lr=0.05"]
+TINY_SEARCH = ["search.population=6", "search.n_mutation=3", "search.n_crossover=3", "search.generations=3"]
+TINY_SEARCH += ["search.top_k=4", "search.workers=0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("oe")
+    write_synthetic(8000, root / "s.tsv", seed=3)
+    prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "p", PrepareOptions(progress=False, min_count=3))
+    return root / "p"
+
+
+@pytest.fixture(scope="module")
+def supernet(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sn") / "supernet"
+    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+    train(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(supernet: Path) -> CandidateScorer:
+    run = load_run(supernet)
+    masks = model_row_masks(run.model, run.feature_map, find_pruning(run.model))
+    return CandidateScorer(run.model, masks, load_split(run.config.data.path, run.feature_map, "valid"), batch_size=700)
+
+
+def _space(scorer: CandidateScorer) -> SearchSpace:
+    n = len(scorer.fields)
+    return SearchSpace(scorer.fields, tuple((4, 8) for _ in range(n)), tuple(10 * (i + 1) for i in range(n)))
+
+
+# ---------------------------------------------------------------------- pruned tables
+def test_pruned_tables_remap_and_reduced_feature_map(data: Path, tmp_path: Path) -> None:
+    fm = FeatureMap.load(data)
+    masks = {f.name: np.zeros(f.cardinality, dtype=bool) for f in fm.categorical}
+    first = fm.categorical[0]
+    masks[first.name][[0, 3, 4]] = True  # missing row and two values kept; OOV (1) is not, yet always stays
+    plan = EmbeddingPlan(
+        fm.content_hash, 8, tuple(FieldPlan(f.name, 8, int(masks[f.name].sum()), f.cardinality) for f in fm.categorical)
+    )
+    tables = PrunedTables(plan, masks)
+    assert tables.kept_ids(first.name).tolist() == [0, 1, 3, 4]
+    remap = tables.remap(first.name)
+    assert remap[[0, 1, 2, 3, 4]].tolist() == [0, 1, 1, 2, 3] and set(remap[5:].tolist()) <= {1}
+    reduced = tables.feature_map(fm)
+    assert reduced.field(first.name).cardinality == 4
+    assert all(f.cardinality == 1 for f in reduced.categorical[1:])  # everything pruned: only the OOV row
+    split = load_split(data, fm, "valid")
+    moved = split.remapped(reduced, {n: tables.remap(n) for n in fm.sparse_names})
+    assert np.array_equal(moved.sparse[:, 0], remap[split.sparse[:, 0]])
+    tables.save(tmp_path / "plan")
+    again = PrunedTables.load(tmp_path / "plan", fm.content_hash)
+    assert again.plan == plan and all(np.array_equal(again.masks[n], masks[n]) for n in masks)
+    with pytest.raises(ConfigError, match="plan was made for feature map"):
+        PrunedTables.load(tmp_path / "plan", "0" * 64)
+    (tmp_path / "plan" / "masks.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="corrupt row masks"):
+        PrunedTables.load(tmp_path / "plan")
+    with pytest.raises(ConfigError, match="mask keeps 3 rows, the plan says 2"):
+        PrunedTables(
+            dataclasses.replace(plan, fields=(dataclasses.replace(plan.fields[0], rows_kept=2), *plan.fields[1:])),
+            masks,
+        )
+
+
+# ---------------------------------------------------------------------- scoring
+def test_scorer_matches_the_full_forward_pass_and_the_supernet_validation(
+    supernet: Path, scorer: CandidateScorer
+) -> None:
+    metrics = json.loads((supernet / "metrics.json").read_text())
+    full = tuple(8 for _ in scorer.fields)
+    # Evaluation of the supernet uses full dims with its row masks: exactly what the scorer precomputes.
+    assert scorer.score(full) == pytest.approx(metrics["val_auc"], abs=1e-9)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        cand = tuple(int(d) for d in rng.choice([4, 8], len(scorer.fields)))
+        assert torch.allclose(scorer.logits(cand), scorer.logits(cand))
+        assert scorer.score(cand) == pytest.approx(scorer.score_naive(cand), abs=1e-9)
+    with pytest.raises(ValueError, match="is not 26 dims"):
+        scorer.score((4, 4))
+
+
+# ---------------------------------------------------------------------- search
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_search_resumes_without_rescoring(scorer: CandidateScorer, tmp_path: Path) -> None:
+    config = load_run_config(None, TINY_SEARCH, data="x", model="deepfm", sections=("search",)).search
+    assert config is not None
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    whole = run_search(scorer, _space(scorer), config, storage, "whole", progress=False)
+    assert whole.trials == whole.evaluated <= 6 * 3
+
+    def stop_after_first(generation: int, _: object) -> None:
+        if generation == 0:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_search(scorer, _space(scorer), config, storage, "cut", progress=False, on_generation=stop_after_first)
+    resumed = run_search(scorer, _space(scorer), config, storage, "cut", progress=False)
+    assert resumed.trials == whole.trials and resumed.evaluated == whole.trials - 6
+    assert resumed.best == dataclasses.replace(whole.best, trial=resumed.best.trial)
+    assert resumed.best_per_generation == whole.best_per_generation
+    assert all(b >= a for a, b in zip(whole.best_per_generation, whole.best_per_generation[1:], strict=False))
+    again = run_search(scorer, _space(scorer), config, storage, "cut", progress=False)
+    assert again.evaluated == 0  # a finished study: nothing re-scored
+    other = dataclasses.replace(config, mutation_prob=0.5)
+    with pytest.raises(ConfigError, match="belongs to another search .*evolution"):
+        run_search(scorer, _space(scorer), other, storage, "cut", progress=False)
+
+
+def test_multi_objective_and_budget_modes(scorer: CandidateScorer, tmp_path: Path) -> None:
+    base = load_run_config(None, TINY_SEARCH, data="x", model="deepfm", sections=("search",)).search
+    assert base is not None
+    space = _space(scorer)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    pareto = run_search(scorer, space, dataclasses.replace(base, multi_objective=True), storage, "mo", progress=False)
+    front = pareto.pareto
+    assert front and all(
+        not (o.val_auc >= s.val_auc and o.embedding_params <= s.embedding_params and o != s)
+        for s in front
+        for o in front
+    )
+    assert [s.embedding_params for s in front] == sorted(s.embedding_params for s in front)
+    budget = run_search(scorer, space, dataclasses.replace(base, budget=0.7), storage, "budget", progress=False)
+    import optuna
+
+    trials = optuna.load_study(study_name="budget", storage=storage).trials
+    assert trials and all(t.user_attrs["embedding_params"] <= 0.7 * space.full_cost for t in trials)
+    assert budget.best.embedding_params <= 0.7 * space.full_cost
+
+
+@pytest.mark.dist
+def test_ray_evaluators_match_local_and_survive_a_killed_actor(scorer: CandidateScorer) -> None:
+    from search.evaluators import LocalEvaluator, RayEvaluator
+
+    cands = [tuple(int(d) for d in np.random.default_rng(i).choice([4, 8], len(scorer.fields))) for i in range(8)]
+    local = LocalEvaluator(scorer)(cands)
+    with RayEvaluator(scorer, workers=2) as evaluate:
+        assert evaluate(cands) == local
+        os.kill(evaluate.pids()[0], signal.SIGKILL)  # an evaluator process dies; Ray restarts it and retries
+        assert evaluate(cands) == local
+
+
+# ---------------------------------------------------------------------- retraining and export
+def _retrain(data: Path, supernet: Path, plan: Path, out: Path, init: str, extra: list[str]) -> dict[str, object]:
+    retrain = RetrainConfig(init=init, supernet=str(supernet), plan=str(plan))  # type: ignore[arg-type]
+    cfg = dataclasses.replace(load_run_config(None, [*SMALL, *extra], data=str(data), model="deepfm"), retrain=retrain)
+    return train(cfg, out)
+
+
+def test_retrain_builds_the_physical_table_and_initialises_as_asked(data: Path, supernet: Path, tmp_path: Path) -> None:
+    summary = search_stage(supernet, tmp_path / "plan", VARIANTS["optembed-e"], SearchConfig(), progress=False)
+    tables = PrunedTables.load(tmp_path / "plan")
+    assert summary["dims"] == {f.name: 8 for f in tables.plan.fields}
+    assert 0.0 < tables.plan.row_sparsity < 1.0
+    dims = {f.name: (4 if i % 2 else 8) for i, f in enumerate(tables.plan.fields)}
+    tables.with_dims(dims).save(tmp_path / "plan")
+    frozen = ["optim.sparse=sgd", "optim.sparse_lr=1e-30", "optim.lr=1e-30", "trainer.limit_train_batches=1"]
+    source = load_run(supernet)
+    seed = source.config.trainer.seed
+    fm = source.feature_map
+    for init in ("rewind", "inherit"):
+        _retrain(data, supernet, tmp_path / "plan", tmp_path / init, init, frozen)
+        model = load_run(tmp_path / init).model
+        for name in fm.sparse_names:
+            keep = torch.from_numpy(PrunedTables.load(tmp_path / "plan").kept_ids(name))
+            got = model.sparse_arch.ebc.embedding_bags[f"t_{name}"].weight.detach()  # type: ignore[union-attr]
+            assert got.shape == (keep.numel(), dims[name])
+            if init == "rewind":
+                want = table_init(f"t_{name}", fm.field(name).cardinality, 8, seed)[keep, : dims[name]]
+            else:
+                want = source.model.sparse_arch.ebc.embedding_bags[f"t_{name}"].weight.detach()[keep, : dims[name]]  # type: ignore[union-attr]
+            assert torch.allclose(got, want, atol=1e-6), (init, name)
+    metrics = json.loads((tmp_path / "inherit" / "metrics.json").read_text())
+    reduced = tables.with_dims(dims)
+    assert metrics["embedding_params"] == sum(
+        reduced.kept_ids(f.name).shape[0] * (f.dim + 4) for f in reduced.plan.fields
+    )  # main tables at their dims plus the first-order tables (4 columns), over the kept rows
+
+
+def test_export_loads_strictly_and_predicts_like_the_run(data: Path, supernet: Path, tmp_path: Path) -> None:
+    search_stage(supernet, tmp_path / "plan", VARIANTS["optembed-e"], SearchConfig(), progress=False)
+    metrics = _retrain(data, supernet, tmp_path / "plan", tmp_path / "rt", "inherit", [])
+    fm = FeatureMap.load(data)
+    test = load_split(data, fm, "test")
+    info = export_run(tmp_path / "rt", tmp_path / "float")
+    model = load_exported(tmp_path / "float")
+    assert auc(model.predict(test), test.labels) == pytest.approx(metrics["test_auc"], abs=1e-9)
+    quant = export_run(tmp_path / "rt", tmp_path / "int8", int8=True)
+    assert info["embedding_bytes"] == 4 * metrics["embedding_params"]  # type: ignore[operator]
+    tables = PrunedTables.load(tmp_path / "plan")
+    rows = [tables.kept_ids(f.name).shape[0] for f in tables.plan.fields]
+    int8_rows = sum(r * (f.dim + 4) + r * (4 + 4) for r, f in zip(rows, tables.plan.fields, strict=True))
+    # one byte per value plus a 2+2-byte scale/bias per row; each table padded to a 128-byte line at most
+    assert int8_rows <= quant["embedding_bytes"] <= int8_rows + 127 * 2 * len(rows)  # type: ignore[operator]
+    assert quant["weights_bytes"] < info["weights_bytes"]  # type: ignore[operator]
+    p8 = load_exported(tmp_path / "int8").predict(test)
+    assert np.abs(p8 - model.predict(test)).max() < 0.01
+    weights = tmp_path / "float" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ConfigError, match="missing or corrupt"):
+        load_exported(tmp_path / "float")
+    spec = json.loads((tmp_path / "int8" / "model.json").read_text())
+    (tmp_path / "int8" / "model.json").write_text(json.dumps({**spec, "int9": True}))
+    with pytest.raises(ConfigError, match="unknown key 'int9'"):
+        load_exported(tmp_path / "int8")
+
+
+# ---------------------------------------------------------------------- the pipeline
+def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path) -> None:
+    sets = [*SMALL, *TINY_SEARCH, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.pick_tolerance=0.002"]
+    args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
+    args += [x for s in sets for x in ("--set", s)]
+    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}  # left by the in-process runs above
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    for part in ("baseline", "final"):
+        assert set(result[part]) >= {"test_auc", "test_logloss", "embedding_params"}
+    plan = PrunedTables.load(tmp_path / "run" / "search").plan
+    assert result["sparsity"] == pytest.approx(plan.sparsity) and result["row_sparsity"] == pytest.approx(
+        plan.row_sparsity
+    )
+    assert [f["name"] for f in result["fields"]] == [f.name for f in plan.fields]
+    assert result["final"]["embedding_params"] < result["baseline"]["embedding_params"]
+    assert {p.name for p in (tmp_path / "run" / "search" / "plots").iterdir()} == {
+        "dims.png",
+        "generations.png",
+        "pareto.png",
+    }
+    load_exported(tmp_path / "run" / "export")
+    # Resume: only what is missing is redone; the search is not re-scored.
+    baseline_metrics = (tmp_path / "run" / "baseline" / "metrics.json").read_text()
+    (tmp_path / "run" / "result.json").unlink()
+    config = load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet", "search", "retrain"))
+    again = run_optembed(config, tmp_path / "run", VARIANTS["optembed"], progress=False)
+    assert again["final"] == result["final"] and again["search"]["trials"] == result["search"]["trials"]
+    assert (tmp_path / "run" / "baseline" / "metrics.json").read_text() == baseline_metrics
