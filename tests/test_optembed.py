@@ -148,7 +148,7 @@ def test_interrupted_search_resumes_without_rescoring(scorer: CandidateScorer, t
     again = run_search(scorer, _space(scorer), config, storage, "cut", progress=False)
     assert again.evaluated == 0  # a finished study: nothing re-scored
     other = dataclasses.replace(config, mutation_prob=0.5)
-    with pytest.raises(ConfigError, match="belongs to another search .*evolution"):
+    with pytest.raises(ConfigError, match=r"belongs to another search .*evolution"):
         run_search(scorer, _space(scorer), other, storage, "cut", progress=False)
 
 
