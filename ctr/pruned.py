@@ -33,11 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ctr.config import ModelConfig
-from ctr.plan import EmbeddingPlan
+from ctr.plan import EmbeddingPlan, FieldPlan
 from features.schema import OOV_ID, FeatureMap
 from features.strict import ConfigError
 
-__all__ = ["MASKS_FILE", "PLAN_FILE", "PrunedTables"]
+__all__ = ["MASKS_FILE", "PLAN_FILE", "FieldPlan", "PrunedTables"]
 
 PLAN_FILE = "plan.json"
 MASKS_FILE = "masks.npz"

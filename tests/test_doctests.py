@@ -17,6 +17,12 @@ MODULES = [
     "ctr.run_config",
     "ctr.supernet",
     "ctr.plan",
+    "ctr.pruned",
+    "ctr.variants",
+    "ctr.quantize",
+    "ctr.config",
+    "ctr.embedding",
+    "search.evolution",
 ]
 
 

@@ -172,7 +172,9 @@ def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
         train(cfg, tmp_path / "run", resume=True)
 
 
-@pytest.mark.parametrize("command", ["prepare", "apply", "synth", "train", "supernet"])
+@pytest.mark.parametrize(
+    "command", ["prepare", "apply", "synth", "train", "supernet", "optembed", "search", "retrain", "export"]
+)
 def test_every_command_has_help(command: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", command, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: ctr " + command in proc.stdout
