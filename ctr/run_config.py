@@ -121,7 +121,10 @@ class SearchConfig:
     table's. ``val_rows``: score on a seeded sample of that many validation rows (``None``: all of them).
     ``workers``: Ray evaluator actors (0: score in the driver process, without Ray).
     ``pick_tolerance``: retrain the smallest candidate whose validation AUC is within this of the best one
-    (0: the best one itself).
+    (0: the best one itself). ``shrink`` (an extension, not in the paper): then step each field, largest
+    table first, down to its smallest dim wherever the validation AUC stays within ``pick_tolerance`` of the
+    best -- fields the AUC does not depend on end at the smallest dim even when their table is too small
+    for the evolution to notice.
     """
 
     population: int = 20
@@ -138,6 +141,7 @@ class SearchConfig:
     val_rows: int | None = None
     eval_batch_size: int = 8192
     pick_tolerance: float = 0.0
+    shrink: bool = True
 
     def __post_init__(self) -> None:
         if self.pick_tolerance < 0:

@@ -136,6 +136,12 @@ def search_stage(
         scored = _all_scored(url, study)
         chosen = _pick(scored, config.pick_tolerance)
         dims = chosen.dims
+        steps: list[dict[str, Any]] = []
+        if config.shrink:
+            floor = outcome.best.val_auc - config.pick_tolerance
+            dims, steps = _shrink(scorer, space, dims, floor)
+        summary["shrink"] = steps
+        summary["final_val_auc"] = scorer.score(tuple(dims[n] for n in fm.sparse_names))
         summary |= {
             "storage": url,
             "study": study,
@@ -162,6 +168,25 @@ def search_stage(
     summary["plots"] = [str(p) for p in plot_search(outcome, scored, final.plan, out / "plots")]
     done.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _shrink(
+    scorer: CandidateScorer, space: SearchSpace, dims: dict[str, int], floor: float
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Step each field (largest table first) to its smallest dim where the validation AUC stays >= ``floor``."""
+    current = [dims[f] for f in space.fields]
+    steps: list[dict[str, Any]] = []
+    for i in sorted(range(len(space.fields)), key=lambda i: (-space.rows[i], i)):
+        smallest = min(space.choices[i])
+        if current[i] == smallest:
+            continue
+        trial = [*current[:i], smallest, *current[i + 1 :]]
+        auc = scorer.score(trial)
+        kept = auc >= floor
+        steps.append({"field": space.fields[i], "from": current[i], "to": smallest, "val_auc": auc, "kept": kept})
+        if kept:
+            current = trial
+    return dict(zip(space.fields, current, strict=True)), steps
 
 
 def _all_scored(storage: str, study: str) -> list[Scored]:
