@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/prepare_memory.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_vs_pytorch.py
-	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/search_speed.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -5,7 +5,7 @@ looked up once, with the learned row mask applied (pruned rows zeroed in the tab
 multi-valued fields), and kept as ``[N, F, D]``. A candidate then costs one prefix mask and the model's
 head (its dense network) over ``N`` rows; the first-order term and the dense fields are precomputed too.
 :meth:`CandidateScorer.score_naive` runs the whole model instead; the two agree (a test checks it) and
-``benchmarks/search.py`` measures the difference.
+``benchmarks/search_speed.py`` measures the difference.
 
 A scorer holds plain tensors and a head-only copy of the model, so it pickles: Ray ships it once to each
 evaluator actor through the object store.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,3 +20,133 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"{SHARED_DATA}: the shared sample datasets are missing (set CTR_SHARED_DATA)")
     return SHARED_DATA
+
+
+# ---------------------------------------------------------------- search studies (test_postgres.py, test_dashboard.py)
+@pytest.fixture(scope="session")
+def toy_search() -> Any:
+    """``toy_search(storage, study, fail_after=None, stop_after=None)``: a tiny OptEmbed search (4 fields,
+    3 generations of 6) with a deterministic stand-in scorer, run by ``search.driver.run_search``.
+
+    ``fail_after=N``: the scorer raises ``ToySearchStop`` on its N-th call (the generation's trials are left
+    RUNNING, as by a killed process); ``stop_after=G``: ``ToySearchStop`` right after generation G is told.
+    """
+    from ctr.run_config import SearchConfig
+    from search.driver import SearchOutcome, SearchSpace, run_search
+
+    fields = ("C0", "C1", "C2", "C3")
+    space = SearchSpace(fields, ((4, 8, 12, 16),) * 4, (50, 400, 30, 200), fixed_params=7)
+    config = SearchConfig(population=6, n_mutation=3, n_crossover=3, generations=3, top_k=4, workers=0)
+
+    class ToySearchStop(Exception):
+        pass
+
+    class ToyScorer:  # what run_search needs of a CandidateScorer: fields and score()
+        def __init__(self, fail_after: int | None) -> None:
+            self.fields = fields
+            self.calls = 0
+            self.fail_after = fail_after
+
+        def score(self, dims: Sequence[int]) -> float:
+            self.calls += 1
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise ToySearchStop(f"scorer stopped at call {self.calls}")
+            # An AUC that likes dims (12, 4, 16, 8), with a non-trivial binary fraction.
+            return 0.7 + sum(1 / (1 + abs(d - t)) for d, t in zip(dims, (12, 4, 16, 8), strict=True)) / 37
+
+    def run(storage: str, study: str, fail_after: int | None = None, stop_after: int | None = None) -> SearchOutcome:
+        def on_generation(generation: int, _: object) -> None:
+            if generation == stop_after:
+                raise ToySearchStop(f"stopped after generation {generation}")
+
+        scorer: Any = ToyScorer(fail_after)
+        return run_search(scorer, space, config, storage, study, progress=False, on_generation=on_generation)
+
+    run.Stop = ToySearchStop  # type: ignore[attr-defined]
+    return run
+
+
+# ---------------------------------------------------------------- PostgreSQL (tests/test_postgres.py)
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (the Debian binaries) on 127.0.0.1 at a free port; yields a SQLAlchemy URL.
+
+    The cluster lives in a fresh temporary directory (trust authentication, superuser ``postgres``, fsync off)
+    and is stopped and removed at the end of the session. Run as root, the server runs as the ``postgres`` user
+    (else ``nobody``): PostgreSQL refuses to run as root. Missing binaries fail the tests (never a skip).
+    """
+    import glob
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    def bindir() -> Path:
+        candidates = [os.environ.get("CTR_PG_BINDIR", "")]
+        if shutil.which("pg_config"):
+            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+            candidates.append(out.stdout.strip())
+        candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+        which = shutil.which("initdb")
+        candidates.append(str(Path(which).parent) if which else "")
+        for c in candidates:
+            if c and all((Path(c) / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+                return Path(c)
+        pytest.fail(
+            "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found in `pg_config --bindir`, "
+            "/usr/lib/postgresql/*/bin or PATH: install them with `apt-get install -y postgresql` "
+            "(Debian bookworm: postgresql-15), or set CTR_PG_BINDIR",
+            pytrace=False,
+        )
+
+    bin_ = bindir()
+    root = Path(tempfile.mkdtemp(prefix="ctr-pg-"))
+    run_as: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = pwd.getpwnam("nobody")
+        os.chown(root, account.pw_uid, account.pw_gid)
+        run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root), "LC_ALL": "C", "LANG": "C"}
+
+    def pg(*args: str, timeout: float = 60) -> None:
+        command = [str(bin_ / args[0]), *args[1:]]
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, **run_as)
+        if done.returncode != 0:
+            log = root / "server.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            pytest.fail(f"{args[0]} failed ({done.returncode}):\n{done.stdout}{done.stderr}{tail}", pytrace=False)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    started = False
+    try:
+        pg("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+        options = f"-k {root} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off -c full_page_writes=off"
+        started = True
+        pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(data), "-l", str(root / "server.log"), "-o", options)
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE ctr_test")
+        conn.close()
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/ctr_test"
+    finally:
+        if started:
+            subprocess.run(
+                [str(bin_ / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w"],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                timeout=60,
+                check=False,
+                **run_as,
+            )
+        shutil.rmtree(root, ignore_errors=True)

@@ -14,7 +14,7 @@ temporary directory (or ``--data DIR``, already prepared). A DeepFM supernet (``
 Prints one JSON line with every figure and the ratios.
 
 Example:
-    >>> # python benchmarks/search.py --rows 1000000   # doctest: +SKIP
+    >>> # python benchmarks/search_speed.py --rows 1000000   # doctest: +SKIP
 """
 
 from __future__ import annotations
