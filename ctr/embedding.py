@@ -17,6 +17,7 @@ shards them, and a fused optimiser can be applied to exactly their parameters.
 Example:
     >>> from features.schema import CategoricalField, FeatureMap
     >>> from ctr.config import ModelConfig
+from ctr.layouts import TableLayout
     >>> fm = FeatureMap(
     ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
     ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 100)),
@@ -35,6 +36,7 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
 from ctr.config import ModelConfig
+from ctr.layouts import TableLayout
 from features.schema import FeatureMap
 
 __all__ = [
@@ -73,13 +75,17 @@ def field_dims(fm: FeatureMap, config: ModelConfig) -> tuple[int, ...]:
     return tuple(config.dim(name) for name in fm.sparse_names)
 
 
-def embedding_params(fm: FeatureMap, config: ModelConfig) -> int:
+def embedding_params(fm: FeatureMap, config: ModelConfig, layout: TableLayout | None = None) -> int:
     """Exact number of embedding parameters of ``config``'s model on ``fm``, without building it.
 
     ``sum(cardinality * dim)`` over the main tables (none for LR), plus ``sum(cardinality * LINEAR_DIM)``
     over the first-order tables for the models in :data:`FIRST_ORDER_MODELS`. Dense-field vectors and MLPs
     are dense parameters and are not counted.
     """
+    if layout is not None:
+        main = layout.params if config.name not in LINEAR_ONLY_MODELS else 0
+        first = LINEAR_DIM * sum(t.rows for t in layout.tables) if config.name in FIRST_ORDER_MODELS else 0
+        return main + first
     dims = field_dims(fm, config)
     total = 0
     if config.name not in LINEAR_ONLY_MODELS:
@@ -106,36 +112,73 @@ def _tables(fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfi
 class SparseArch(nn.Module):
     """Pooled embeddings of every categorical field: ``KeyedJaggedTensor -> [B, F, D_max]``.
 
-    One ``EmbeddingBagConfig`` per categorical field (table ``t_<field>``, ``cardinality`` rows, the field's
-    dim from ``config``), all in the single EBC ``self.ebc``. Fields come out in feature-map order; a field
-    of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros.
+        One ``EmbeddingBagConfig`` per categorical field (table ``t_<field>``, ``cardinality`` rows, the field's
+        dim from ``config``), all in the single EBC ``self.ebc``. Fields come out in feature-map order; a field
+        of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros.
 
-    Example:
-        >>> from features.schema import CategoricalField, FeatureMap
-        >>> from ctr.config import ModelConfig
-        >>> fm = FeatureMap(
-        ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
-        ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 5, True)),
-        ... )
-        >>> arch = SparseArch(fm, ModelConfig(name="fnn", embedding_dim=8, field_dims={"a": 4}))
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-        ...     keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 0]), lengths=torch.tensor([1, 1, 2, 1]),
-        ... )
-        >>> out = arch(kjt)
-        >>> out.shape, bool((out[:, 0, 4:] == 0).all())
-        (torch.Size([2, 2, 8]), True)
+        Example:
+            >>> from features.schema import CategoricalField, FeatureMap
+            >>> from ctr.config import ModelConfig
+    from ctr.layouts import TableLayout
+            >>> fm = FeatureMap(
+            ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
+            ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 5, True)),
+            ... )
+            >>> arch = SparseArch(fm, ModelConfig(name="fnn", embedding_dim=8, field_dims={"a": 4}))
+            >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+            ...     keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 0]), lengths=torch.tensor([1, 1, 2, 1]),
+            ... )
+            >>> out = arch(kjt)
+            >>> out.shape, bool((out[:, 0, 4:] == 0).all())
+            (torch.Size([2, 2, 8]), True)
     """
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
         super().__init__()
-        self.dims = field_dims(fm, config)
+        self.layout = layout
+        if layout is not None:
+            if config.field_dims:
+                raise ValueError("model.field_dims does not combine with a table strategy (the layout sets widths)")
+            self.dims = tuple(s.width for s in layout.fields)
+            tables = [
+                EmbeddingBagConfig(
+                    name=t.name,
+                    embedding_dim=t.dim,
+                    num_embeddings=t.rows,
+                    feature_names=list(t.features),
+                    pooling=_POOLING[config.pooling],
+                )
+                for t in layout.tables
+            ]
+        else:
+            self.dims = field_dims(fm, config)
+            tables = _tables(fm, "t_", self.dims, config)
         self.num_fields = len(self.dims)
         self.embedding_dim = max(*self.dims, config.pad_to or 0)
-        self._uniform = set(self.dims) == {self.embedding_dim}
+        self._uniform = layout is None and set(self.dims) == {self.embedding_dim}
         self._split_sizes = list(self.dims)
-        self.ebc = EmbeddingBagCollection(tables=_tables(fm, "t_", self.dims, config), device=device)
+        self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+
+    def _assemble(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each field from its slots (probes concatenated, or QR parts multiplied), padded to ``embedding_dim``."""
+        assert self.layout is not None
+        out = []
+        for slots in self.layout.fields:
+            parts = [pooled[f] for f in slots.features]
+            if slots.combine == "product":
+                vec = parts[0]
+                for p in parts[1:]:
+                    vec = vec * p
+            else:
+                vec = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            out.append(F.pad(vec, (0, self.embedding_dim - vec.shape[1])))
+        return torch.stack(out, dim=1)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        if self.layout is not None:
+            return self._assemble(self.ebc(features).to_dict())
         # The EBC's KeyedTensor holds the fields side by side, in table (= feature-map) order: [B, sum(dims)].
         values: torch.Tensor = self.ebc(features).values()
         if self._uniform:
@@ -173,31 +216,46 @@ class DenseEmbedding(nn.Module):
 class LinearArch(nn.Module):
     """First-order term ``bias + sum_f w_f(ids_f) + dense @ w_dense -> [B]`` (LR, FM, DeepFM).
 
-    The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
-    tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
-    columns and **the first-order weight of an id is the mean of its 4 columns** (a mean, not a sum, so a
-    step of the fused optimiser moves the logit as much as it would move a 1-column weight).
-    ``self.dense`` (no bias) and ``self.bias`` are dense parameters: a fused embedding optimiser belongs on
-    ``ebc_linear`` only.
+        The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
+        tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
+        columns and **the first-order weight of an id is the mean of its 4 columns** (a mean, not a sum, so a
+        step of the fused optimiser moves the logit as much as it would move a 1-column weight).
+        ``self.dense`` (no bias) and ``self.bias`` are dense parameters: a fused embedding optimiser belongs on
+        ``ebc_linear`` only.
 
-    Example:
-        >>> from features.schema import CategoricalField, DenseField, FeatureMap
-        >>> from ctr.config import ModelConfig
-        >>> fm = FeatureMap(
-        ...     dataset="toy", label="y", splits={}, source_spec={}, seed=0, split_method="random",
-        ...     dense=(DenseField("x", "none", 0.0, 0.0, 1.0),), categorical=(CategoricalField("a", "vocab", 3),),
-        ... )
-        >>> arch = LinearArch(fm, ModelConfig(name="lr"))
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([2, 0]), torch.tensor([1, 1]))
-        >>> arch(kjt, torch.tensor([[0.5], [1.0]])).shape
-        torch.Size([2])
+        Example:
+            >>> from features.schema import CategoricalField, DenseField, FeatureMap
+            >>> from ctr.config import ModelConfig
+    from ctr.layouts import TableLayout
+            >>> fm = FeatureMap(
+            ...     dataset="toy", label="y", splits={}, source_spec={}, seed=0, split_method="random",
+            ...     dense=(DenseField("x", "none", 0.0, 0.0, 1.0),), categorical=(CategoricalField("a", "vocab", 3),),
+            ... )
+            >>> arch = LinearArch(fm, ModelConfig(name="lr"))
+            >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([2, 0]), torch.tensor([1, 1]))
+            >>> arch(kjt, torch.tensor([[0.5], [1.0]])).shape
+            torch.Size([2])
     """
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
         super().__init__()
         if not fm.categorical:
             raise ValueError(f"feature map {fm.dataset!r} has no categorical fields for the first-order term")
-        tables = _tables(fm, "lin_", [LINEAR_DIM] * len(fm.categorical), config)
+        if layout is None:
+            tables = _tables(fm, "lin_", [LINEAR_DIM] * len(fm.categorical), config)
+        else:  # the strategy's tables at LINEAR_DIM: every virtual feature adds its weight
+            tables = [
+                EmbeddingBagConfig(
+                    name=f"lin_{t.name.removeprefix('t_')}",
+                    embedding_dim=LINEAR_DIM,
+                    num_embeddings=t.rows,
+                    feature_names=list(t.features),
+                    pooling=_POOLING[config.pooling],
+                )
+                for t in layout.tables
+            ]
         self.ebc_linear = EmbeddingBagCollection(tables=tables, device=device)
         self.dense = nn.Linear(len(fm.dense), 1, bias=False, device=device) if fm.dense else None
         self.bias = nn.Parameter(torch.empty(1, device=device))

@@ -33,8 +33,10 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
+from ctr.data import ColumnarSplit
 from ctr.embedding import embedding_params
 from ctr.init import reinitialize
+from ctr.layouts import TableLayout, build_layout
 from ctr.metrics import all_metrics
 from ctr.models import CTRModel, build_model
 from ctr.run_config import RunConfig
@@ -73,6 +75,10 @@ class CTRModule(pl.LightningModule):
         self.model: nn.Module | None = None
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.final_metrics: dict[str, float] = {}
+        tables = config.tables
+        self.layout: TableLayout | None = None
+        if tables is not None and tables.method != "full":
+            self.layout = build_layout(tables, feature_map, config.model.embedding_dim)
         group = config.trainer.group_field
         if group is not None and group not in feature_map.sparse_names:
             raise ConfigError(f"trainer.group_field {group!r} is not a categorical field of the feature map")
@@ -80,12 +86,16 @@ class CTRModule(pl.LightningModule):
     # ------------------------------------------------------------------ model and sharding
     def build_unsharded(self, device: torch.device) -> CTRModel:
         """The plain model (subclasses such as the OptEmbed supernet wrap or replace it)."""
-        return build_model(self.feature_map, self.config.model, device)
+        return build_model(self.feature_map, self.config.model, device, self.layout)
+
+    def transform_split(self, split: ColumnarSplit) -> ColumnarSplit:
+        """What the data module applies to each loaded split: the table strategy's virtual ids, if any."""
+        return self.layout.transform(split) if self.layout is not None else split
 
     @property
     def embedding_params(self) -> int:
         """Global embedding parameter count, from the table configs (not the local shards)."""
-        return embedding_params(self.feature_map, self.config.model)
+        return embedding_params(self.feature_map, self.config.model, self.layout)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -195,6 +205,7 @@ class CTRModule(pl.LightningModule):
     def _spec(self, *, world_size: bool = True) -> dict[str, Any]:
         spec = {
             "model": to_dict(self.config.model),
+            "tables": to_dict(self.config.tables) if self.config.tables is not None else None,
             "sparse_optimizer": self.config.optim.sparse,
             "feature_map_hash": self.feature_map.content_hash,
         }

@@ -62,6 +62,7 @@ from ctr.embedding import (
     field_dims,
 )
 from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
+from ctr.layouts import TableLayout
 from features.schema import FeatureMap
 
 __all__ = [
@@ -99,13 +100,16 @@ class CTRModel(nn.Module):
 
     name: ClassVar[str]
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
         super().__init__()
         if config.name != self.name:
             raise ValueError(f"{type(self).__name__} is model {self.name!r}, but config.name is {config.name!r}")
         self.config = config
-        self.sparse_arch = None if config.name in LINEAR_ONLY_MODELS else SparseArch(fm, config, device)
-        self.linear_arch = LinearArch(fm, config, device) if config.name in FIRST_ORDER_MODELS else None
+        self.layout = layout  # the tables' strategy (ctr.layouts); None: one full table per field
+        self.sparse_arch = None if config.name in LINEAR_ONLY_MODELS else SparseArch(fm, config, device, layout)
+        self.linear_arch = LinearArch(fm, config, device, layout) if config.name in FIRST_ORDER_MODELS else None
         self.dense_arch: nn.Module | None = None
         self.num_fields = 0
         self.embedding_dim = 0
@@ -219,8 +223,10 @@ class FM(CTRModel):
 
     name = "fm"
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
-        super().__init__(fm, config, device)
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
+        super().__init__(fm, config, device, layout)
         self.interaction = FMInteraction()
 
     def head(self, fields: torch.Tensor) -> torch.Tensor:
@@ -243,8 +249,10 @@ class DeepFM(FM):
 
     name = "deepfm"
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
-        super().__init__(fm, config, device)
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
+        super().__init__(fm, config, device, layout)
         self.deep = _Tower(self.flat_dim, config, device)
 
     def head(self, fields: torch.Tensor) -> torch.Tensor:
@@ -267,8 +275,10 @@ class FNN(CTRModel):
 
     name = "fnn"
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
-        super().__init__(fm, config, device)
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
+        super().__init__(fm, config, device, layout)
         self.deep = _Tower(self.flat_dim, config, device)
 
     def head(self, fields: torch.Tensor) -> torch.Tensor:
@@ -291,8 +301,10 @@ class IPNN(CTRModel):
 
     name = "ipnn"
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
-        super().__init__(fm, config, device)
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
+        super().__init__(fm, config, device, layout)
         self.product = InnerProduct(self.num_fields)
         self.deep = _Tower(self.flat_dim + self.product.out_dim, config, device)
 
@@ -318,8 +330,10 @@ class DCN(CTRModel):
 
     name = "dcn"
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
-        super().__init__(fm, config, device)
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
+        super().__init__(fm, config, device, layout)
         self.cross = self._build_cross(config, device)
         self.deep = MLP(self.flat_dim, config.mlp, config.dropout, config.batch_norm, device)
         self.out = nn.Linear(self.flat_dim + self.deep.out_dim, 1, device=device)
@@ -374,7 +388,9 @@ class DLRM(CTRModel):
 
     name = "dlrm"
 
-    def __init__(self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+    ) -> None:
         dims = dict(zip(fm.sparse_names, field_dims(fm, config), strict=True))
         if any(d != config.embedding_dim for d in dims.values()):
             raise ValueError(
@@ -382,7 +398,7 @@ class DLRM(CTRModel):
             )
         if not fm.dense:
             raise ValueError(f"DLRM needs at least one dense field; feature map {fm.dataset!r} has none")
-        super().__init__(fm, config, device)
+        super().__init__(fm, config, device, layout)
         assert self.sparse_arch is not None  # DLRM is not in LINEAR_ONLY_MODELS
         self.interaction = DotInteraction(self.sparse_arch.num_fields)
         self.top = _Tower(self.interaction.out_dim(self.embedding_dim), config, device)
@@ -405,6 +421,12 @@ assert set(MODELS) == set(MODEL_NAMES), f"MODELS {sorted(MODELS)} != ModelConfig
 _CPU = torch.device("cpu")
 
 
-def build_model(fm: FeatureMap, config: ModelConfig, device: torch.device = _CPU) -> CTRModel:
-    """The model named by ``config.name`` on ``fm``; ``device=torch.device("meta")`` for DMP to shard."""
-    return MODELS[config.name](fm, config, device)
+def build_model(
+    fm: FeatureMap, config: ModelConfig, device: torch.device = _CPU, layout: TableLayout | None = None
+) -> CTRModel:
+    """The model named by ``config.name`` on ``fm``; ``device=torch.device("meta")`` for DMP to shard.
+
+    ``layout`` replaces the one-full-table-per-field embeddings by a table strategy (:mod:`ctr.layouts`); the
+    model then reads the batch's virtual features (``layout.transform`` of the data).
+    """
+    return MODELS[config.name](fm, config, device, layout)

@@ -24,6 +24,7 @@ import yaml
 
 from ctr.config import ModelConfig
 from ctr.data import DataConfig
+from ctr.layouts import TablesConfig
 from features.strict import ConfigError, from_dict, load_yaml
 
 __all__ = [
@@ -177,6 +178,7 @@ class RunConfig:
     supernet: SupernetConfig | None = None
     search: SearchConfig | None = None
     retrain: RetrainConfig | None = None
+    tables: TablesConfig | None = None  # a table strategy (hashing, QR, MDE, Unified Embedding); None: full
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -145,7 +145,7 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
     if config.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     module = build_module(config, fm)
-    data = CTRDataModule(config.data, transform=module.transform_split if isinstance(module, RetrainModule) else None)
+    data = CTRDataModule(config.data, transform=module.transform_split)
     trainer = _trainer(config, out, nproc, callbacks, fitting=True)
     started = time.perf_counter()
     trainer.fit(module, data, ckpt_path=str(last) if resume else None)
