@@ -14,6 +14,7 @@ assembles each field from its slots (:class:`~ctr.embedding.SparseArch`).
                     VLDB'24 benchmark's default Hash baseline, with its wrap-around collisions)
 ``qr``              quotient-remainder compositional embeddings: per field a quotient table of
                     ``ceil(V_f / m)`` rows and a remainder table of ``m = ceil(1/r)`` rows, multiplied
+                    (a field whose full table is no larger keeps it: small budgets are not always met)
 ``mde``             mixed dimensions by frequency: full rows, ``d_f`` proportional to ``V_f^-alpha``,
                     scaled to the budget (multiples of 4, at least 4: small budgets cannot be met)
 ``unified``         Unified Embedding (feature multiplexing): ONE table of ``M = r N D / c`` rows of width
@@ -28,7 +29,7 @@ and library versions.
 
 Example:
     >>> salted_bucket(np.array([0, 1, 2, 3]), salt=7, buckets=10).tolist()
-    [6, 8, 2, 5]
+    [1, 5, 1, 3]
 """
 
 from __future__ import annotations
@@ -219,8 +220,13 @@ def build_layout(config: TablesConfig, fm: FeatureMap, dim: int) -> TableLayout:
     elif method == "qr":
         m = max(1, math.ceil(1 / r))
         for name, v in cards.items():
+            if math.ceil(v / m) + m >= v:  # a small field: its full table is no larger than Q + R
+                tables.append(TableSpec(f"t_{name}", v, dim, (name,)))
+                rules[name] = (name, "id", 0, v, 0)
+                slots.append(FieldSlots(name, (name,), "concat", dim))
+                continue
             q, rem = f"{name}@q", f"{name}@r"
-            tables += [TableSpec(f"t_{q}", max(1, math.ceil(v / m)), dim, (q,)), TableSpec(f"t_{rem}", m, dim, (rem,))]
+            tables += [TableSpec(f"t_{q}", math.ceil(v / m), dim, (q,)), TableSpec(f"t_{rem}", m, dim, (rem,))]
             rules[q], rules[rem] = (name, "quotient", 0, m, 0), (name, "remainder", 0, m, 0)
             slots.append(FieldSlots(name, (q, rem), "product", dim))
     elif method == "unified":

@@ -118,8 +118,9 @@ class SearchConfig:
     """OptEmbed's evolutionary search over per-field dims (defaults as in the paper: 20, 10, 10, 0.1, 30, 15).
 
     ``multi_objective``: maximise validation AUC and minimise embedding parameters (Pareto front).
-    ``budget``: keep only candidates whose embedding parameters are at most this fraction of the full
-    table's. ``val_rows``: score on a seeded sample of that many validation rows (``None``: all of them).
+    ``budget``: keep only candidates whose embedding parameters are at most this fraction of the full,
+    unpruned table's (the baseline's embedding parameters). ``val_rows``: score on a seeded sample of that
+    many validation rows (``None``: all of them).
     ``workers``: Ray evaluator actors (0: score in the driver process, without Ray).
     ``pick_tolerance``: retrain the smallest candidate whose validation AUC is within this of the best one
     (0: the best one itself). ``shrink`` (an extension, not in the paper): then step each field, largest

@@ -135,6 +135,19 @@ def _export(args: argparse.Namespace) -> None:
     print(json.dumps(export_run(Path(args.run), Path(args.out), int8=args.int8)))
 
 
+def _compress_bench(args: argparse.Namespace) -> None:
+    from pipelines.compress_bench import run_compress_bench
+
+    config = _run_config(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    except ValueError as e:
+        raise SystemExit(f"ctr compress-bench: error: --budgets {args.budgets!r}: {e}") from None
+    records = run_compress_bench(config, Path(args.out), methods, budgets, progress=not args.quiet)
+    print(json.dumps(records))
+
+
 def _synth(args: argparse.Namespace) -> None:
     from features.synth import write_synthetic
 
@@ -243,6 +256,22 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="int8 embedding tables (TorchRec/FBGEMM quantisation)")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("compress-bench", help="every embedding-compression method at every budget: AUC vs parameters")
+    p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
+    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--out", required=True, metavar="DIR", help="results.json, results.md, auc_vs_params.png, runs/")
+    p.add_argument("--budgets", default="1,0.1,0.01", metavar="R,R", help="fractions of the full tables' parameters")
+    p.add_argument(
+        "--methods",
+        default="full,hash,shared-hash,qr,mde,unified,optembed",
+        metavar="M,M",
+        help="full, hash, shared-hash, qr, mde, unified, optembed",
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML run config (also `tables`, `supernet`, `search` sections)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_compress_bench)
+
     p = sub.add_parser("synth", help="planted-signal Criteo-format data with its ground truth")
     p.add_argument("--rows", required=True, type=int, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE", help="TSV output; truth goes to FILE.truth.json")
@@ -260,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError, FileNotFoundError)
-    if args.command in ("train", "supernet", "optembed", "search", "retrain", "export"):
+    if args.command in ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench"):
         from ctr.lit import NonFiniteLossError
         from ctr.strategy import CheckpointError
 

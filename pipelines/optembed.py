@@ -113,6 +113,9 @@ def search_stage(
     rows = tuple(int(tables.kept_ids(n).shape[0]) for n in fm.sparse_names)
     fixed = LINEAR_DIM * sum(rows) if model_config.name in FIRST_ORDER_MODELS else 0
     space = SearchSpace(tuple(fm.sparse_names), tuple(_choices(run.config) for _ in rows), rows, fixed)
+    # The budget is a fraction of the full, unpruned table (the baseline's embedding parameters).
+    full_params = sum(f.rows_total for f in plan.fields) * (full + (LINEAR_DIM if fixed else 0))
+    budget = int(config.budget * full_params) if config.budget is not None else None
     outcome: SearchOutcome | None = None
     scored: list[Scored] = []
     summary: dict[str, Any] = {"variant": variant.name, "supernet": str(supernet)}
@@ -132,6 +135,7 @@ def search_stage(
             spec={"feature_map_hash": fm.content_hash, "supernet": str(Path(supernet).resolve())},
             address=address,
             progress=progress,
+            budget_params=budget,
         )
         scored = _all_scored(url, study)
         chosen = _pick(scored, config.pick_tolerance)

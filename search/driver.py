@@ -128,8 +128,12 @@ def run_search(
     address: str | None = None,
     progress: bool = True,
     on_generation: Callable[[int, list[Scored]], None] | None = None,
+    budget_params: int | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) the evolutionary search of ``space`` in study ``study_name`` of ``storage``."""
+    """Run (or resume) the evolutionary search of ``space`` in study ``study_name`` of ``storage``.
+
+    ``budget_params`` (absolute) overrides ``config.budget`` (a fraction of ``space.full_cost``).
+    """
     if tuple(scorer.fields) != space.fields:
         raise ConfigError(f"scorer fields {scorer.fields} differ from the search space's {space.fields}")
     evo = EvolutionConfig(
@@ -141,7 +145,12 @@ def run_search(
         top_k=config.top_k,
         crossover=config.crossover,
     )
-    budget = int(config.budget * space.full_cost) if config.budget is not None else None
+    if budget_params is None and config.budget is not None:
+        budget_params = int(config.budget * space.full_cost)
+    budget = budget_params
+    if budget is not None and space.cost(tuple(min(c) for c in space.choices)) > budget:
+        smallest = space.cost(tuple(min(c) for c in space.choices))
+        raise ConfigError(f"search budget of {budget} parameters is below the smallest candidate's {smallest}")
     sampler = EvolutionarySampler(space.fields, space.choices, evo, config.seed, space.cost, budget)
     directions = ["maximize", "minimize"] if config.multi_objective else ["maximize"]
     study = _open_study(storage, study_name, directions, _spec(space, config, spec or {}), sampler)
