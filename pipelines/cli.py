@@ -272,6 +272,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_compress_bench)
 
+    from pipelines.dashboard import add_parser as add_dashboard_parser
+
+    add_dashboard_parser(sub)
+
     p = sub.add_parser("synth", help="planted-signal Criteo-format data with its ground truth")
     p.add_argument("--rows", required=True, type=int, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE", help="TSV output; truth goes to FILE.truth.json")

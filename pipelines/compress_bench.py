@@ -38,13 +38,14 @@ BENCH_METHODS: tuple[str, ...] = ("full", "hash", "shared-hash", "qr", "mde", "u
 
 
 def _record(method: str, budget: float, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One result; a method that cannot run at a budget gets ``None`` figures (and an ``error``)."""
     return {
         "method": method,
         "budget": budget,
-        "embedding_params": metrics["embedding_params"],
-        "test_auc": metrics["test_auc"],
-        "test_logloss": metrics["test_logloss"],
-        "train_samples_per_sec": metrics["samples_per_sec"],
+        "embedding_params": metrics.get("embedding_params"),
+        "test_auc": metrics.get("test_auc"),
+        "test_logloss": metrics.get("test_logloss"),
+        "train_samples_per_sec": metrics.get("samples_per_sec"),
     }
 
 
@@ -67,7 +68,11 @@ def run_compress_bench(
                 oe = dataclasses.replace(
                     base, supernet=config.supernet or SupernetConfig(), search=search, retrain=config.retrain
                 )
-                result = run_optembed(oe, run, VARIANTS["optembed"], progress=progress)
+                try:
+                    result = run_optembed(oe, run, VARIANTS["optembed"], progress=progress)
+                except ConfigError as e:  # e.g. a budget below OptEmbed's smallest table (every dim at 4)
+                    records.append({**_record(method, budget, {}), "error": str(e)})
+                    continue
                 metrics = result["final"]
             else:
                 name = cast(Method, method.replace("-", "_"))
@@ -86,6 +91,9 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(records, key=lambda r: (-r["budget"], r["method"])):
+        if r["test_auc"] is None:
+            lines.append(f"| {r['method']} | {r['budget']:g} | n/a: {r.get('error', 'not run')} | | | |")
+            continue
         lines.append(
             f"| {r['method']} | {r['budget']:g} | {r['embedding_params']:,} | {r['test_auc']:.4f} | "
             f"{r['test_logloss']:.4f} | {r['train_samples_per_sec']:,.0f} |"
@@ -95,8 +103,9 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
 
 def plot_auc_vs_params(records: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in records):
-        mine = sorted((r for r in records if r["method"] == method), key=lambda r: r["embedding_params"])
+    done = [r for r in records if r["test_auc"] is not None]
+    for method in dict.fromkeys(r["method"] for r in done):
+        mine = sorted((r for r in done if r["method"] == method), key=lambda r: r["embedding_params"])
         ax.plot([r["embedding_params"] for r in mine], [r["test_auc"] for r in mine], "o-", label=method)
     ax.set_xscale("log")
     ax.set_xlabel("embedding parameters")

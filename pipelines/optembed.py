@@ -47,6 +47,7 @@ from features.strict import ConfigError
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search
 from search.plots import plot_search
 from search.scorer import CandidateScorer
+from search.storage import attach_plots
 
 __all__ = ["run_optembed", "search_stage", "train_stage"]
 
@@ -169,7 +170,11 @@ def search_stage(
         "row_sparsity": final.plan.row_sparsity,
         "seconds": time.perf_counter() - started,
     }
-    summary["plots"] = [str(p) for p in plot_search(outcome, scored, final.plan, out / "plots")]
+    plots = plot_search(outcome, scored, final.plan, out / "plots")
+    summary["plots"] = [str(p) for p in plots]
+    if outcome is not None:  # the plots as study artifacts, and a note of the best candidate, for the dashboard
+        summary["artifacts"] = str(out / "artifacts")
+        attach_plots(summary["storage"], study, plots, out / "artifacts")
     done.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -173,7 +173,20 @@ def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["prepare", "apply", "synth", "train", "supernet", "optembed", "search", "retrain", "export"]
+    "command",
+    [
+        "prepare",
+        "apply",
+        "synth",
+        "train",
+        "supernet",
+        "optembed",
+        "search",
+        "retrain",
+        "export",
+        "compress-bench",
+        "dashboard",
+    ],
 )
 def test_every_command_has_help(command: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", command, "--help"], capture_output=True, text=True)
