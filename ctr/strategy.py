@@ -28,7 +28,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
-__all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy", "complete_checkpoint"]
+__all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy", "complete_checkpoint", "ray_strategy"]
 
 META_FILE = "lightning_meta.pt"
 
@@ -151,3 +151,15 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+def ray_strategy() -> TorchRecStrategy:
+    """``TorchRecStrategy`` inside Ray Train: Ray's DDP strategy supplies rank and world size from the Ray worker
+    group (whose gloo/NCCL process group Lightning reuses); TorchRecStrategy's overrides take precedence.
+    """
+    from ray.train.lightning import RayDDPStrategy
+
+    class RayTorchRecStrategy(TorchRecStrategy, RayDDPStrategy):
+        strategy_name = "ray_torchrec"
+
+    return RayTorchRecStrategy()

@@ -33,7 +33,7 @@ from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
 from ctr.retrain_module import RetrainModule
 from ctr.run_config import RunConfig
-from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint
+from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint, ray_strategy
 from ctr.supernet_module import SupernetModule
 from features.schema import FeatureMap
 from features.strict import to_dict
@@ -85,12 +85,20 @@ class Throughput(Callback):
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _trainer(config: RunConfig, out: Path, nproc: int, callbacks: list[Callback], *, fitting: bool) -> pl.Trainer:
+def _trainer(
+    config: RunConfig, out: Path, nproc: int, callbacks: list[Callback], *, fitting: bool, on_ray: bool = False
+) -> pl.Trainer:
     t = config.trainer
-    return pl.Trainer(
+    plugins: list[Any] = []
+    if on_ray:  # a worker of a Ray Train TorchTrainer: Ray owns the processes and the process group
+        from ray.train.lightning import RayLightningEnvironment
+
+        plugins.append(RayLightningEnvironment())  # type: ignore[no-untyped-call]
+    trainer = pl.Trainer(
         accelerator="gpu" if torch.cuda.is_available() else "cpu",
-        devices=nproc,
-        strategy=TorchRecStrategy(),
+        devices="auto" if on_ray else nproc,
+        strategy=ray_strategy() if on_ray else TorchRecStrategy(),
+        plugins=plugins or None,
         max_epochs=t.max_epochs,
         gradient_clip_val=t.gradient_clip,
         limit_train_batches=t.limit_train_batches,
@@ -103,6 +111,11 @@ def _trainer(config: RunConfig, out: Path, nproc: int, callbacks: list[Callback]
         callbacks=callbacks,
         default_root_dir=out,
     )
+    if on_ray:
+        from ray.train.lightning import prepare_trainer
+
+        trainer = prepare_trainer(trainer)
+    return trainer
 
 
 def build_module(config: RunConfig, fm: FeatureMap) -> CTRModule:
@@ -114,8 +127,13 @@ def build_module(config: RunConfig, fm: FeatureMap) -> CTRModule:
     return CTRModule(config, fm)
 
 
-def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False) -> dict[str, Any]:
-    """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``."""
+def train(
+    config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False, on_ray: bool = False
+) -> dict[str, Any]:
+    """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``.
+
+    ``on_ray``: this process is one worker of a Ray Train ``TorchTrainer`` (see :mod:`pipelines.ray_train`).
+    """
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     if config.trainer.threads is not None:  # Lightning reads OMP_NUM_THREADS for every rank it starts
         os.environ["OMP_NUM_THREADS"] = str(config.trainer.threads)
@@ -146,7 +164,7 @@ def train(config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False)
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     module = build_module(config, fm)
     data = CTRDataModule(config.data, transform=module.transform_split)
-    trainer = _trainer(config, out, nproc, callbacks, fitting=True)
+    trainer = _trainer(config, out, nproc, callbacks, fitting=True, on_ray=on_ray)
     started = time.perf_counter()
     trainer.fit(module, data, ckpt_path=str(last) if resume else None)
     fit_seconds = time.perf_counter() - started

@@ -54,7 +54,14 @@ def _train(args: argparse.Namespace) -> None:
 
     sections = ("supernet",) if args.command == "supernet" else ()
     config = load_run_config(args.config, args.set, data=args.data, model=args.model, sections=sections)
-    metrics = train(config, Path(args.out), nproc=args.nproc, resume=args.resume)
+    if args.ray_workers is not None:
+        from pipelines.ray_train import train_on_ray
+
+        metrics = train_on_ray(
+            config, Path(args.out), workers=args.ray_workers, resume=args.resume, address=args.address
+        )
+    else:
+        metrics = train(config, Path(args.out), nproc=args.nproc, resume=args.resume)
     print(json.dumps(metrics))
 
 
@@ -204,6 +211,10 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
         p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes (tables sharded across them)")
         p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
+        p.add_argument(
+            "--ray-workers", type=int, metavar="N", help="train with N Ray Train workers instead of --nproc processes"
+        )
+        p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local)")
         p.set_defaults(func=_train)
 
     variants = ["optembed", "optembed-e", "optembed-d"]
