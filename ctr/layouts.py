@@ -13,8 +13,9 @@ assembles each field from its slots (:class:`~ctr.embedding.SparseArch`).
 ``shared_hash``     one table of ``ceil(r N)`` rows for all fields; ``(offset_f + id) mod M`` (the
                     VLDB'24 benchmark's default Hash baseline, with its wrap-around collisions)
 ``qr``              quotient-remainder compositional embeddings: per field a quotient table of
-                    ``ceil(V_f / m)`` rows and a remainder table of ``m = ceil(1/r)`` rows, multiplied
-                    (a field whose full table is no larger keeps it: small budgets are not always met)
+                    ``ceil(V_f / m)`` rows and a remainder table of ``m = ceil(1/r)`` rows, multiplied;
+                    below QR's reach (``2 sqrt(V_f)`` rows) ``m = ceil(sqrt(V_f))``, and a field whose full
+                    table is no larger keeps it, so small budgets are not always met
 ``mde``             mixed dimensions by frequency: full rows, ``d_f`` proportional to ``V_f^-alpha``,
                     scaled to the budget (multiples of 4, at least 4: small budgets cannot be met)
 ``unified``         Unified Embedding (feature multiplexing): ONE table of ``M = r N D / c`` rows of width
@@ -218,8 +219,10 @@ def build_layout(config: TablesConfig, fm: FeatureMap, dim: int) -> TableLayout:
             offset += v
         tables.append(TableSpec("t_shared", rows, dim, tuple(cards)))
     elif method == "qr":
-        m = max(1, math.ceil(1 / r))
         for name, v in cards.items():
+            m = max(1, math.ceil(1 / r))
+            if math.ceil(v / m) + m > r * v:  # below QR's reach (2 sqrt(V) rows): the fewest rows it can do
+                m = min(m, math.ceil(math.sqrt(v)))
             if math.ceil(v / m) + m >= v:  # a small field: its full table is no larger than Q + R
                 tables.append(TableSpec(f"t_{name}", v, dim, (name,)))
                 rules[name] = (name, "id", 0, v, 0)

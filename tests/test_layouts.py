@@ -77,8 +77,9 @@ def _fm() -> FeatureMap:
         ("full", 1.0, (1000 + 300 + 20) * 16),
         ("hash", 0.1, (100 + 30 + 2) * 16),
         ("shared_hash", 0.1, 132 * 16),  # ceil(0.1 * 1320) rows
-        ("qr", 0.1, (100 + 10 + 30 + 10 + 2 + 10) * 16),  # m = 10: ceil(V/10) quotient + 10 remainder rows
-        ("qr", 0.05, (50 + 20 + 15 + 20 + 20) * 16),  # m = 20: c (20 rows) keeps its full table (1 + 20 >= 20)
+        # m = ceil(1/r), or ceil(sqrt(V)) when smaller and r V is below QR's reach: ceil(V/m) + m rows per field
+        ("qr", 0.1, (100 + 10 + 30 + 10 + 4 + 5) * 16),
+        ("qr", 0.05, (50 + 20 + 17 + 18 + 4 + 5) * 16),
         ("unified", 0.1, (1320 * 16 // 10 // 4) * 4),  # M = r N D / c rows of width c = 4
         ("unified", 0.01, (int(0.01 * 1320 * 16) // 4) * 4),
     ],
