@@ -193,7 +193,7 @@ def train(
     if "test_gauc" in m:
         metrics["test_gauc"] = m["test_gauc"]
     metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    if isinstance(module, SupernetModule) and trainer.world_size == 1:
+    if isinstance(module, SupernetModule) and trainer.world_size == 1 and module.layout is None:
         plan = module.plan()  # rows kept by the learned thresholds, full dims (the search picks dims)
         plan.save(out / "plan.json")
         metrics |= {"row_sparsity": plan.row_sparsity, "rows_kept": sum(f.rows_kept for f in plan.fields)}

@@ -6,6 +6,9 @@ variant        prune rows      search dims           what it is
 ``optembed``   yes             yes                   learnable thresholds + dimension supernet and search
 ``optembed-e`` yes             no (full dim)         row pruning only, then retraining
 ``optembed-d`` no              yes                   uniform-sampling supernet, dimension search only
+``optembed-    no (shared      probes per field      over a Unified Embedding table (feature
+unified``      table)                                multiplexing): the supernet samples each field's
+                                                     probe count per example; the search picks ``k_f``
 =============  ==============  ====================  =====================================================
 
 Example:
@@ -29,6 +32,7 @@ class Variant:
     name: str
     prune_rows: bool
     search_dims: bool
+    multiplexed: bool = False  # over one shared Unified Embedding table: dims are probe counts x chunk
 
     def supernet(self, config: SupernetConfig) -> SupernetConfig:
         """``config`` with this variant's halves switched on or off (dims are sampled only if searched)."""
@@ -41,6 +45,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("optembed", prune_rows=True, search_dims=True),
         Variant("optembed-e", prune_rows=True, search_dims=False),
         Variant("optembed-d", prune_rows=False, search_dims=True),
+        Variant("optembed-unified", prune_rows=False, search_dims=True, multiplexed=True),
     )
 }
 

@@ -217,7 +217,7 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local)")
         p.set_defaults(func=_train)
 
-    variants = ["optembed", "optembed-e", "optembed-d"]
+    variants = ["optembed", "optembed-e", "optembed-d", "optembed-unified"]
     p = sub.add_parser("optembed", help="OptEmbed end to end: baseline, supernet, search, retrain, export, result.json")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
     p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
@@ -276,7 +276,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--methods",
         default="full,hash,shared-hash,qr,mde,unified,optembed",
         metavar="M,M",
-        help="full, hash, shared-hash, qr, mde, unified, optembed",
+        help="full, hash, shared-hash, qr, mde, unified, optembed, optembed-unified",
     )
     p.add_argument("--config", metavar="FILE", help="YAML run config (also `tables`, `supernet`, `search` sections)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

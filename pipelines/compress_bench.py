@@ -1,7 +1,8 @@
 """``ctr compress-bench``: every embedding-compression method at every memory budget, one model, one dataset.
 
 Methods: the table strategies of :mod:`ctr.layouts` (``full``, ``hash``, ``shared-hash``, ``qr``, ``mde``,
-``unified``), and ``optembed`` (the whole OptEmbed pipeline with ``search.budget`` set to the budget). The
+``unified``), ``optembed`` (the whole OptEmbed pipeline with ``search.budget`` set to the budget) and
+``optembed-unified`` (OptEmbed's probe search over a Unified Embedding table of that budget). The
 budget ``r`` is a fraction of the full tables' embedding parameters; ``full`` runs once (it is the ``r = 1``
 reference). All runs share the model, optimisers, seeds and splits of one config.
 
@@ -34,7 +35,16 @@ from pipelines.optembed import run_optembed, train_stage
 
 __all__ = ["BENCH_METHODS", "run_compress_bench"]
 
-BENCH_METHODS: tuple[str, ...] = ("full", "hash", "shared-hash", "qr", "mde", "unified", "optembed")
+BENCH_METHODS: tuple[str, ...] = (
+    "full",
+    "hash",
+    "shared-hash",
+    "qr",
+    "mde",
+    "unified",
+    "optembed",
+    "optembed-unified",
+)
 
 
 def _record(method: str, budget: float, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -63,13 +73,20 @@ def run_compress_bench(
     for method in methods:
         for budget in [1.0] if method == "full" else budgets:
             run = out / "runs" / f"{method}@{budget:g}"
-            if method == "optembed":
-                search = dataclasses.replace(config.search or SearchConfig(), budget=budget if budget < 1 else None)
+            if method in ("optembed", "optembed-unified"):
+                unified = method == "optembed-unified"  # the budget sizes the shared table, not the search
+                search = config.search or SearchConfig()
+                search = dataclasses.replace(search, budget=None if unified or budget == 1 else budget)
+                tables = dataclasses.replace(config.tables or TablesConfig(), method="unified", budget=budget)
                 oe = dataclasses.replace(
-                    base, supernet=config.supernet or SupernetConfig(), search=search, retrain=config.retrain
+                    base,
+                    supernet=config.supernet or SupernetConfig(),
+                    search=search,
+                    retrain=config.retrain,
+                    tables=tables if unified else None,
                 )
                 try:
-                    result = run_optembed(oe, run, VARIANTS["optembed"], progress=progress)
+                    result = run_optembed(oe, run, VARIANTS[method], progress=progress)
                 except ConfigError as e:  # e.g. a budget below OptEmbed's smallest table (every dim at 4)
                     records.append({**_record(method, budget, {}), "error": str(e)})
                     continue

@@ -33,8 +33,9 @@ from typing import Any
 import torch
 
 from ctr.data import load_split
-from ctr.embedding import FIRST_ORDER_MODELS, LINEAR_DIM
+from ctr.embedding import FIRST_ORDER_MODELS, LINEAR_DIM, embedding_params
 from ctr.export import export_run
+from ctr.layouts import TablesConfig
 from ctr.plan import EmbeddingPlan, FieldPlan
 from ctr.pruned import PrunedTables
 from ctr.restore import load_run
@@ -104,15 +105,24 @@ def search_stage(
             f"{supernet}: its supernet (prune_rows={scfg.prune_rows}, sample_dims={scfg.sample_dims}) "
             f"was not trained for variant {variant.name!r}"
         )
-    masks = model_row_masks(run.model, fm, find_pruning(run.model))
+    layout = run.model.layout
+    if variant.multiplexed != (layout is not None and layout.method == "unified"):
+        raise ConfigError(f"{supernet}: variant {variant.name!r} needs a supernet over a Unified Embedding table")
     full = model_config.embedding_dim
+    if layout is None:
+        masks = model_row_masks(run.model, fm, find_pruning(run.model))
+    else:  # one shared table: nothing is pruned per field, every field keeps its vocabulary
+        masks = {f.name: torch.ones(f.cardinality, dtype=torch.bool) for f in fm.categorical}
     plan = EmbeddingPlan(
         fm.content_hash, full, tuple(FieldPlan(n, full, int(m.sum()), int(m.numel())) for n, m in masks.items())
     )
     tables = PrunedTables(plan, {n: m.numpy() for n, m in masks.items()})
     out.mkdir(parents=True, exist_ok=True)
-    rows = tuple(int(tables.kept_ids(n).shape[0]) for n in fm.sparse_names)
-    fixed = LINEAR_DIM * sum(rows) if model_config.name in FIRST_ORDER_MODELS else 0
+    if layout is None:
+        rows = tuple(int(tables.kept_ids(n).shape[0]) for n in fm.sparse_names)
+        fixed = LINEAR_DIM * sum(rows) if model_config.name in FIRST_ORDER_MODELS else 0
+    else:  # the shared table's size does not depend on the probe counts: the cost is constant
+        rows, fixed = tuple(0 for _ in fm.sparse_names), embedding_params(fm, model_config, layout)
     space = SearchSpace(tuple(fm.sparse_names), tuple(_choices(run.config) for _ in rows), rows, fixed)
     # The budget is a fraction of the full, unpruned table (the baseline's embedding parameters).
     full_params = sum(f.rows_total for f in plan.fields) * (full + (LINEAR_DIM if fixed else 0))
@@ -123,8 +133,15 @@ def search_stage(
     if variant.search_dims:
         torch.set_num_threads(1)
         split = load_split(run.config.data.path, fm, "valid")
+        if layout is not None:
+            split = layout.transform(split)
         scorer = CandidateScorer(
-            run.model, masks, split, batch_size=config.eval_batch_size, max_rows=config.val_rows, seed=config.seed
+            run.model,
+            masks if layout is None else None,
+            split,
+            batch_size=config.eval_batch_size,
+            max_rows=config.val_rows,
+            seed=config.seed,
         )
         url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
         outcome = run_search(
@@ -238,8 +255,15 @@ def run_optembed(
         seconds[name] = time.perf_counter() - started
         return value
 
+    supernet = variant.supernet(config.supernet or SupernetConfig())
+    multiplexed: TablesConfig | None = None
+    if variant.multiplexed:  # baseline: the Unified Embedding table with every field at full width (UE alone)
+        multiplexed = dataclasses.replace(config.tables or TablesConfig(), method="unified", probes={})
+        base = dataclasses.replace(base, tables=multiplexed)
+        chunk, full_dim = multiplexed.chunk, config.model.embedding_dim
+        supernet = dataclasses.replace(supernet, candidates=tuple(range(chunk, full_dim + 1, chunk)))
     baseline = timed("baseline", train_stage, base, out / "baseline", nproc=nproc)
-    supernet_cfg = dataclasses.replace(base, supernet=variant.supernet(config.supernet or SupernetConfig()))
+    supernet_cfg = dataclasses.replace(base, supernet=supernet)
     timed("supernet", train_stage, supernet_cfg, out / "supernet", nproc=nproc)
     search = timed(
         "search",
@@ -253,12 +277,18 @@ def run_optembed(
         address=address,
         progress=progress,
     )
-    retrain = dataclasses.replace(
-        config.retrain or RetrainConfig(), supernet=str(out / "supernet"), plan=str(out / "search")
-    )
-    final = timed("retrain", train_stage, dataclasses.replace(base, retrain=retrain), out / "retrain", nproc=nproc)
-    exported = timed("export", export_run, out / "retrain", out / "export", int8=int8)
     plan = PrunedTables.load(out / "search").plan
+    exported: dict[str, Any] | None = None
+    if multiplexed is not None:  # the same shared table, each field with its searched number of probes
+        probes = {f.name: f.dim // multiplexed.chunk for f in plan.fields}
+        final_cfg = dataclasses.replace(base, tables=dataclasses.replace(multiplexed, probes=probes))
+        final = timed("retrain", train_stage, final_cfg, out / "retrain", nproc=nproc)
+    else:
+        retrain = dataclasses.replace(
+            config.retrain or RetrainConfig(), supernet=str(out / "supernet"), plan=str(out / "search")
+        )
+        final = timed("retrain", train_stage, dataclasses.replace(base, retrain=retrain), out / "retrain", nproc=nproc)
+        exported = timed("export", export_run, out / "retrain", out / "export", int8=int8)
     keys = ("test_auc", "test_logloss", "val_auc", "embedding_params", "samples_per_sec")
     result: dict[str, Any] = {
         "variant": variant.name,
@@ -270,9 +300,15 @@ def run_optembed(
         "sparsity": plan.sparsity,
         "row_sparsity": plan.row_sparsity,
         "fields": [dataclasses.asdict(f) for f in plan.fields],
+        "note": None,
         "search": {k: search.get(k) for k in ("trials", "evaluated", "best", "chosen", "storage", "study")},
         "export": exported,
         "seconds": seconds,
     }
+    if multiplexed is not None:  # the parameters are the shared table's; the search chose probes, not rows
+        full_table = sum(f.rows_total for f in plan.fields) * plan.full_dim
+        result["sparsity"] = 1.0 - final["embedding_params"] / full_table
+        result["fields"] = [{**f, "probes": f["dim"] // multiplexed.chunk} for f in result["fields"]]
+        result["note"] = "multiplexed: one shared table of fixed size; no export (Unified Embedding tables)"
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -63,10 +63,12 @@ class CandidateScorer:
         max_rows: int | None = None,
         seed: int = 0,
     ) -> None:
+        """With a table strategy (``model.layout``), ``split`` holds the layout's virtual ids (its transform)."""
         if model.sparse_arch is None:
             raise ValueError(f"{type(model).__name__} has no field embeddings to search dims for")
         self.batch_size = batch_size
-        self.fields = tuple(split.feature_map.sparse_names)
+        layout = model.layout
+        self.fields = tuple(s.field for s in layout.fields) if layout else tuple(split.feature_map.sparse_names)
         self.full_dim = model.sparse_arch.embedding_dim
         rows = np.arange(len(split))
         if max_rows is not None and max_rows < len(split):
