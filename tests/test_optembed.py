@@ -281,3 +281,20 @@ def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path) -> None:
     again = run_optembed(config, tmp_path / "run", VARIANTS["optembed"], progress=False)
     assert again["final"] == result["final"] and again["search"]["trials"] == result["search"]["trials"]
     assert (tmp_path / "run" / "baseline" / "metrics.json").read_text() == baseline_metrics
+
+
+def test_optembed_over_a_multiplexed_table_searches_probes(data: Path, tmp_path: Path) -> None:
+    sets = [*SMALL, *TINY_SEARCH, "tables.budget=0.2", "tables.chunk=4", "search.pick_tolerance=0.01"]
+    config = load_run_config(None, sets, data=str(data), model="fnn", sections=("supernet", "search", "retrain"))
+    result = run_optembed(config, tmp_path / "run", VARIANTS["optembed-unified"], progress=False)
+    probes = [f["probes"] for f in result["fields"]]
+    assert all(1 <= k <= 2 for k in probes) and len(probes) == 26  # dim 8 = at most 2 probes of 4
+    # One shared table of the budget's size: the search moves probes, not parameters.
+    assert result["final"]["embedding_params"] == result["baseline"]["embedding_params"]
+    fm = FeatureMap.load(data)
+    full = sum(f.cardinality for f in fm.categorical) * 8
+    assert result["final"]["embedding_params"] <= 0.2 * full
+    assert result["sparsity"] == pytest.approx(1 - result["final"]["embedding_params"] / full)
+    retrained = load_run_config(tmp_path / "run" / "retrain" / "config.yaml", [], data=None, model=None)
+    assert retrained.tables is not None and retrained.tables.method == "unified"
+    assert [retrained.tables.probes[f["name"]] for f in result["fields"]] == probes
