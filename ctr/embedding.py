@@ -17,7 +17,6 @@ shards them, and a fused optimiser can be applied to exactly their parameters.
 Example:
     >>> from features.schema import CategoricalField, FeatureMap
     >>> from ctr.config import ModelConfig
-from ctr.layouts import TableLayout
     >>> fm = FeatureMap(
     ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
     ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 100)),
@@ -112,25 +111,24 @@ def _tables(fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfi
 class SparseArch(nn.Module):
     """Pooled embeddings of every categorical field: ``KeyedJaggedTensor -> [B, F, D_max]``.
 
-        One ``EmbeddingBagConfig`` per categorical field (table ``t_<field>``, ``cardinality`` rows, the field's
-        dim from ``config``), all in the single EBC ``self.ebc``. Fields come out in feature-map order; a field
-        of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros.
+    One ``EmbeddingBagConfig`` per categorical field (table ``t_<field>``, ``cardinality`` rows, the field's
+    dim from ``config``), all in the single EBC ``self.ebc``. Fields come out in feature-map order; a field
+    of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros.
 
-        Example:
-            >>> from features.schema import CategoricalField, FeatureMap
-            >>> from ctr.config import ModelConfig
-    from ctr.layouts import TableLayout
-            >>> fm = FeatureMap(
-            ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
-            ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 5, True)),
-            ... )
-            >>> arch = SparseArch(fm, ModelConfig(name="fnn", embedding_dim=8, field_dims={"a": 4}))
-            >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-            ...     keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 0]), lengths=torch.tensor([1, 1, 2, 1]),
-            ... )
-            >>> out = arch(kjt)
-            >>> out.shape, bool((out[:, 0, 4:] == 0).all())
-            (torch.Size([2, 2, 8]), True)
+    Example:
+        >>> from features.schema import CategoricalField, FeatureMap
+        >>> from ctr.config import ModelConfig
+        >>> fm = FeatureMap(
+        ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
+        ...     categorical=(CategoricalField("a", "vocab", 10), CategoricalField("b", "vocab", 5, True)),
+        ... )
+        >>> arch = SparseArch(fm, ModelConfig(name="fnn", embedding_dim=8, field_dims={"a": 4}))
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+        ...     keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 0]), lengths=torch.tensor([1, 1, 2, 1]),
+        ... )
+        >>> out = arch(kjt)
+        >>> out.shape, bool((out[:, 0, 4:] == 0).all())
+        (torch.Size([2, 2, 8]), True)
     """
 
     def __init__(
@@ -216,25 +214,24 @@ class DenseEmbedding(nn.Module):
 class LinearArch(nn.Module):
     """First-order term ``bias + sum_f w_f(ids_f) + dense @ w_dense -> [B]`` (LR, FM, DeepFM).
 
-        The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
-        tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
-        columns and **the first-order weight of an id is the mean of its 4 columns** (a mean, not a sum, so a
-        step of the fused optimiser moves the logit as much as it would move a 1-column weight).
-        ``self.dense`` (no bias) and ``self.bias`` are dense parameters: a fused embedding optimiser belongs on
-        ``ebc_linear`` only.
+    The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
+    tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
+    columns and **the first-order weight of an id is the mean of its 4 columns** (a mean, not a sum, so a
+    step of the fused optimiser moves the logit as much as it would move a 1-column weight).
+    ``self.dense`` (no bias) and ``self.bias`` are dense parameters: a fused embedding optimiser belongs on
+    ``ebc_linear`` only.
 
-        Example:
-            >>> from features.schema import CategoricalField, DenseField, FeatureMap
-            >>> from ctr.config import ModelConfig
-    from ctr.layouts import TableLayout
-            >>> fm = FeatureMap(
-            ...     dataset="toy", label="y", splits={}, source_spec={}, seed=0, split_method="random",
-            ...     dense=(DenseField("x", "none", 0.0, 0.0, 1.0),), categorical=(CategoricalField("a", "vocab", 3),),
-            ... )
-            >>> arch = LinearArch(fm, ModelConfig(name="lr"))
-            >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([2, 0]), torch.tensor([1, 1]))
-            >>> arch(kjt, torch.tensor([[0.5], [1.0]])).shape
-            torch.Size([2])
+    Example:
+        >>> from features.schema import CategoricalField, DenseField, FeatureMap
+        >>> from ctr.config import ModelConfig
+        >>> fm = FeatureMap(
+        ...     dataset="toy", label="y", splits={}, source_spec={}, seed=0, split_method="random",
+        ...     dense=(DenseField("x", "none", 0.0, 0.0, 1.0),), categorical=(CategoricalField("a", "vocab", 3),),
+        ... )
+        >>> arch = LinearArch(fm, ModelConfig(name="lr"))
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([2, 0]), torch.tensor([1, 1]))
+        >>> arch(kjt, torch.tensor([[0.5], [1.0]])).shape
+        torch.Size([2])
     """
 
     def __init__(

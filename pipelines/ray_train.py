@@ -53,9 +53,9 @@ def train_on_ray(
     out.mkdir(parents=True, exist_ok=True)
     started = False
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
+        address = address or os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray one
         kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
-        if address is None:
+        if address == "local":
             kwargs |= {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
         ray.init(**kwargs)
         started = True

@@ -83,7 +83,7 @@ class RayEvaluator(_Context):
             raise ValueError(f"RayEvaluator needs at least one worker, got {workers}")
         self._started = False
         if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
+            address = address or os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray one
             kwargs: dict[str, Any] = {"address": address, "log_to_driver": False}
             if address is None:
                 kwargs |= {"include_dashboard": False, "num_cpus": max(workers, os.cpu_count() or 1)}

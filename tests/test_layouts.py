@@ -222,7 +222,7 @@ def test_compress_bench_writes_records_table_and_plot(tmp_path: Path) -> None:
     for r in records[1:]:
         if r["method"] == "qr":  # small fields keep full tables (no larger than Q + R): below full, not exact
             assert r["embedding_params"] < full, r
-        else:
-            assert r["embedding_params"] <= r["budget"] * full * 1.01, r
+        else:  # per-field hashing rounds each field's rows up: at most one row (8 params) per field over
+            assert r["embedding_params"] <= r["budget"] * full + 26 * 8, r
     assert (tmp_path / "bench" / "results.md").read_text().count("\n") == 2 + len(records)
     assert (tmp_path / "bench" / "auc_vs_params.png").stat().st_size > 1000

@@ -385,9 +385,12 @@ def test_dmp_shards_a_meta_model_in_one_process(monkeypatch: pytest.MonkeyPatch)
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    owned = not dist.is_initialized()  # an earlier in-process Lightning fit may have left its world-1 group
+    if owned:
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    assert dist.get_world_size() == 1
     try:
         torch.manual_seed(0)
         model = build_model(FM, _cfg("deepfm", field_dims={"m": 4}), torch.device("meta"))
@@ -421,7 +424,8 @@ def test_dmp_shards_a_meta_model_in_one_process(monkeypatch: pytest.MonkeyPatch)
         after = dmp(_batch())
         assert torch.isfinite(after).all() and not torch.equal(after, logits)
     finally:
-        dist.destroy_process_group()
+        if owned:
+            dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------- style
