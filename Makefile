@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_vs_pytorch.py
 	$(BIN)/python benchmarks/search_speed.py
+	$(BIN)/python benchmarks/multiplex.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

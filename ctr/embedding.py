@@ -155,7 +155,14 @@ class SparseArch(nn.Module):
             tables = _tables(fm, "t_", self.dims, config)
         self.num_fields = len(self.dims)
         self.embedding_dim = max(*self.dims, config.pad_to or 0)
-        self._uniform = layout is None and set(self.dims) == {self.embedding_dim}
+        # The EBC's output columns are its features' vectors in table order. When each field's slots are
+        # concatenated and come in field order (per-field tables, shared tables, Unified Embedding), the output
+        # already holds the fields side by side, and no per-feature split is needed.
+        self._side_by_side = layout is None or (
+            all(s.combine == "concat" for s in layout.fields)
+            and tuple(f for s in layout.fields for f in s.features) == layout.features
+        )
+        self._uniform = self._side_by_side and set(self.dims) == {self.embedding_dim}
         self._split_sizes = list(self.dims)
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
 
@@ -175,7 +182,7 @@ class SparseArch(nn.Module):
         return torch.stack(out, dim=1)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        if self.layout is not None:
+        if not self._side_by_side:
             return self._assemble(self.ebc(features).to_dict())
         # The EBC's KeyedTensor holds the fields side by side, in table (= feature-map) order: [B, sum(dims)].
         values: torch.Tensor = self.ebc(features).values()
