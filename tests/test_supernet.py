@@ -119,3 +119,31 @@ def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) ->
     assert all(0 <= f.rows_kept <= f.rows_total and f.dim == 8 for f in plan.fields)
     assert metrics["row_sparsity"] == pytest.approx(plan.row_sparsity)
     assert 0.0 < plan.row_sparsity < 1.0, "with alpha 0.5 the thresholds prune some rows, not all"
+
+
+@pytest.mark.parametrize("model", ["deepfm", "fnn", "ipnn", "dcn", "dcnv2", "fm", "dlrm"])
+def test_supernet_wraps_every_base_model_with_field_embeddings(model: str) -> None:
+    from torchrec import KeyedJaggedTensor
+    from torchrec.datasets.utils import Batch
+
+    from ctr.run_config import load_run_config
+    from ctr.supernet_module import SupernetModule, find_pruning
+    from features.schema import CategoricalField, DenseField, FeatureMap
+
+    fm = FeatureMap(
+        dataset="toy", label="y", splits={}, source_spec={}, seed=0, split_method="random",
+        dense=(DenseField("x", "none", 0.0, 0.0, 1.0),),
+        categorical=(CategoricalField("a", "vocab", 20), CategoricalField("b", "vocab", 30)),
+    )  # fmt: skip
+    sets = ["model.embedding_dim=8", "model.mlp=[8]", "model.dense_mlp=[4]"]
+    module = SupernetModule(load_run_config(None, sets, data="x", model=model, sections=("supernet",)), fm)
+    net = module.build_unsharded(torch.device("cpu"))
+    pruning = find_pruning(net)
+    assert pruning is not None and pruning.thresholds.shape == (2,)
+    kjt = KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.tensor([3, 4, 5, 6]), torch.tensor([1, 1, 1, 1]))
+    batch = Batch(dense_features=torch.randn(2, 1), sparse_features=kjt, labels=torch.zeros(2))
+    net.train()
+    with torch.no_grad():
+        pruning.thresholds.fill_(0.1)  # inside every row's surrogate window: the threshold gets a gradient
+    net(batch).sum().backward()
+    assert pruning.thresholds.grad is not None and bool(pruning.thresholds.grad.ne(0).any())
