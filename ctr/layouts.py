@@ -77,7 +77,7 @@ class TablesConfig:
     """The ``tables`` section of a run config: the strategy, its budget and its knobs.
 
     ``budget``: fraction of the full table's parameters (1 = as many as the full tables). ``chunk``: the
-    Unified Embedding row width ``c`` (a multiple of 4); ``probes``: per-field probe counts (default
+    Unified Embedding row width ``c`` (a multiple of 4); ``probes``: per-field probe counts, 0 drops a field (default
     ``embedding_dim / chunk`` for every field, so every field keeps the full width). ``mde_alpha``: the MDE
     temperature.
     """
@@ -95,9 +95,9 @@ class TablesConfig:
             raise ConfigError(f"TablesConfig.budget: a fraction in (0, 1], got {self.budget}")
         if self.chunk < 4 or self.chunk % 4:
             raise ConfigError(f"TablesConfig.chunk: {self.chunk} is not a positive multiple of 4 (FBGEMM needs it)")
-        bad = {k: v for k, v in self.probes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        bad = {k: v for k, v in self.probes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
         if bad:
-            raise ConfigError(f"TablesConfig.probes: counts must be positive ints, got {bad}")
+            raise ConfigError(f"TablesConfig.probes: counts must be ints >= 0 (0 drops the field), got {bad}")
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,10 @@ class TableLayout:
     @property
     def width(self) -> int:
         return max(s.width for s in self.fields)
+
+    def __post_init__(self) -> None:
+        if not any(s.features for s in self.fields):
+            raise ConfigError(f"{self.method} layout: every field has 0 probes (nothing to embed)")
 
     def virtual_ids(self, feature: str, ids: npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
         _, kind, salt, buckets, offset = self.rules[feature]

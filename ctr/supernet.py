@@ -119,10 +119,11 @@ class DimensionSampler(nn.Module):
     ) -> None:
         super().__init__()
         cands = tuple(candidates) if candidates is not None else tuple(range(4, full_dim + 1, 4))
-        bad = [c for c in cands if c < 1 or c > full_dim or c % 4]
-        if not cands or bad:
+        bad = [c for c in cands if c < 0 or c > full_dim or c % 4]
+        if not cands or bad or max(cands) == 0:
             raise ValueError(
-                f"dimension candidates must be multiples of 4 in [4, {full_dim}] (FBGEMM tables need it), got {cands}"
+                f"dimension candidates must be multiples of 4 in [0, {full_dim}] (FBGEMM tables need it; 0 drops "
+                f"the field), not all 0, got {cands}"
             )
         self.full_dim = full_dim
         self.candidates = cands

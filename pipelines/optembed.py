@@ -261,7 +261,7 @@ def run_optembed(
         multiplexed = dataclasses.replace(config.tables or TablesConfig(), method="unified", probes={})
         base = dataclasses.replace(base, tables=multiplexed)
         chunk, full_dim = multiplexed.chunk, config.model.embedding_dim
-        supernet = dataclasses.replace(supernet, candidates=tuple(range(chunk, full_dim + 1, chunk)))
+        supernet = dataclasses.replace(supernet, candidates=tuple(range(0, full_dim + 1, chunk)))  # k_f in 0..K
     baseline = timed("baseline", train_stage, base, out / "baseline", nproc=nproc)
     supernet_cfg = dataclasses.replace(base, supernet=supernet)
     timed("supernet", train_stage, supernet_cfg, out / "supernet", nproc=nproc)

@@ -226,3 +226,20 @@ def test_compress_bench_writes_records_table_and_plot(tmp_path: Path) -> None:
             assert r["embedding_params"] <= r["budget"] * full + 26 * 8, r
     assert (tmp_path / "bench" / "results.md").read_text().count("\n") == 2 + len(records)
     assert (tmp_path / "bench" / "auc_vs_params.png").stat().st_size > 1000
+
+
+def test_a_field_with_zero_probes_is_dropped() -> None:
+    fm = _fm()
+    layout = build_layout(TablesConfig(method="unified", budget=0.5, probes={"b": 0, "c": 1}), fm, 16)
+    assert [s.width for s in layout.fields] == [16, 0, 4] and not any(f.startswith("b@") for f in layout.features)
+    split = _split(fm)
+    virtual = layout.transform(split)
+    assert "b" not in {layout.rules[f.name][0] for f in virtual.feature_map.categorical}
+    for name in ("fnn", "deepfm", "dcnv2"):
+        model = build_model(fm, ModelConfig(name=name, embedding_dim=16, mlp=(8,)), layout=layout)  # type: ignore[arg-type]
+        assert model.sparse_arch is not None
+        fields = model.sparse_arch(virtual.batch(np.arange(5)).sparse_features)
+        assert fields.shape == (5, 3, 16) and bool((fields[:, 1] == 0).all()) and bool((fields[:, 2, 4:] == 0).all())
+        assert model(virtual.batch(np.arange(5))).shape == (5,)
+    with pytest.raises(ConfigError, match="every field has 0 probes"):
+        build_layout(TablesConfig(method="unified", probes={"a": 0, "b": 0, "c": 0}), fm, 16)

@@ -288,7 +288,7 @@ def test_optembed_over_a_multiplexed_table_searches_probes(data: Path, tmp_path:
     config = load_run_config(None, sets, data=str(data), model="fnn", sections=("supernet", "search", "retrain"))
     result = run_optembed(config, tmp_path / "run", VARIANTS["optembed-unified"], progress=False)
     probes = [f["probes"] for f in result["fields"]]
-    assert all(1 <= k <= 2 for k in probes) and len(probes) == 26  # dim 8 = at most 2 probes of 4
+    assert all(0 <= k <= 2 for k in probes) and len(probes) == 26  # dim 8: 0 (dropped), 1 or 2 probes of 4
     # One shared table of the budget's size: the search moves probes, not parameters.
     assert result["final"]["embedding_params"] == result["baseline"]["embedding_params"]
     fm = FeatureMap.load(data)

@@ -83,7 +83,7 @@ def test_prefix_mask_and_dimension_sampler() -> None:
     assert torch.equal(sampler(torch.ones(2, 3, 16)), torch.ones(2, 3, 16))
 
 
-@pytest.mark.parametrize("candidates", [(6,), (4, 20), ()])
+@pytest.mark.parametrize("candidates", [(6,), (4, 20), (), (0,), (-4, 8)])
 def test_dimension_candidates_must_be_multiples_of_4(candidates: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="multiples of 4"):
         DimensionSampler(16, candidates)
