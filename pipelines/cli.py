@@ -6,6 +6,7 @@ Bad input ends with one line on stderr naming the file and the problem, and exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -54,6 +55,10 @@ def _train(args: argparse.Namespace) -> None:
 
     sections = ("supernet",) if args.command == "supernet" else ()
     config = load_run_config(args.config, args.set, data=args.data, model=args.model, sections=sections)
+    # One config file may serve the whole OptEmbed pipeline: each command reads only its own sections.
+    config = dataclasses.replace(config, search=None, retrain=None)
+    if args.command == "train":
+        config = dataclasses.replace(config, supernet=None)
     if args.ray_workers is not None:
         from pipelines.ray_train import train_on_ray
 
@@ -122,8 +127,6 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from ctr.run_config import load_run_config
     from ctr.train import train
 

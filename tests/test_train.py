@@ -222,3 +222,18 @@ def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: 
     assert 0.0 <= metrics["test_gauc"] <= 1.0
     with pytest.raises(ValueError, match="group_field 'nope' is not a categorical field"):
         train(load_run_config(None, [*FAST, "trainer.group_field=nope"], data=str(small), model="fm"), tmp_path / "r2")
+
+
+def test_train_reads_only_its_own_sections_of_a_pipeline_config(small: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from pipelines.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "optembed.yaml"  # has supernet/search/retrain too
+    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.threads=1"]
+    args = ["train", "--data", str(small), "--model", "fm", "--out", str(tmp_path / "run"), "--config", str(config)]
+    main([*args, *[x for s in sets for x in ("--set", s)]])
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["supernet"] is None and resolved["search"] is None and resolved["retrain"] is None
+    assert resolved["data"]["batch_size"] == 2048  # the file's own training settings are read
+    assert not (tmp_path / "run" / "plan.json").exists()  # a base model, not a supernet
