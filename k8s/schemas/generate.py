@@ -5,9 +5,9 @@ kind needs are copied into its ``$defs``), and every object that lists its prope
 (``additionalProperties: false``), like the ``*-standalone-strict`` schemas of yannh/kubernetes-json-schema that
 kubeconform uses. Inputs, all from PyPI except the KubeRay transcription::
 
-    pip download --no-deps -d /tmp/wheels kubernetes-validate==1.37.0 kubeflow-training==1.9.4
-    (cd /tmp/wheels && for w in *.whl; do unzip -oq "$w"; done)
-    python k8s/schemas/generate.py --wheels /tmp/wheels
+    pip download --no-deps -d build/wheels kubernetes-validate==1.37.0 kubeflow-training==1.9.4
+    (cd build/wheels && for w in *.whl; do unzip -oq "$w"; done)
+    python k8s/schemas/generate.py --wheels build/wheels
 
 * kubernetes-validate 1.37.0: ``kubernetes-json-schema/v1.33.0-local-strict/`` (openapi2jsonschema output of the
   Kubernetes 1.33.0 OpenAPI; each kind file refers into ``_definitions.json``) for the built-in kinds, and for the
