@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 
 from ctr.data import load_split
@@ -45,7 +46,7 @@ from ctr.supernet_module import find_pruning, model_row_masks
 from ctr.train import train
 from ctr.variants import Variant
 from features.strict import ConfigError
-from search.driver import Scored, SearchOutcome, SearchSpace, run_search
+from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.plots import plot_search
 from search.scorer import CandidateScorer
 from search.storage import attach_plots
@@ -155,7 +156,7 @@ def search_stage(
             progress=progress,
             budget_params=budget,
         )
-        scored = _all_scored(url, study)
+        scored = scored_trials(optuna.load_study(study_name=study, storage=url))
         chosen = _pick(scored, config.pick_tolerance)
         dims = chosen.dims
         steps: list[dict[str, Any]] = []
@@ -213,23 +214,6 @@ def _shrink(
         if kept:
             current = trial
     return dict(zip(space.fields, current, strict=True)), steps
-
-
-def _all_scored(storage: str, study: str) -> list[Scored]:
-    import optuna
-    from optuna.trial import TrialState
-
-    trials = optuna.load_study(study_name=study, storage=storage).get_trials(states=(TrialState.COMPLETE,))
-    return [
-        Scored(
-            dims={k: int(v) for k, v in t.user_attrs["dims"].items()},
-            val_auc=float(t.user_attrs["val_auc"]),
-            embedding_params=int(t.user_attrs["embedding_params"]),
-            generation=int(t.user_attrs["generation"]),
-            trial=t.number,
-        )
-        for t in trials
-    ]
 
 
 def run_optembed(

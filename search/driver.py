@@ -34,7 +34,7 @@ from search.evolution import EvolutionConfig
 from search.sampler import EvolutionarySampler
 from search.scorer import CandidateScorer
 
-__all__ = ["Scored", "SearchOutcome", "SearchSpace", "run_search"]
+__all__ = ["Scored", "SearchOutcome", "SearchSpace", "run_search", "scored_trials"]
 
 log = logging.getLogger(__name__)
 
@@ -173,35 +173,34 @@ def run_search(
                 study.tell(trial, [auc, params] if config.multi_objective else auc)
             evaluated += len(batch)
             bar.n = generation + 1
-            bar.set_postfix(best=f"{max(_scored(study, sampler), key=lambda s: s.val_auc).val_auc:.4f}")
+            bar.set_postfix(best=f"{max(scored_trials(study), key=lambda s: s.val_auc).val_auc:.4f}")
             bar.refresh()
             if on_generation is not None:
-                on_generation(generation, _scored(study, sampler))
+                on_generation(generation, scored_trials(study))
     bar.close()
-    return _outcome(study, sampler, evaluated, storage)
+    return _outcome(study, evaluated, storage)
 
 
-def _scored(study: optuna.Study, sampler: EvolutionarySampler) -> list[Scored]:
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        out.append(
-            Scored(
-                dims=dict(t.user_attrs["dims"]),
-                val_auc=float(t.user_attrs["val_auc"]),
-                embedding_params=int(t.user_attrs["embedding_params"]),
-                generation=sampler.generation_of(t),
-                trial=t.number,
-            )
+def scored_trials(study: optuna.Study) -> list[Scored]:
+    """Every COMPLETE candidate of a search study, from its trials' user attributes."""
+    return [
+        Scored(
+            dims={k: int(v) for k, v in t.user_attrs["dims"].items()},
+            val_auc=float(t.user_attrs["val_auc"]),
+            embedding_params=int(t.user_attrs["embedding_params"]),
+            generation=int(t.user_attrs["generation"]),
+            trial=t.number,
         )
-    return out
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
 
 
 def _best_key(s: Scored) -> tuple[float, int, int]:
     return (s.val_auc, -s.embedding_params, -s.trial)
 
 
-def _outcome(study: optuna.Study, sampler: EvolutionarySampler, evaluated: int, storage: str) -> SearchOutcome:
-    scored = _scored(study, sampler)
+def _outcome(study: optuna.Study, evaluated: int, storage: str) -> SearchOutcome:
+    scored = scored_trials(study)
     if not scored:
         raise RuntimeError(f"study {study.study_name!r} has no finished candidate")
     pareto = [
