@@ -39,7 +39,7 @@ from ctr.pruned import MASKS_FILE, PLAN_FILE, PrunedTables
 from ctr.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
 from ctr.restore import load_run, read_run_config
 from features.schema import FeatureMap
-from features.strict import ConfigError, from_dict, to_dict
+from features.strict import ConfigError, from_dict, load_json, to_dict
 
 __all__ = ["EXPORT_FORMAT", "ExportSpec", "ExportedModel", "export_run", "load_exported"]
 
@@ -137,12 +137,7 @@ def load_exported(path: str | Path) -> ExportedModel:
     """Load an artifact strictly: spec, feature map, plan and weights must all agree."""
     root = Path(path)
     spec_path = root / SPEC_FILE
-    if not spec_path.is_file():
-        raise ConfigError(f"{spec_path}: missing (not an exported model)")
-    try:
-        raw = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{spec_path}: corrupt ({e})") from e
+    raw = load_json(spec_path, "model spec", missing="missing (not an exported model)")
     spec = from_dict(ExportSpec, raw, where=str(spec_path))
     if spec.format != EXPORT_FORMAT:
         raise ConfigError(f"{spec_path}: export format {spec.format}, this version reads {EXPORT_FORMAT}")

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.strict import ConfigError, from_dict, to_dict
+from features.strict import ConfigError, from_dict, load_json, to_dict
 
 __all__ = ["EmbeddingPlan", "FieldPlan"]
 
@@ -75,14 +75,7 @@ class EmbeddingPlan:
     @classmethod
     def load(cls, path: str | Path, feature_map_hash: str | None = None) -> EmbeddingPlan:
         """Load strictly; with ``feature_map_hash``, refuse a plan made for another feature map."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: plan not found")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: corrupt plan ({e})") from e
-        plan = from_dict(cls, raw, where=str(path))
+        plan = from_dict(cls, load_json(path, "plan"), where=str(path))
         if feature_map_hash is not None and plan.feature_map_hash != feature_map_hash:
             raise ConfigError(
                 f"{path}: plan was made for feature map {plan.feature_map_hash[:12]}, not {feature_map_hash[:12]}"

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
@@ -26,7 +25,7 @@ from ctr.models import CTRModel
 from ctr.run_config import RunConfig
 from ctr.strategy import META_FILE, CheckpointError, complete_checkpoint
 from features.schema import FeatureMap
-from features.strict import ConfigError, from_dict
+from features.strict import ConfigError, from_dict, load_yaml
 
 __all__ = ["TrainedRun", "load_run", "read_run_config"]
 
@@ -44,7 +43,7 @@ def read_run_config(run: str | Path) -> RunConfig:
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: missing (is {run} a finished run directory?)")
-    raw = yaml.safe_load(path.read_text())
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return from_dict(RunConfig, raw, where=str(path))

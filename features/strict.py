@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "load_yaml", "to_dict"]
+__all__ = ["ConfigError", "from_dict", "load_json", "load_yaml", "to_dict"]
 
 T = TypeVar("T")
 
@@ -140,3 +141,14 @@ def load_yaml(path: str | Path) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({e})") from e
+
+
+def load_json(path: str | Path, what: str, missing: str = "not found") -> Any:
+    """Read a JSON file; a missing or unparsable file is a ConfigError naming it and ``what`` it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} {missing}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: corrupt {what} ({e})") from e

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -28,7 +29,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from ctr.run_config import SearchConfig
-from features.strict import ConfigError, to_dict
+from features.strict import ConfigError
 from search.evaluators import make_evaluator
 from search.evolution import EvolutionConfig
 from search.sampler import EvolutionarySampler
@@ -76,9 +77,14 @@ class SearchOutcome:
     storage: str
 
 
+# SearchConfig repeats EvolutionConfig's settings as flat YAML keys (search.population, ...); these are they.
+_EVOLUTION_KEYS = tuple(
+    f.name for f in dataclasses.fields(EvolutionConfig) if f.name in {g.name for g in dataclasses.fields(SearchConfig)}
+)
+
+
 def _spec(space: SearchSpace, config: SearchConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    keep = ("population", "n_mutation", "n_crossover", "mutation_prob", "generations", "top_k", "crossover", "seed")
-    evo = {k: v for k, v in to_dict(config).items() if k in keep}
+    evo = {name: getattr(config, name) for name in (*_EVOLUTION_KEYS, "seed")}
     return {
         "fields": list(space.fields),
         "choices": [list(c) for c in space.choices],
@@ -136,15 +142,7 @@ def run_search(
     """
     if tuple(scorer.fields) != space.fields:
         raise ConfigError(f"scorer fields {scorer.fields} differ from the search space's {space.fields}")
-    evo = EvolutionConfig(
-        population=config.population,
-        n_mutation=config.n_mutation,
-        n_crossover=config.n_crossover,
-        mutation_prob=config.mutation_prob,
-        generations=config.generations,
-        top_k=config.top_k,
-        crossover=config.crossover,
-    )
+    evo = EvolutionConfig(**{name: getattr(config, name) for name in _EVOLUTION_KEYS})
     if budget_params is None and config.budget is not None:
         budget_params = int(config.budget * space.full_cost)
     budget = budget_params
