@@ -203,6 +203,21 @@ BROKEN = {
         _rename("spec.entrypoint", "entryPoint"),
         "'entryPoint' was unexpected",
     ),
+    "raycluster: worker group without rayStartParams (required by the CRD)": (
+        "RayCluster",
+        _delete("spec.workerGroupSpecs.0.rayStartParams"),
+        "'rayStartParams' is a required property",
+    ),
+    "raycluster: pod template metadata beyond the CRD's embedded ObjectMeta": (
+        "RayCluster",
+        _set("spec.headGroupSpec.template.metadata.generateName", "ray-head-"),
+        "'generateName' was unexpected",
+    ),
+    "rayjob: managedBy outside the CRD's CEL rule": (
+        "RayJob",
+        _set("spec.managedBy", "someone-else"),
+        "'someone-else' is not one of",
+    ),
     "pytorchjob: runPolicy missing": ("PyTorchJob", _delete("spec.runPolicy"), "'runPolicy' is a required property"),
     "pytorchjob: misspelled field in the pod template": (
         "PyTorchJob",
@@ -224,9 +239,10 @@ def test_a_broken_copy_of_a_manifest_is_rejected(resources: tuple[Resource, ...]
 
 def test_schema_provenance_lists_every_vendored_schema_with_its_digest() -> None:
     readme = (SCHEMAS / "README.md").read_text()
-    vendored = sorted(SCHEMAS.rglob("*.json"))
+    vendored = sorted(p for d in ("kubernetes", "crds") for p in (SCHEMAS / d).rglob("*.json"))
     assert {str(p.relative_to(SCHEMAS)) for p in vendored} == set(SCHEMA_FOR.values())
-    for path in vendored:
+    sources = sorted(p for p in (SCHEMAS / "sources").rglob("*") if p.is_file())  # inputs not on PyPI
+    for path in vendored + sources:
         rel, digest = path.relative_to(SCHEMAS), hashlib.sha256(path.read_bytes()).hexdigest()
         assert f"| `{rel}` | `{digest}` |" in readme, f"k8s/schemas/README.md: {rel} missing or its sha256 changed"
 

@@ -3,7 +3,7 @@
 Every output is a standalone, strict JSON schema (draft 2020-12): no reference leaves the file (the definitions a
 kind needs are copied into its ``$defs``), and every object that lists its properties rejects unknown ones
 (``additionalProperties: false``), like the ``*-standalone-strict`` schemas of yannh/kubernetes-json-schema that
-kubeconform uses. Inputs, all from PyPI except the KubeRay transcription::
+kubeconform uses. Inputs, all from PyPI except the KubeRay CRD extract::
 
     pip download --no-deps -d build/wheels kubernetes-validate==1.37.0 kubeflow-training==1.9.4
     (cd build/wheels && for w in *.whl; do unzip -oq "$w"; done)
@@ -15,7 +15,8 @@ kubeconform uses. Inputs, all from PyPI except the KubeRay transcription::
 * kubeflow-training 1.9.4 (the Training Operator SDK): ``kubeflow/training/models/kubeflow_org_v1_*.py``, the
   OpenAPI-generator models of the operator's swagger (field names, types, required fields, descriptions), read with
   ``ast`` (nothing is imported) for PyTorchJob.
-* ``sources/kuberay-v1.yaml`` for RayCluster and RayJob (see that file).
+* ``sources/kuberay-v1-crd.json`` for RayCluster and RayJob: the spec schemas of KubeRay's CRDs, with the corev1
+  types they inline replaced by references to the Kubernetes 1.33.0 definitions (see that file).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import json
 import re
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 HERE = Path(__file__).resolve().parent
 K8S_VERSION = "v1.33.0"
@@ -135,36 +134,61 @@ def _type_meta(group_version: str, kind: str, defs_prefix: str, description: str
     }
 
 
-# ---------------------------------------------------------------- KubeRay (transcription)
+# ---------------------------------------------------------------- KubeRay (extract of the CRDs)
+
+KUBERAY_SOURCE = "sources/kuberay-v1-crd.json"
+CEL_IN_LIST = re.compile(r"self in \[((?:'[^']*'(?:, )?)+)\]")
+
+
+def _cel(node: dict[str, Any]) -> dict[str, Any]:
+    """The CEL rules a JSON schema can state exactly: ``self in ['a', 'b']`` becomes ``enum``; a transition rule
+    (``self == oldSelf``: immutable) compares with the stored object, which a manifest alone cannot show. The rules
+    stay in the output (``x-kubernetes-validations``), as documentation."""
+    out = dict(node)
+    for rule in (v["rule"] for v in node["x-kubernetes-validations"]):
+        if m := CEL_IN_LIST.fullmatch(rule):
+            out["enum"] = re.findall(r"'([^']*)'", m.group(1))
+        elif rule != "self == oldSelf":
+            raise ValueError(f"{KUBERAY_SOURCE}: no JSON schema rendering for the CEL rule {rule!r}")
+    return out
 
 
 def kuberay_schemas(k8s_defs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    source = yaml.safe_load((HERE / "sources" / "kuberay-v1.yaml").read_text())
+    source = json.loads((HERE / KUBERAY_SOURCE).read_text())
     group, version = source["group"], source["version"]
     prefix = f"io.ray.{version}"
 
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str):
-                target = ref[4:] if ref.startswith("k8s:") else f"{prefix}.{ref}"
-                if ref.startswith("k8s:") and target not in k8s_defs:
-                    raise KeyError(f"sources/kuberay-v1.yaml: no Kubernetes definition {target}")
-                return {**{k: resolve(v) for k, v in node.items() if k != "$ref"}, "$ref": f"#/$defs/{target}"}
-            return {k: resolve(v) for k, v in node.items()}
+    def convert(node: Any) -> Any:
         if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
+            return [convert(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            kind, _, name = ref.partition(":")
+            target = {"k8s": name, "spec": f"{prefix}.{name}Spec"}[kind]
+            if kind == "k8s" and target not in k8s_defs:
+                raise KeyError(f"{KUBERAY_SOURCE}: no Kubernetes definition {target}")
+            return {"$ref": f"#/$defs/{target}"}
+        out = {k: convert(v) for k, v in node.items()}
+        if "x-kubernetes-validations" in out:
+            out = _cel(out)
+        if "required" in out:  # the API server applies defaults before it validates
+            defaulted = {k for k, v in out["properties"].items() if "default" in v}
+            out["required"] = [r for r in out["required"] if r not in defaulted]
+            if not out["required"]:
+                del out["required"]
+        return out
 
-    own = {
-        f"{prefix}.{name}": _strict(resolve({"type": "object", **body}))
-        for name, body in source["types"].items()
-        if name not in source["kinds"]
-    }
+    own = {f"{prefix}.{kind}Spec": _strict(convert(spec)) for kind, spec in source["spec"].items()}
     defs = {**k8s_defs, **own}
+    files = source["source"]["files"]
     out = {}
-    for kind in source["kinds"]:
-        description = source["types"][kind]["description"]
+    for kind in source["spec"]:
+        description = (
+            f"{kind} ({group}/{version}): spec from the KubeRay {source['source']['kuberay']} CRD, "
+            f"{source['source']['repository']}@{source['source']['commit'][:12]}:{files[kind]} (k8s/schemas/README.md)"
+        )
         root = _type_meta(f"{group}/{version}", kind, prefix, description)
         out[f"{group}/{kind.lower()}_{version}.json"] = standalone(root, defs, f"{kind} ({group}/{version}, strict)")
     return out
