@@ -165,6 +165,7 @@ class SparseArch(nn.Module):
         self._uniform = self._side_by_side and set(self.dims) == {self.embedding_dim}
         self._split_sizes = list(self.dims)
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
+        self._features = [f for t in tables for f in t.feature_names]  # table order, fixed before any sharding
 
     def _assemble(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each field from its slots (probes concatenated, or QR parts multiplied), padded to ``embedding_dim``."""
@@ -184,8 +185,14 @@ class SparseArch(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         if not self._side_by_side:
             return self._assemble(self.ebc(features).to_dict())
-        # The EBC's KeyedTensor holds the fields side by side, in table (= feature-map) order: [B, sum(dims)].
-        values: torch.Tensor = self.ebc(features).values()
+        # The unsharded EBC's KeyedTensor holds the fields side by side in table (= feature-map) order:
+        # [B, sum(dims)]. A sharded one orders its keys by the plan (table-wise over 2 ranks: each rank's tables
+        # in turn), so its columns are put back in table order.
+        pooled = self.ebc(features)
+        values: torch.Tensor = pooled.values()
+        if pooled.keys() != self._features:
+            by_key = pooled.to_dict()
+            values = torch.cat([by_key[f] for f in self._features], dim=1)
         if self._uniform:
             return values.view(values.shape[0], self.num_fields, self.embedding_dim)
         pieces = torch.split(values, self._split_sizes, dim=1)

@@ -44,7 +44,22 @@ from ctr.strategy import CheckpointError
 from features.schema import FeatureMap
 from features.strict import ConfigError, to_dict
 
-__all__ = ["CTRModule", "NonFiniteLossError"]
+__all__ = ["CTRModule", "CpuRowWiseSharder", "NonFiniteLossError"]
+
+
+class CpuRowWiseSharder(EmbeddingBagCollectionSharder):  # type: ignore[misc]
+    """TorchRec's EBC sharder, with the row-wise plans also offered on CPU (gloo).
+
+    TorchRec 1.8 lists ``row_wise`` and ``table_row_wise`` for CUDA only, yet its CPU path (FBGEMM's CPU
+    bucketisation, gloo's reduce-scatter) computes them correctly: lookups and fused row-wise Adagrad updates equal
+    the table-wise plan's, checked in ``tests/test_train.py`` and docs/sharding.md.
+    """
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types: list[str] = super().sharding_types(compute_device_type)
+        extra = ["row_wise", "table_row_wise"] if compute_device_type == "cpu" else []
+        return types + [t for t in extra if t not in types]
+
 
 _SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "rowwise_adagrad": RowWiseAdagrad,
@@ -110,10 +125,9 @@ class CTRModule(pl.LightningModule):
         device = self.trainer.strategy.root_device
         world = dist.get_world_size() if dist.is_initialized() else 1
         sharding = self.config.trainer.sharding
-        if sharding in ("row_wise", "table_row_wise") and device.type != "cuda":
-            raise ConfigError(f"sharding {sharding!r} needs a CUDA device (NCCL); use table_wise or column_wise on CPU")
-        constraints = {t: ParameterConstraints(sharding_types=[sharding]) for t in tables}
-        sharders = [EmbeddingBagCollectionSharder()]
+        split = self.config.trainer.column_shard_dim
+        constraints = {t: ParameterConstraints(sharding_types=[sharding], min_partition=split) for t in tables}
+        sharders: list[Any] = [EmbeddingBagCollectionSharder() if device.type == "cuda" else CpuRowWiseSharder()]
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=world, compute_device=device.type), constraints=constraints
         )

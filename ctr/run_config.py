@@ -68,6 +68,8 @@ class TrainerConfig:
 
     ``threads``: torch threads per process (default: cores / processes). On a loaded machine 1 avoids
     OpenMP threads spinning against other processes, which can cost 10x.
+    ``column_shard_dim``: under ``column_wise`` sharding, the narrowest column block the planner may cut (TorchRec's
+    ``min_partition``; a multiple of 4). Unset, the planner keeps narrow tables whole (one block per table).
     """
 
     max_epochs: int = 5
@@ -81,8 +83,11 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     progress_bar: bool = True
     threads: int | None = None
+    column_shard_dim: int | None = None
 
     def __post_init__(self) -> None:
+        if self.column_shard_dim is not None and (self.column_shard_dim < 4 or self.column_shard_dim % 4):
+            raise ConfigError(f"TrainerConfig.column_shard_dim: must be a multiple of 4, got {self.column_shard_dim}")
         if self.max_epochs < 1:
             raise ConfigError(f"TrainerConfig.max_epochs: must be >= 1, got {self.max_epochs}")
         if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:

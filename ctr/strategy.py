@@ -90,7 +90,7 @@ class TorchRecStrategy(DDPStrategy):
         path = Path(self.broadcast(str(filepath)))
         partial, stale = _sibling(path, "partial"), _sibling(path, "stale")
         module = self._module()
-        state = {"state_dict": checkpoint["state_dict"], "fused_optim": module.fused_optimizer_state()}
+        state = _with_fused_state({"state_dict": checkpoint["state_dict"]}, module.fused_optimizer_state())
         rest = {k: v for k, v in checkpoint.items() if k != "state_dict"}
         if self.is_global_zero and partial.exists():
             shutil.rmtree(partial)  # left by a run killed mid-save
@@ -120,12 +120,13 @@ class TorchRecStrategy(DDPStrategy):
         module = self._module()
         module.check_checkpoint_spec(meta, str(path))
         assert self.lightning_module is not None
-        state = {"state_dict": self.lightning_module.state_dict(), "fused_optim": module.fused_optimizer_state()}
+        state = _with_fused_state({"state_dict": self.lightning_module.state_dict()}, module.fused_optimizer_state())
         try:
             dcp_load(state, checkpoint_id=str(path))
         except Exception as e:
             raise CheckpointError(f"{path}: corrupt or incompatible checkpoint shards ({type(e).__name__}: {e})") from e
-        module.load_fused_optimizer_state(state["fused_optim"])
+        if "fused_optim" in state:
+            module.load_fused_optimizer_state(state["fused_optim"])
         meta["state_dict"] = state["state_dict"]
         return meta
 
@@ -140,6 +141,20 @@ def complete_checkpoint(path: Path) -> Path | None:
         if (candidate / META_FILE).is_file():
             return candidate
     return None
+
+
+def _pruned(tree: Any) -> Any:
+    """``tree`` without empty dicts, at any depth (DCP cannot save or load a dict that holds no value)."""
+    if not isinstance(tree, dict):
+        return tree
+    kept = {k: _pruned(v) for k, v in tree.items()}
+    return {k: v for k, v in kept.items() if not (isinstance(v, dict) and not v)}
+
+
+def _with_fused_state(state: dict[str, Any], fused: dict[str, Any]) -> dict[str, Any]:
+    """``state`` plus the fused optimiser's state under ``fused_optim``, unless it has none (SGD keeps no state)."""
+    pruned = _pruned(fused)
+    return state | {"fused_optim": pruned} if pruned else state
 
 
 def _sibling(path: Path, suffix: str) -> Path:
