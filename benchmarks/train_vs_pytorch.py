@@ -8,7 +8,9 @@ BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
 * **platform**: ``ctr.train.train`` (Lightning + TorchRec ``DistributedModelParallel``, FBGEMM tables with the
   fused EXACT_ROWWISE_ADAGRAD update applied inside backward), one epoch; its ``samples_per_sec`` is
   measured over the training batches only (forward + backward + updates, no data loading). Run once with
-  one process and once with two (``nproc=2``, one thread each, 2048 rows per rank: the same global batch).
+  one process and once with two (``nproc=2``, one thread each, 2048 rows per rank: the same global batch), each
+  in float32 and again with ``trainer.precision=bf16-mixed`` (the dense layers under bfloat16 autocast; the
+  reference stays float32, as FuxiCTR and DeepCTR-Torch train).
 * **reference** (:class:`ReferenceDeepFM` below; a baseline for this benchmark only, not library code): the
   same model written the way FuxiCTR and DeepCTR-Torch write it: one ``nn.Embedding`` per field with dense
   gradients (plus a 1-dim ``nn.Embedding`` per field for the first-order term), ``torch.optim.Adam`` over
@@ -176,7 +178,7 @@ def reference_worker(
     (out / RESULT).write_text(json.dumps(result))
 
 
-def platform_worker(data: Path, out: Path, nproc: int, batch_size: int, seed: int) -> None:
+def platform_worker(data: Path, out: Path, nproc: int, batch_size: int, seed: int, precision: str) -> None:
     from ctr.train import train  # imports Lightning; only the platform workers need it
 
     torch.set_num_threads(1)
@@ -190,6 +192,7 @@ def platform_worker(data: Path, out: Path, nproc: int, batch_size: int, seed: in
         f"model.embedding_dim={EMBEDDING_DIM}",
         f"model.mlp=[{','.join(map(str, MLP_SIZES))}]",
         f"optim.lr={LR}",
+        f"trainer.precision={precision}",
     ]
     config = load_run_config(None, overrides, data=str(data), model="deepfm")
     train(config, out, nproc=nproc)  # rank 0 writes out/metrics.json
@@ -274,16 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ref-2threads", action="store_true")
     parser.add_argument("--skip-nproc2", action="store_true")
     parser.add_argument(
+        "--skip-bf16", action="store_true", help="skip the platform runs with trainer.precision=bf16-mixed"
+    )
+    parser.add_argument(
         "--keep", type=Path, help="keep the prepared data, run directories and logs here (default: a temp dir)"
     )
     parser.add_argument("--worker", choices=["platform", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--nproc", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="32-true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker == "platform":
-        platform_worker(args.data, args.out, args.nproc, args.batch_size // args.nproc, args.seed)
+        platform_worker(args.data, args.out, args.nproc, args.batch_size // args.nproc, args.seed, args.precision)
         return 0
     if args.worker == "reference":
         reference_worker(
@@ -316,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         plan: list[tuple[str, int, list[str]]] = [("platform-1x1", 1, ["--worker", "platform", "--nproc", "1"])]
         if not args.skip_nproc2:
             plan.append(("platform-2x1", 1, ["--worker", "platform", "--nproc", "2"]))
+        if not args.skip_bf16:
+            bf16 = ["--worker", "platform", "--precision", "bf16-mixed", "--nproc"]
+            plan.append(("platformbf16-1x1", 1, [*bf16, "1"]))
+            if not args.skip_nproc2:
+                plan.append(("platformbf16-2x1", 1, [*bf16, "2"]))
         plan.append(
             ("reference-1x1", 1, [*ref_args, "--threads", "1", "--ref-epoch" if args.ref_epoch else "--no-ref-epoch"])
         )
@@ -384,8 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     labels = {
         "reference": "plain PyTorch reference (`nn.Embedding` per field, dense grads, Adam on all)",
         "platform": "platform `ctr.train.train` (TorchRec DMP, FBGEMM fused row-wise Adagrad)",
+        "platformbf16": "platform, `trainer.precision=bf16-mixed` (dense layers under bfloat16 autocast)",
     }
-    for key in ("reference-1x1", "reference-1x2", "platform-1x1", "platform-2x1"):
+    for key in (
+        "reference-1x1",
+        "reference-1x2",
+        "platform-1x1",
+        "platform-2x1",
+        "platformbf16-1x1",
+        "platformbf16-2x1",
+    ):
         if key in results:
             kind, shape = key.split("-")
             sps = results[key]["samples_per_sec"]
@@ -398,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         p2 = results["platform-2x1"]["samples_per_sec"]
         print(f"platform 2 processes / 1 process: {p2:,.0f} / {plat_sps:,.0f} samples/s = {p2 / plat_sps:.2f}x")
     aucs = [f"platform 1x1 {plat['test_auc']:.4f}"]
-    if "platform-2x1" in results:
-        aucs.append(f"platform 2x1 {results['platform-2x1']['test_auc']:.4f}")
+    for key in ("platform-2x1", "platformbf16-1x1", "platformbf16-2x1"):
+        if key in results:
+            aucs.append(f"{key} {results[key]['test_auc']:.4f}")
+    if "platformbf16-1x1" in results:
+        b1 = results["platformbf16-1x1"]["samples_per_sec"]
+        print(f"platform bf16-mixed / reference, 1 process x 1 thread each: {b1 / ref_sps:.2f}x")
     if args.ref_epoch:
         aucs.append(f"reference 1x1 {ref['test_auc']:.4f} (after the same epoch, {ref['train_samples']:,} samples)")
     print("test AUC after one epoch: " + ", ".join(aucs))

@@ -68,6 +68,8 @@ class TrainerConfig:
 
     ``threads``: torch threads per process (default: cores / processes). On a loaded machine 1 avoids
     OpenMP threads spinning against other processes, which can cost 10x.
+    ``precision``: ``32-true``, or ``bf16-mixed``: the dense layers run under bfloat16 autocast (fast on CPUs with
+    AVX512-BF16/AMX and on GPUs); weights, tables, optimiser states and the loss stay float32.
     ``column_shard_dim``: under ``column_wise`` sharding, the narrowest column block the planner may cut (TorchRec's
     ``min_partition``; a multiple of 4). Unset, the planner keeps narrow tables whole (one block per table).
     """
@@ -84,6 +86,7 @@ class TrainerConfig:
     progress_bar: bool = True
     threads: int | None = None
     column_shard_dim: int | None = None
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
 
     def __post_init__(self) -> None:
         if self.column_shard_dim is not None and (self.column_shard_dim < 4 or self.column_shard_dim % 4):

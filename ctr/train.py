@@ -100,6 +100,7 @@ def _trainer(
         strategy=ray_strategy() if on_ray else TorchRecStrategy(),
         plugins=plugins or None,
         max_epochs=t.max_epochs,
+        precision=t.precision,
         gradient_clip_val=t.gradient_clip,
         limit_train_batches=t.limit_train_batches,
         use_distributed_sampler=False,
