@@ -114,18 +114,16 @@ def _split_lines(
     if header:
         lf = lf.filter(pl.col("__line") > 1)
     lf = lf.with_columns(raw.str.strip_suffix("\r"))
-    # One split into n + 1 parts finds both too few (part n-1 null) and too many (part n set) columns.
-    parts = raw.str.splitn(sep, n + 1).struct.rename_fields([f"__c{i}" for i in range(n + 1)])
-    fields = lf.select("__line", raw, parts.alias("__parts")).unnest("__parts")
+    fields = pl.col("__fields")
     reject = (
         pl.when(raw == "")
         .then(pl.lit("empty line"))
-        .when(pl.col(f"__c{n - 1}").is_null() | pl.col(f"__c{n}").is_not_null())
+        .when(fields.list.len() != n)
         .then(pl.lit("columns"))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
     index = {c: i for i, c in enumerate(columns)}
-    return fields.select(
+    return lf.with_columns(raw.str.split(sep).alias("__fields")).select(
         pl.lit(path.name).alias("__file"),
         pl.lit(file_idx, dtype=pl.UInt64).alias("__file_idx"),
         pl.col("__line").cast(pl.UInt64),
@@ -133,7 +131,8 @@ def _split_lines(
         reject.alias("__reject"),
         pl.lit(sep).alias("__sep"),
         pl.lit(n, dtype=pl.Int64).alias("__ncols"),
-        *(pl.col(f"__c{index[c]}").alias(c) for c in wanted),
+        # Only the columns the spec reads; a wrongly shaped row is rejected, so its values never matter.
+        *(fields.list.get(index[c], null_on_oob=True).alias(c) for c in wanted),
     )
 
 

@@ -27,6 +27,8 @@ __all__ = [
     "derive_time_parts",
     "parse_time",
     "reject_reason",
+    "rejected_reasons",
+    "time_columns",
     "validate",
 ]
 
@@ -70,7 +72,7 @@ def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
         value = raw.cast(pl.Float64, strict=False)
         checks.append(((raw != "") & value.is_finite().not_().fill_null(True), f"number:{d.name}"))
         parsed_cols.append(value.alias(parsed(d.name)))
-    for column, fmt in _time_columns(spec).items():
+    for column, fmt in time_columns(spec).items():
         value = parse_time(pl.col(column), fmt)
         checks.append((value.is_null(), f"time:{column}"))
         parsed_cols.append(value.alias(parsed(column)))
@@ -81,7 +83,8 @@ def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
     return lf.with_columns(*parsed_cols).with_columns(reject.alias("__reject"))
 
 
-def _time_columns(spec: DatasetSpec) -> dict[str, str | None]:
+def time_columns(spec: DatasetSpec) -> dict[str, str | None]:
+    """Every column parsed as a time (derive sources and the split column), with its format."""
     times = {p.column: p.format for p in spec.derive}
     if spec.time is not None:
         times[spec.time.column] = spec.time.format
@@ -92,8 +95,7 @@ def reject_reason(spec: DatasetSpec) -> pl.Expr:
     """The readable reason for a rejected row's code, with the offending value (rejected rows only)."""
     code = pl.col("__reject")
     reason = pl.format("{}", code)
-    names = [spec.label.column, *(d.name for d in spec.dense), *_time_columns(spec)]
-    for name in names:
+    for name in _quoted(spec):
         value = pl.col(name)
         reason = (
             pl.when(code == f"label:{name}")
@@ -107,6 +109,27 @@ def reject_reason(spec: DatasetSpec) -> pl.Expr:
     n_fields = pl.col("__raw").str.split(pl.col("__sep")).list.len()
     columns = pl.format("expected {} columns, got {}", pl.col("__ncols"), n_fields)
     return pl.when(code == "columns").then(columns).otherwise(reason)
+
+
+def rejected_reasons(spec: DatasetSpec) -> pl.Expr:
+    """``reject_reason`` on the rejected rows and null on the others: each batch formats the messages of its
+    rejected rows alone (an expression would format one for every row, valid or not)."""
+    message = reject_reason(spec)
+    inputs = dict.fromkeys(["__reject", "__raw", "__sep", "__ncols", *_quoted(spec)])
+
+    def on_batch(s: pl.Series) -> pl.Series:
+        out = pl.repeat(None, len(s), dtype=pl.String, eager=True).alias(s.name)
+        bad = s.struct.unnest().with_row_index("__i").filter(pl.col("__reject").is_not_null())
+        if bad.height:
+            found = bad.select("__i", message.alias("reason"))
+            out.scatter(found["__i"], found["reason"])
+        return out
+
+    return pl.struct(list(inputs)).map_batches(on_batch, return_dtype=pl.String, is_elementwise=True)
+
+
+def _quoted(spec: DatasetSpec) -> list[str]:
+    return [spec.label.column, *(d.name for d in spec.dense), *time_columns(spec)]
 
 
 def _label_rule(spec: DatasetSpec) -> str:
@@ -129,16 +152,24 @@ def derive_time_parts(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
     return lf.with_columns(exprs) if exprs else lf
 
 
+def _mix64(z: pl.Expr) -> pl.Expr:
+    """``features.hashing.mix64`` (SplitMix64's finaliser) as a native expression: UInt64 arithmetic wraps,
+    and ``// 2**k`` is the right shift."""
+    z = z + pl.lit(0x9E3779B97F4A7C15, dtype=pl.UInt64)
+    z = z.xor(z // (1 << 30)) * pl.lit(0xBF58476D1CE4E5B9, dtype=pl.UInt64)
+    z = z.xor(z // (1 << 27)) * pl.lit(0x94D049BB133111EB, dtype=pl.UInt64)
+    return z.xor(z // (1 << 31))
+
+
 def _uniform(seed: int) -> pl.Expr:
-    """A deterministic U[0, 1) per row from (file index, line, seed): independent of chunking."""
+    """A deterministic U[0, 1) per row from (file index, line, seed): independent of chunking.
 
-    def draw(s: pl.Series) -> pl.Series:
-        key = s.to_numpy().astype(np.uint64)
-        h = mix64(key ^ mix64(np.full(len(key), seed, dtype=np.uint64)))
-        return pl.Series((h >> np.uint64(11)).astype(np.float64) * 2.0**-53)
-
+    ``mix64(key ^ mix64(seed)) >> 11`` scaled by 2**-53, in native expressions (no Python call per batch);
+    the same numbers as ``features.hashing.mix64`` on numpy arrays."""
+    salt = int(mix64(np.array([seed], dtype=np.uint64))[0])
     key = (pl.col("__file_idx") * (1 << 40) + pl.col("__line")).cast(pl.UInt64)
-    return key.map_batches(draw, return_dtype=pl.Float64, is_elementwise=True)
+    h = _mix64(key.xor(pl.lit(salt, dtype=pl.UInt64)))
+    return (h // (1 << 11)).cast(pl.Float64) * 2.0**-53
 
 
 def _by_cut(x: pl.Expr, cut1: pl.Expr | float, cut2: pl.Expr | float) -> pl.Expr:
