@@ -29,6 +29,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from ctr.allocator import keep_freed_memory
 from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
 from ctr.retrain_module import RetrainModule
@@ -139,6 +140,8 @@ def train(
     if config.trainer.threads is not None:  # Lightning reads OMP_NUM_THREADS for every rank it starts
         os.environ["OMP_NUM_THREADS"] = str(config.trainer.threads)
         torch.set_num_threads(config.trainer.threads)
+    if config.trainer.keep_freed_memory:
+        keep_freed_memory()
     fm = FeatureMap.load(config.data.path)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"

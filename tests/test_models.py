@@ -137,6 +137,18 @@ def test_fm_interaction_exact() -> None:
     torch.testing.assert_close(FMInteraction()(x), brute)
 
 
+def test_fm_interaction_gradient() -> None:
+    """The hand-written backward (``sum_g e_g - e_f`` per field) against autograd of the pairwise sum."""
+    x = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(FMInteraction(), (x,))
+    weights = torch.randn(3, dtype=torch.float64)
+    (FMInteraction()(x) * weights).sum().backward()
+    y = x.detach().clone().requires_grad_(True)
+    brute = sum((y[:, i] * y[:, j]).sum(1) for i in range(5) for j in range(i + 1, 5))
+    (brute * weights).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)
+
+
 def test_inner_product_exact() -> None:
     e = torch.tensor([[[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]], [[1.0, 1.0], [1.0, 1.0], [-1.0, 2.0]]])
     assert InnerProduct(3)(e).tolist() == [[2.0, 0.0, 3.0], [2.0, 1.0, 1.0]]
