@@ -21,6 +21,14 @@ BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
   that does not train the whole epoch also stops after ``--ref-time-limit`` timed seconds: on a loaded
   machine two OpenMP threads can spin against other processes and make every step several times slower.
 
+The reference process applies the platform's glibc malloc settings too (:func:`ctr.allocator.keep_freed_memory`,
+on by default in ``ctr.train.train``), so the ratio does not come from an allocator setting either side could use.
+
+``--rounds`` (default 2) runs every configuration that many times, interleaved (reference, platform runs,
+reference at 2 threads; then again), and reports each round's samples/s, their median, and each round's ratio to
+the reference of the same round: this VM's speed drifts by up to 40% over tens of minutes, so runs far apart in
+time are not comparable, and one run per configuration says little.
+
 Each measurement runs in a fresh subprocess of this script (``--worker ...``), so no run inherits another's
 threads or allocator state; the two-process platform run needs one anyway (Lightning starts the second rank
 by re-running the command line). Every process calls ``torch.set_num_threads`` with its thread count.
@@ -55,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctr.allocator import keep_freed_memory
 from ctr.data import load_split, make_loader
 from ctr.metrics import auc
 from ctr.run_config import load_run_config
@@ -130,6 +139,7 @@ def reference_worker(
     time_limit: float,
 ) -> None:
     torch.set_num_threads(threads)
+    keep_freed_memory()  # the platform's malloc settings (trainer.keep_freed_memory): neither side gains by them
     torch.manual_seed(seed)
     fm = FeatureMap.load(data)
     multi = [f.name for f in fm.categorical if f.multi_valued]
@@ -274,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="stop timing a reference that is not training the whole epoch after this many timed seconds",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="measure every configuration this many times, interleaved (default 2)"
+    )
     parser.add_argument("--skip-ref-2threads", action="store_true")
     parser.add_argument("--skip-nproc2", action="store_true")
     parser.add_argument(
@@ -312,15 +325,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ctr-train-bench-"))
     work = args.keep or tmp
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
-    walls: dict[str, float] = {}
+    results: dict[str, list[dict[str, Any]]] = {}  # one result per round
+    walls: dict[str, list[float]] = {}
     try:
         data = args.data.resolve() if args.data else _prepare_data(work, args.rows, args.seed, args.min_count)
         fm = FeatureMap.load(data)
         common = ["--data", str(data), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
         ref_args = ["--worker", "reference", "--warmup", str(args.warmup), "--ref-steps", str(args.ref_steps)]
         ref_args += ["--ref-time-limit", str(args.ref_time_limit)]
-        plan: list[tuple[str, int, list[str]]] = [("platform-1x1", 1, ["--worker", "platform", "--nproc", "1"])]
+        # Reference first, then the platform runs, then the 2-thread reference: every round measures each
+        # configuration once, so a ratio within a round compares runs minutes apart, not a whole benchmark apart
+        # (the VM's speed drifts by up to 40% over tens of minutes, the same way for both sides).
+        ref_epoch = "--ref-epoch" if args.ref_epoch else "--no-ref-epoch"
+        plan: list[tuple[str, int, list[str]]] = [("reference-1x1", 1, [*ref_args, "--threads", "1", ref_epoch])]
+        plan.append(("platform-1x1", 1, ["--worker", "platform", "--nproc", "1"]))
         if not args.skip_nproc2:
             plan.append(("platform-2x1", 1, ["--worker", "platform", "--nproc", "2"]))
         if not args.skip_bf16:
@@ -328,30 +346,29 @@ def main(argv: list[str] | None = None) -> int:
             plan.append(("platformbf16-1x1", 1, [*bf16, "1"]))
             if not args.skip_nproc2:
                 plan.append(("platformbf16-2x1", 1, [*bf16, "2"]))
-        plan.append(
-            ("reference-1x1", 1, [*ref_args, "--threads", "1", "--ref-epoch" if args.ref_epoch else "--no-ref-epoch"])
-        )
         if not args.skip_ref_2threads:
             plan.append(("reference-1x2", 2, [*ref_args, "--threads", "2", "--no-ref-epoch"]))
-        for name, threads, extra in plan:
-            out = work / name
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True)
-            walls[name] = _run_worker([*extra, *common, "--out", str(out)], work / f"{name}.log", threads)
-            result_file = out / ("metrics.json" if name.startswith("platform") else RESULT)
-            results[name] = json.loads(result_file.read_text())
-            print(
-                f"  {name}: {results[name]['samples_per_sec']:,.0f} samples/s (process wall {walls[name]:.0f} s)",
-                flush=True,
-            )
+        for round_no in range(args.rounds):
+            print(f"round {round_no + 1} of {args.rounds}", flush=True)
+            for name, threads, extra in plan:
+                if round_no and name == "reference-1x1" and args.ref_epoch:
+                    extra = [*extra[:-1], "--no-ref-epoch"]  # the test AUC is printed from round 1's epoch
+                out = work / name
+                if out.exists():
+                    shutil.rmtree(out)
+                out.mkdir(parents=True)
+                wall = _run_worker([*extra, *common, "--out", str(out)], work / f"{name}.log", threads)
+                result_file = out / ("metrics.json" if name.startswith("platform") else RESULT)
+                result = json.loads(result_file.read_text())
+                results.setdefault(name, []).append(result)
+                walls.setdefault(name, []).append(wall)
+                print(f"  {name}: {result['samples_per_sec']:,.0f} samples/s (process wall {wall:.0f} s)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # with --keep, everything (prepared data included) is under it
 
-    ref = results["reference-1x1"]
-    ref_sps = ref["samples_per_sec"]
-    plat = results["platform-1x1"]
-    plat_sps = plat["samples_per_sec"]
+    sps = {name: [r["samples_per_sec"] for r in rounds] for name, rounds in results.items()}
+    median = {name: float(np.median(values)) for name, values in sps.items()}
+    ref, plat = results["reference-1x1"][0], results["platform-1x1"][0]  # round 1: the reference's epoch and AUC
     cards = [f.cardinality for f in fm.categorical]
     source = (
         str(args.data)
@@ -359,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         else f"synthetic Criteo (seed {args.seed}), {args.rows:,} rows, min_count {args.min_count}"
     )
     steps_ms = ", ".join(
-        f"{results[k]['timed_steps']} steps at {k[-1]} thread(s), median {results[k]['step_ms_median']:.0f} ms"
+        f"at {k[-1]} thread(s) median step "
+        + "/".join(f"{r['step_ms_median']:.0f}" for r in results[k])
+        + f" ms over {results[k][0]['timed_steps']} steps"
         for k in ("reference-1x1", "reference-1x2")
         if k in results
     )
@@ -388,46 +407,43 @@ def main(argv: list[str] | None = None) -> int:
         f"reference: timed steps after {args.warmup} warm-up steps ({steps_ms}; at most {args.ref_steps} steps, "
         f"and at most {args.ref_time_limit:.0f} timed seconds unless it trains the epoch)"
     )
-    print("- process wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()))
+    print(f"- {args.rounds} round(s), each running every configuration once in the order of the table below")
+    print("- process wall seconds: " + ", ".join(f"{k} " + "/".join(f"{w:.0f}" for w in v) for k, v in walls.items()))
     print(f"- total benchmark wall time {time.perf_counter() - started:.0f} s")
     print()
-    print("| implementation | processes x threads | samples/s | ratio vs reference 1x1 |")
-    print("|---|---|---:|---:|")
+    print("| implementation | processes x threads | samples/s, each round | median | vs reference 1x1, each round |")
+    print("|---|---|---:|---:|---:|")
     labels = {
         "reference": "plain PyTorch reference (`nn.Embedding` per field, dense grads, Adam on all)",
         "platform": "platform `ctr.train.train` (TorchRec DMP, FBGEMM fused row-wise Adagrad)",
         "platformbf16": "platform, `trainer.precision=bf16-mixed` (dense layers under bfloat16 autocast)",
     }
-    for key in (
-        "reference-1x1",
-        "reference-1x2",
-        "platform-1x1",
-        "platform-2x1",
-        "platformbf16-1x1",
-        "platformbf16-2x1",
-    ):
-        if key in results:
-            kind, shape = key.split("-")
-            sps = results[key]["samples_per_sec"]
-            print(f"| {labels[kind]} | {shape.replace('x', ' x ')} | {sps:,.0f} | {sps / ref_sps:.2f}x |")
+    for key in results:
+        kind, shape = key.split("-")
+        each = " / ".join(f"{v:,.0f}" for v in sps[key])
+        vs_ref = " / ".join(f"{v / r:.2f}x" for v, r in zip(sps[key], sps["reference-1x1"], strict=True))
+        print(f"| {labels[kind]} | {shape.replace('x', ' x ')} | {each} | {median[key]:,.0f} | {vs_ref} |")
     print()
-    print(f"platform / reference, 1 process x 1 thread each: {plat_sps / ref_sps:.2f}x")
-    if "reference-1x2" in results:
-        print(f"platform 1x1 / reference 1x2: {plat_sps / results['reference-1x2']['samples_per_sec']:.2f}x")
-    if "platform-2x1" in results:
-        p2 = results["platform-2x1"]["samples_per_sec"]
-        print(f"platform 2 processes / 1 process: {p2:,.0f} / {plat_sps:,.0f} samples/s = {p2 / plat_sps:.2f}x")
-    aucs = [f"platform 1x1 {plat['test_auc']:.4f}"]
-    for key in ("platform-2x1", "platformbf16-1x1", "platformbf16-2x1"):
+    for key in ("platform-1x1", "platformbf16-1x1"):
         if key in results:
-            aucs.append(f"{key} {results[key]['test_auc']:.4f}")
-    if "platformbf16-1x1" in results:
-        b1 = results["platformbf16-1x1"]["samples_per_sec"]
-        print(f"platform bf16-mixed / reference, 1 process x 1 thread each: {b1 / ref_sps:.2f}x")
+            ratios = [v / r for v, r in zip(sps[key], sps["reference-1x1"], strict=True)]
+            print(f"{key} / reference-1x1, same round: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
+            if "reference-1x2" in results:
+                ratios = [v / r for v, r in zip(sps[key], sps["reference-1x2"], strict=True)]
+                print(f"{key} / reference-1x2, same round: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
+    for one, two in (("platform-1x1", "platform-2x1"), ("platformbf16-1x1", "platformbf16-2x1")):
+        if two in results:
+            ratios = [b / a for a, b in zip(sps[one], sps[two], strict=True)]
+            print(f"{two} / {one}: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
+    aucs = [f"{key} {rounds[0]['test_auc']:.4f}" for key, rounds in results.items() if key.startswith("platform")]
     if args.ref_epoch:
         aucs.append(f"reference 1x1 {ref['test_auc']:.4f} (after the same epoch, {ref['train_samples']:,} samples)")
-    print("test AUC after one epoch: " + ", ".join(aucs))
+    print("test AUC after one epoch (round 1): " + ", ".join(aucs))
     return 0
+
+
+def _fmt(ratios: list[float]) -> str:
+    return ", ".join(f"{r:.2f}x" for r in ratios)
 
 
 if __name__ == "__main__":
