@@ -2,10 +2,11 @@
 
 A training step allocates and frees the same large buffers every step (activations and their gradients:
 ``[4096, 39, 16]`` float32 is 10 MB). Under glibc's defaults, blocks of that size are ``mmap``-ed and
-unmapped again, or trimmed off the top of the heap, so every step pays for fresh pages: on the 2-core
-benchmark VM a DeepFM step spent 5 of its 36 seconds per epoch in the kernel (page faults), and its median
-step time fell from 149 ms to 126 ms with the settings below (``docs/benchmarks.md``). The same effect is why
-PyTorch's CPU tuning guides recommend jemalloc or tcmalloc; ``mallopt`` gets it without a preloaded library.
+unmapped again, or trimmed off the top of the heap, so steps pay for fresh pages. On the 2-core benchmark VM
+one bf16-mixed DeepFM epoch (batch 4096, 1M rows) took 1.2-1.5M minor page faults and 3.4-4.3 s of kernel time
+under the defaults, and 153k faults and 1.2-1.4 s with the settings below (``docs/benchmarks.md``). The same
+effect is why PyTorch's CPU tuning guides recommend jemalloc or tcmalloc; ``mallopt`` gets it without a
+preloaded library.
 
 :func:`keep_freed_memory` is called once per training process (``ctr.train.train``, i.e. every rank and every
 Ray worker); ``trainer.keep_freed_memory=false`` leaves glibc's defaults. Off glibc (macOS, musl) it does

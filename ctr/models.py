@@ -61,7 +61,7 @@ from ctr.embedding import (
     SparseArch,
     field_dims,
 )
-from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct, fm_and_flat
+from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
 from ctr.layouts import TableLayout
 from features.schema import FeatureMap
 
@@ -256,11 +256,7 @@ class DeepFM(FM):
         self.deep = _Tower(self.flat_dim, config, device)
 
     def head(self, fields: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(fields.device.type):  # the MLP's input made in the autocast dtype, once
-            fm, flat = fm_and_flat(fields, torch.get_autocast_dtype(fields.device.type))
-            deep: torch.Tensor = self.deep(flat)
-            return fm + deep
-        deep = self.deep(fields.flatten(1))
+        deep: torch.Tensor = self.deep(fields.flatten(1))
         return super().head(fields) + deep
 
 

@@ -22,7 +22,7 @@ import ctr.layers
 import ctr.models
 from ctr.config import MODEL_NAMES, ModelConfig
 from ctr.embedding import DenseEmbedding, LinearArch, SparseArch, embedding_params
-from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct, fm_and_flat
+from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
 from ctr.models import MODELS, CTRModel, build_model
 from features.schema import CategoricalField, DenseField, FeatureMap
 from features.strict import ConfigError, from_dict
@@ -148,24 +148,6 @@ def test_fm_interaction_gradient() -> None:
     brute = sum((y[:, i] * y[:, j]).sum(1) for i in range(5) for j in range(i + 1, 5))
     (brute * weights).sum().backward()
     torch.testing.assert_close(x.grad, y.grad)
-
-
-def test_fm_and_flat_matches_the_two_autograd_paths() -> None:
-    """DeepFM's bf16 path: the FM term and the cast flat fields, with both gradients summed into one buffer."""
-    torch.manual_seed(0)
-    x = torch.randn(6, 5, 4, requires_grad=True)
-    w_fm, w_flat = torch.randn(6), torch.randn(6, 20)
-    fm, flat = fm_and_flat(x, torch.bfloat16)
-    assert flat.dtype == torch.bfloat16 and torch.equal(flat, x.detach().flatten(1).bfloat16())
-    ((fm * w_fm).sum() + (flat.float() * w_flat).sum()).backward()
-    y = x.detach().clone().requires_grad_(True)
-    brute = sum((y[:, i] * y[:, j]).sum(1) for i in range(5) for j in range(i + 1, 5))
-    torch.testing.assert_close(fm, brute.detach())
-    ((brute * w_fm).sum() + (y.flatten(1).bfloat16().float() * w_flat).sum()).backward()
-    torch.testing.assert_close(x.grad, y.grad)
-    x.grad = None
-    fm_and_flat(x, torch.bfloat16)[1].float().sum().backward()  # the FM output unused: the flat gradient only
-    assert x.grad is not None and torch.equal(x.grad, torch.ones_like(x))
 
 
 def test_inner_product_exact() -> None:
