@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"- model: DeepFM, dim {EMBEDDING_DIM}, MLP {list(MLP_SIZES)} + BatchNorm, global batch {args.batch_size}; "
         f"reference {ref['params']:,} parameters ({ref['embedding_params']:,} in embeddings), "
-        f"platform {plat['embedding_params']:,} embedding parameters (first-order tables are 4 wide for FBGEMM)"
+        f"platform {plat['embedding_params']:,} embedding parameters (4 first-order columns per id for FBGEMM)"
     )
     print(
         f"- platform: one epoch ({plat['global_step']} steps at 1 process), samples/s over its training batches; "

@@ -6,10 +6,15 @@
   mixed-dimension tables work with every interaction (inner products and sums ignore the zeros).
 * :class:`DenseEmbedding` turns each dense field ``j`` into a field vector ``x_j * v_j`` (FuxiCTR's
   numeric embedding), so dense inputs join the interactions as extra fields.
-* :class:`LinearArch` is the first-order term ``bias + sum_f w_f(id) + w_dense . x`` of LR/FM/DeepFM; its
-  per-id weights live in a second EBC (``ebc_linear``, tables ``lin_<field>``).
+* :class:`LinearArch` is the first-order term ``bias + sum_f w_f(id) + w_dense . x`` of LR/FM/DeepFM. LR keeps
+  its per-id weights in an EBC of its own (``ebc_linear``, tables ``lin_<field>``). FM and DeepFM keep them in
+  the main tables (:data:`FOLDED_MODELS`): each row of ``t_<field>`` is the id's embedding followed by its
+  :data:`LINEAR_DIM` first-order columns, so one FBGEMM lookup and one fused update serve both. The backward
+  and update of FBGEMM's CPU kernels cost per looked-up index more than per column: a separate 4-wide
+  first-order collection cost almost as much as the 16-wide embeddings, and twice the collectives when sharded.
+  The row-wise optimisers then keep one accumulator per row for both parts.
 
-Both EBCs are direct submodules, so ``DistributedModelParallel`` with ``EmbeddingBagCollectionSharder``
+The EBCs are direct submodules, so ``DistributedModelParallel`` with ``EmbeddingBagCollectionSharder``
 shards them, and a fused optimiser can be applied to exactly their parameters.
 
 :func:`embedding_params` counts the embedding parameters of a model from its config, without building it.
@@ -40,6 +45,7 @@ from features.schema import FeatureMap
 
 __all__ = [
     "FIRST_ORDER_MODELS",
+    "FOLDED_MODELS",
     "LINEAR_DIM",
     "LINEAR_ONLY_MODELS",
     "DenseEmbedding",
@@ -53,7 +59,9 @@ __all__ = [
 FIRST_ORDER_MODELS: frozenset[str] = frozenset({"lr", "fm", "deepfm"})
 #: Models with nothing but the first-order term (no :class:`SparseArch`).
 LINEAR_ONLY_MODELS: frozenset[str] = frozenset({"lr"})
-#: Dim of the first-order tables. FBGEMM needs a multiple of 4, so an id's weight is the sum of 4 columns.
+#: Models whose first-order weights are the last :data:`LINEAR_DIM` columns of the main tables (no ``ebc_linear``).
+FOLDED_MODELS: frozenset[str] = FIRST_ORDER_MODELS - LINEAR_ONLY_MODELS
+#: First-order columns per id. FBGEMM needs a multiple of 4, so an id's weight is the mean of 4 columns.
 LINEAR_DIM = 4
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
@@ -78,7 +86,8 @@ def embedding_params(fm: FeatureMap, config: ModelConfig, layout: TableLayout | 
     """Exact number of embedding parameters of ``config``'s model on ``fm``, without building it.
 
     ``sum(cardinality * dim)`` over the main tables (none for LR), plus ``sum(cardinality * LINEAR_DIM)``
-    over the first-order tables for the models in :data:`FIRST_ORDER_MODELS`. Dense-field vectors and MLPs
+    first-order weights for the models in :data:`FIRST_ORDER_MODELS` (LR's own tables; columns of the main
+    tables for FM and DeepFM: the same count). Dense-field vectors and MLPs
     are dense parameters and are not counted.
     """
     if layout is not None:
@@ -94,12 +103,14 @@ def embedding_params(fm: FeatureMap, config: ModelConfig, layout: TableLayout | 
     return total
 
 
-def _tables(fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfig) -> list[EmbeddingBagConfig]:
-    """One table per categorical field, named ``prefix + field``, of the given dims."""
+def _tables(
+    fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfig, extra: int = 0
+) -> list[EmbeddingBagConfig]:
+    """One table per categorical field, named ``prefix + field``, of the given dims plus ``extra`` columns."""
     return [
         EmbeddingBagConfig(
             name=f"{prefix}{f.name}",
-            embedding_dim=d,
+            embedding_dim=d + extra,
             num_embeddings=f.cardinality,
             feature_names=[f.name],
             pooling=_POOLING[config.pooling],
@@ -109,11 +120,15 @@ def _tables(fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfi
 
 
 class SparseArch(nn.Module):
-    """Pooled embeddings of every categorical field: ``KeyedJaggedTensor -> [B, F, D_max]``.
+    """Pooled embeddings of every categorical field: ``KeyedJaggedTensor -> ([B, F, D_max], first-order [B] or None)``.
 
     One ``EmbeddingBagConfig`` per categorical field (table ``t_<field>``, ``cardinality`` rows, the field's
     dim from ``config``), all in the single EBC ``self.ebc``. Fields come out in feature-map order; a field
     of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros.
+
+    With ``first_order`` (FM, DeepFM: :data:`FOLDED_MODELS`), every table has :data:`LINEAR_DIM` more columns,
+    the ids' first-order weights, and the second output is ``sum_f w_f(ids_f)`` (an id's weight is the mean
+    of its first-order columns, as in :class:`LinearArch`). Without it, the second output is ``None``.
 
     Example:
         >>> from features.schema import CategoricalField, FeatureMap
@@ -126,16 +141,23 @@ class SparseArch(nn.Module):
         >>> kjt = KeyedJaggedTensor.from_lengths_sync(
         ...     keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 0]), lengths=torch.tensor([1, 1, 2, 1]),
         ... )
-        >>> out = arch(kjt)
-        >>> out.shape, bool((out[:, 0, 4:] == 0).all())
-        (torch.Size([2, 2, 8]), True)
+        >>> out, first = arch(kjt)
+        >>> out.shape, bool((out[:, 0, 4:] == 0).all()), first
+        (torch.Size([2, 2, 8]), True, None)
     """
 
     def __init__(
-        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+        self,
+        fm: FeatureMap,
+        config: ModelConfig,
+        device: torch.device | None = None,
+        layout: TableLayout | None = None,
+        first_order: bool = False,
     ) -> None:
         super().__init__()
         self.layout = layout
+        self.first_order = first_order
+        extra = LINEAR_DIM if first_order else 0
         if layout is not None:
             if config.field_dims:
                 raise ValueError("model.field_dims does not combine with a table strategy (the layout sets widths)")
@@ -143,7 +165,7 @@ class SparseArch(nn.Module):
             tables = [
                 EmbeddingBagConfig(
                     name=t.name,
-                    embedding_dim=t.dim,
+                    embedding_dim=t.dim + extra,
                     num_embeddings=t.rows,
                     feature_names=list(t.features),
                     pooling=_POOLING[config.pooling],
@@ -152,27 +174,40 @@ class SparseArch(nn.Module):
             ]
         else:
             self.dims = field_dims(fm, config)
-            tables = _tables(fm, "t_", self.dims, config)
+            tables = _tables(fm, "t_", self.dims, config, extra)
         self.num_fields = len(self.dims)
         self.embedding_dim = max(*self.dims, config.pad_to or 0)
         # The EBC's output columns are its features' vectors in table order. When each field's slots are
         # concatenated and come in field order (per-field tables, shared tables, Unified Embedding), the output
-        # already holds the fields side by side, and no per-feature split is needed.
+        # already holds the fields side by side, and no per-feature split is needed (unless first-order columns
+        # follow every slot of a layout's field).
         self._side_by_side = layout is None or (
-            all(s.combine == "concat" for s in layout.fields)
+            not first_order
+            and all(s.combine == "concat" for s in layout.fields)
             and tuple(f for s in layout.fields for f in s.features) == layout.features
         )
         self._uniform = self._side_by_side and set(self.dims) == {self.embedding_dim}
-        self._split_sizes = list(self.dims)
+        self._split_sizes = [d + extra for d in self.dims]
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
         self._features = [f for t in tables for f in t.feature_names]  # table order, fixed before any sharding
 
-    def _assemble(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _first_order(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """``sum_f mean(first-order columns)`` from each table's pooled first-order columns."""
+        return torch.cat(weights, dim=1).sum(dim=1) / LINEAR_DIM
+
+    def _assemble(self, pooled: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each field from its slots (probes concatenated, or QR parts multiplied), padded to ``embedding_dim``."""
         assert self.layout is not None
-        out = []
+        out, weights = [], []
+        some = next(iter(pooled.values()))
         for slots in self.layout.fields:
             parts = [pooled[f] for f in slots.features]
+            if not parts:  # a field with no probes (Unified Embedding): a zero vector, no first-order weight
+                out.append(some.new_zeros(some.shape[0], self.embedding_dim))
+                continue
+            if self.first_order:
+                weights += [p[:, -LINEAR_DIM:] for p in parts]
+                parts = [p[:, :-LINEAR_DIM] for p in parts]
             if slots.combine == "product":
                 vec = parts[0]
                 for p in parts[1:]:
@@ -180,13 +215,13 @@ class SparseArch(nn.Module):
             else:
                 vec = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             out.append(F.pad(vec, (0, self.embedding_dim - vec.shape[1])))
-        return torch.stack(out, dim=1)
+        return torch.stack(out, dim=1), self._first_order(weights) if self.first_order else None
 
-    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self._side_by_side:
             return self._assemble(self.ebc(features).to_dict())
         # The unsharded EBC's KeyedTensor holds the fields side by side in table (= feature-map) order:
-        # [B, sum(dims)]. A sharded one orders its keys by the plan (table-wise over 2 ranks: each rank's tables
+        # [B, sum(widths)]. A sharded one orders its keys by the plan (table-wise over 2 ranks: each rank's tables
         # in turn), so its columns are put back in table order.
         pooled = self.ebc(features)
         values: torch.Tensor = pooled.values()
@@ -194,9 +229,17 @@ class SparseArch(nn.Module):
             by_key = pooled.to_dict()
             values = torch.cat([by_key[f] for f in self._features], dim=1)
         if self._uniform:
-            return values.view(values.shape[0], self.num_fields, self.embedding_dim)
+            rows = values.view(values.shape[0], self.num_fields, -1)
+            if not self.first_order:
+                return rows, None
+            first = rows[:, :, self.embedding_dim :].sum(dim=(1, 2)) / LINEAR_DIM
+            return rows[:, :, : self.embedding_dim], first
         pieces = torch.split(values, self._split_sizes, dim=1)
-        return torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in pieces], dim=1)
+        fields = [p[:, :d] for p, d in zip(pieces, self.dims, strict=True)]
+        out = torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in fields], dim=1)
+        if not self.first_order:
+            return out, None
+        return out, self._first_order([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)])
 
 
 class DenseEmbedding(nn.Module):
@@ -228,10 +271,12 @@ class DenseEmbedding(nn.Module):
 class LinearArch(nn.Module):
     """First-order term ``bias + sum_f w_f(ids_f) + dense @ w_dense -> [B]`` (LR, FM, DeepFM).
 
-    The per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``, pooled like the main
-    tables). FBGEMM tables need a dim that is a multiple of 4, so each table has :data:`LINEAR_DIM` = 4
-    columns and **the first-order weight of an id is the mean of its 4 columns** (a mean, not a sum, so a
-    step of the fused optimiser moves the logit as much as it would move a 1-column weight).
+    With ``own_tables`` (LR), the per-id weights live in the EBC ``self.ebc_linear`` (tables ``lin_<field>``,
+    pooled like the main tables). FBGEMM tables need a dim that is a multiple of 4, so each table has
+    :data:`LINEAR_DIM` = 4 columns and **the first-order weight of an id is the mean of its 4 columns** (a mean,
+    not a sum, so a step of the fused optimiser moves the logit as much as it would move a 1-column weight).
+    Without (FM, DeepFM), ``ebc_linear`` is ``None`` and :meth:`forward` takes ``sum_f w_f(ids_f)`` from the
+    main tables' first-order columns (:class:`SparseArch` with ``first_order``).
     ``self.dense`` (no bias) and ``self.bias`` are dense parameters: a fused embedding optimiser belongs on
     ``ebc_linear`` only.
 
@@ -249,35 +294,52 @@ class LinearArch(nn.Module):
     """
 
     def __init__(
-        self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
+        self,
+        fm: FeatureMap,
+        config: ModelConfig,
+        device: torch.device | None = None,
+        layout: TableLayout | None = None,
+        own_tables: bool = True,
     ) -> None:
         super().__init__()
         if not fm.categorical:
             raise ValueError(f"feature map {fm.dataset!r} has no categorical fields for the first-order term")
-        if layout is None:
-            tables = _tables(fm, "lin_", [LINEAR_DIM] * len(fm.categorical), config)
-        else:  # the strategy's tables at LINEAR_DIM: every virtual feature adds its weight
-            tables = [
-                EmbeddingBagConfig(
-                    name=f"lin_{t.name.removeprefix('t_')}",
-                    embedding_dim=LINEAR_DIM,
-                    num_embeddings=t.rows,
-                    feature_names=list(t.features),
-                    pooling=_POOLING[config.pooling],
-                )
-                for t in layout.tables
-            ]
-        self.ebc_linear = EmbeddingBagCollection(tables=tables, device=device)
+        self.ebc_linear: EmbeddingBagCollection | None = None
+        if own_tables:
+            self.ebc_linear = EmbeddingBagCollection(tables=self._tables(fm, config, layout), device=device)
         self.dense = nn.Linear(len(fm.dense), 1, bias=False, device=device) if fm.dense else None
         self.bias = nn.Parameter(torch.empty(1, device=device))
         self.reset_parameters()
+
+    @staticmethod
+    def _tables(fm: FeatureMap, config: ModelConfig, layout: TableLayout | None) -> list[EmbeddingBagConfig]:
+        if layout is None:
+            return _tables(fm, "lin_", [LINEAR_DIM] * len(fm.categorical), config)
+        return [  # the strategy's tables at LINEAR_DIM: every virtual feature adds its weight
+            EmbeddingBagConfig(
+                name=f"lin_{t.name.removeprefix('t_')}",
+                embedding_dim=LINEAR_DIM,
+                num_embeddings=t.rows,
+                feature_names=list(t.features),
+                pooling=_POOLING[config.pooling],
+            )
+            for t in layout.tables
+        ]
 
     def reset_parameters(self) -> None:
         """Zero the bias (the only parameter held directly; the EBC and ``dense`` initialise themselves)."""
         nn.init.zeros_(self.bias)
 
-    def forward(self, features: KeyedJaggedTensor, dense: torch.Tensor) -> torch.Tensor:
-        logit: torch.Tensor = self.ebc_linear(features).values().sum(dim=1) / LINEAR_DIM + self.bias
+    def forward(
+        self, features: KeyedJaggedTensor, dense: torch.Tensor, id_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``id_weights``: ``sum_f w_f(ids_f)`` from the main tables, exactly when there is no ``ebc_linear``."""
+        if (self.ebc_linear is None) != (id_weights is not None):
+            raise ValueError("LinearArch: pass id_weights exactly when the first-order weights are in the main tables")
+        if self.ebc_linear is not None:
+            id_weights = self.ebc_linear(features).values().sum(dim=1) / LINEAR_DIM
+        assert id_weights is not None
+        logit = id_weights + self.bias
         if self.dense is not None:
             logit = logit + self.dense(dense).squeeze(-1)
         return logit

@@ -18,8 +18,9 @@ owns the loss). The base holds the embedding arches; a subclass only adds its in
 one field per dense feature (``model.dense_arch``, a :class:`~ctr.embedding.DenseEmbedding`); DLRM replaces
 the dense fields by one bottom-MLP vector, and needs every categorical dim equal to ``embedding_dim``.
 
-The EBCs are direct submodules: ``model.sparse_arch.ebc`` and ``model.linear_arch.ebc_linear``
-(:meth:`CTRModel.embedding_modules`). Built with ``device=torch.device("meta")``, the whole model is on meta;
+The EBCs are direct submodules: ``model.sparse_arch.ebc`` and, for LR, ``model.linear_arch.ebc_linear``
+(:meth:`CTRModel.embedding_modules`; FM and DeepFM keep their first-order weights in the main tables, see
+:mod:`ctr.embedding`). Built with ``device=torch.device("meta")``, the whole model is on meta;
 ``DistributedModelParallel`` shards the EBCs and materialises the dense modules on its device (each dense
 module owning parameters has a ``reset_parameters``). The fused optimiser belongs on
 ``[p for m in model.embedding_modules() for p in m.parameters()]``; the rest is
@@ -40,7 +41,7 @@ Example:
     ... )
     >>> batch = Batch(dense_features=torch.randn(2, 1), sparse_features=kjt, labels=torch.zeros(2))
     >>> model(batch).shape, [type(m).__name__ for m in model.embedding_modules()]
-    (torch.Size([2]), ['EmbeddingBagCollection', 'EmbeddingBagCollection'])
+    (torch.Size([2]), ['EmbeddingBagCollection'])
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from torchrec.datasets.utils import Batch
 from ctr.config import MODEL_NAMES, ModelConfig
 from ctr.embedding import (
     FIRST_ORDER_MODELS,
+    FOLDED_MODELS,
     LINEAR_ONLY_MODELS,
     DenseEmbedding,
     LinearArch,
@@ -108,8 +110,13 @@ class CTRModel(nn.Module):
             raise ValueError(f"{type(self).__name__} is model {self.name!r}, but config.name is {config.name!r}")
         self.config = config
         self.layout = layout  # the tables' strategy (ctr.layouts); None: one full table per field
-        self.sparse_arch = None if config.name in LINEAR_ONLY_MODELS else SparseArch(fm, config, device, layout)
-        self.linear_arch = LinearArch(fm, config, device, layout) if config.name in FIRST_ORDER_MODELS else None
+        folded = config.name in FOLDED_MODELS  # first-order weights in the main tables
+        self.sparse_arch = (
+            None if config.name in LINEAR_ONLY_MODELS else SparseArch(fm, config, device, layout, first_order=folded)
+        )
+        self.linear_arch = (
+            LinearArch(fm, config, device, layout, own_tables=not folded) if config.name in FIRST_ORDER_MODELS else None
+        )
         self.dense_arch: nn.Module | None = None
         self.num_fields = 0
         self.embedding_dim = 0
@@ -132,25 +139,30 @@ class CTRModel(nn.Module):
             return None, 0
         return DenseEmbedding(len(fm.dense), self.embedding_dim, device), len(fm.dense)
 
-    def fields(self, batch: Batch) -> torch.Tensor:
-        """``[B, num_fields, embedding_dim]``: categorical fields in feature-map order, then the dense fields."""
+    def embed(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fields (see :meth:`fields`) and, for :data:`FOLDED_MODELS`, ``sum_f w_f(ids_f)`` (else ``None``)."""
         if self.sparse_arch is None:
             raise RuntimeError(f"{type(self).__name__} has no field embeddings")
-        sparse: torch.Tensor = self.sparse_arch(batch.sparse_features)
+        sparse, id_weights = self.sparse_arch(batch.sparse_features)
         if self.field_transform is not None:
             sparse = self.field_transform(sparse)
         if self.dense_arch is None:
-            return sparse
-        return torch.cat([sparse, self.dense_arch(batch.dense_features)], dim=1)
+            return sparse, id_weights
+        return torch.cat([sparse, self.dense_arch(batch.dense_features)], dim=1), id_weights
+
+    def fields(self, batch: Batch) -> torch.Tensor:
+        """``[B, num_fields, embedding_dim]``: categorical fields in feature-map order, then the dense fields."""
+        return self.embed(batch)[0]
 
     def head(self, fields: torch.Tensor) -> torch.Tensor:
         """The model-specific part: ``[B, num_fields, embedding_dim] -> [B]`` logits."""
         raise NotImplementedError(f"{type(self).__name__} does not define head()")
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        logits = self.head(self.fields(batch))
+        fields, id_weights = self.embed(batch)
+        logits = self.head(fields)
         if self.linear_arch is not None:
-            logits = logits + self.linear_arch(batch.sparse_features, batch.dense_features)
+            logits = logits + self.linear_arch(batch.sparse_features, batch.dense_features, id_weights)
         return logits
 
     def embedding_modules(self) -> list[EmbeddingBagCollection]:
@@ -158,7 +170,7 @@ class CTRModel(nn.Module):
         modules: list[EmbeddingBagCollection] = []
         if self.sparse_arch is not None:
             modules.append(self.sparse_arch.ebc)
-        if self.linear_arch is not None:
+        if self.linear_arch is not None and self.linear_arch.ebc_linear is not None:
             modules.append(self.linear_arch.ebc_linear)
         return modules
 

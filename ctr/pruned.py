@@ -7,8 +7,9 @@ threshold). The retrained table is built from them physically, not masked:
 * field ``f`` keeps the rows ``kept_ids(f) = sorted(kept rows | {OOV_ID})``: its table has that many rows,
   of the plan's dim; the OOV row is always kept, because a pruned value falls to it;
 * ids are remapped once, in the data path: :meth:`remap` maps an old id to its position in ``kept_ids``,
-  and every pruned id to the position of the OOV row. Both the field's main table and its first-order table
-  (LR/FM/DeepFM) read the remapped ids, so pruned values share the OOV row's first-order weight too;
+  and every pruned id to the position of the OOV row. The first-order weights (LR's own tables; FM and DeepFM's
+  first-order columns of the main tables) are read with the remapped ids, so pruned values share the OOV row's
+  first-order weight too;
 * the retrained model keeps the supernet's padded width (``ModelConfig.pad_to = full_dim``), so its dense
   layers have the supernet's shapes and can be rewound to, or inherit, the supernet's weights.
 

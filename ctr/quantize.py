@@ -3,7 +3,7 @@
 The recipe is TorchRec's own (``torchrec.inference.modules.quantize_embeddings``), applied per EBC:
 
 1. :func:`quantize_embeddings` deep-copies the float :class:`~ctr.models.CTRModel` (the original is untouched).
-2. Each float ``torchrec.EmbeddingBagCollection`` of the copy (``sparse_arch.ebc``, ``linear_arch.ebc_linear``)
+2. Each float ``torchrec.EmbeddingBagCollection`` of the copy (``sparse_arch.ebc``; LR's ``linear_arch.ebc_linear``)
    gets ``qconfig = QuantConfig(activation=PlaceholderObserver(dtype=float32),
    weight=PlaceholderObserver(dtype=int8))`` -- the weight observer's dtype is the table storage type, the
    activation observer's dtype is the dtype of the pooled output -- and is swapped for
@@ -12,7 +12,8 @@ The recipe is TorchRec's own (``torchrec.inference.modules.quantize_embeddings``
    uint8 codes plus an fp16 scale and an fp16 bias, ``x ~ scale * q + bias``) and hands the rows to one FBGEMM
    ``IntNBitTableBatchedEmbeddingBagsCodegen`` per pooling type, placed on ``EmbeddingLocation.HOST`` (the CPU
    int8 kernel ``int_nbit_split_embedding_codegen_lookup_function``) with ``output_dtype`` FP32, so the
-   model's dense arches see float32 exactly as before.
+   model's dense arches see float32 exactly as before. FM and DeepFM's rows end in their first-order columns
+   (:mod:`ctr.embedding`), which share the row's scale and bias.
 3. The row alignment is set to :data:`ROW_ALIGNMENT` = 1 (via TorchRec's
    ``MODULE_ATTR_ROW_ALIGNMENT_INT`` hook). TorchRec's default of 16 bytes is the GPU kernel's requirement; on
    CPU FBGEMM itself defaults to 1, and 16 would pad an 8-dim row (8 + 4 = 12 bytes) to 16 and a first-order
@@ -31,7 +32,7 @@ quantised model; loading rebuilds the int8 structure from a float model of the s
 key, shape and dtype before copying.
 
 Caveats: the quantised model is for inference (no gradients reach the tables; it is returned in eval mode);
-the first-order tables (dim 4) only halve (8 bytes/row vs 16), since scale/bias cost as much as the codes;
+LR's first-order tables (dim 4) only halve (8 bytes/row vs 16), since scale/bias cost as much as the codes;
 the float model must be a plain, materialised (not meta, not sharded) model.
 
 Example:
@@ -44,12 +45,12 @@ Example:
     ... )
     >>> model = build_model(fm, ModelConfig(name="fm", embedding_dim=8))
     >>> qmodel = quantize_embeddings(model)
-    >>> [type(m).__name__ for m in model.embedding_modules()] == ["EmbeddingBagCollection"] * 2
-    True
+    >>> [type(m).__name__ for m in model.embedding_modules()]  # FM: first-order columns in the same tables
+    ['EmbeddingBagCollection']
     >>> [m._get_name() for m in qmodel.embedding_modules()]
-    ['QuantizedEmbeddingBagCollection', 'QuantizedEmbeddingBagCollection']
-    >>> embedding_bytes(model), embedding_bytes(qmodel)
-    (7200, 3328)
+    ['QuantizedEmbeddingBagCollection']
+    >>> embedding_bytes(model), embedding_bytes(qmodel)  # 150 rows of 12 floats; of 12 codes + 4 bytes, padded
+    (7200, 2560)
     >>> sorted(k for k in quantized_state_dict(qmodel) if k.startswith("sparse_arch"))
     ['sparse_arch.ebc.embedding_bags.t_a.weight', 'sparse_arch.ebc.embedding_bags.t_b.weight']
 """
@@ -105,8 +106,9 @@ def _ebc_slots(model: CTRModel) -> Iterator[tuple[str, nn.Module, str, nn.Module
     """``(path, parent, attribute, ebc)`` for every embedding collection of ``model``."""
     for parent_name, attr in _EBC_SLOTS:
         parent = getattr(model, parent_name)
-        if parent is not None:
-            yield f"{parent_name}.{attr}", parent, attr, getattr(parent, attr)
+        ebc = getattr(parent, attr) if parent is not None else None
+        if ebc is not None:  # LR has no sparse_arch; FM and DeepFM have no ebc_linear
+            yield f"{parent_name}.{attr}", parent, attr, ebc
 
 
 def _quantize_ebc(ebc: EmbeddingBagCollection, where: str) -> QuantEmbeddingBagCollection:
@@ -127,7 +129,7 @@ def _quantize_ebc(ebc: EmbeddingBagCollection, where: str) -> QuantEmbeddingBagC
 def quantize_embeddings(model: CTRModel) -> CTRModel:
     """A deep copy of ``model`` whose EBCs are TorchRec int8 ``QuantEmbeddingBagCollection``\\ s, in eval mode.
 
-    ``model`` is not modified. The dense arches stay float32; only ``sparse_arch.ebc`` and
+    ``model`` is not modified. The dense arches stay float32; only ``sparse_arch.ebc`` and (LR)
     ``linear_arch.ebc_linear`` are swapped (see the module docstring for the recipe).
     """
     for where, _, _, ebc in _ebc_slots(model):

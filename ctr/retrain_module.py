@@ -23,6 +23,7 @@ import dataclasses
 import torch
 
 from ctr.data import ColumnarSplit
+from ctr.embedding import FOLDED_MODELS, LINEAR_DIM
 from ctr.init import is_table, reinitialize, table_init, write_whole
 from ctr.lit import CTRModule
 from ctr.pruned import PrunedTables
@@ -66,12 +67,22 @@ class RetrainModule(CTRModule):
             self._inherit()
 
     def _cut(self, key: str, full: torch.Tensor) -> torch.Tensor:
-        """The kept rows and prefix columns of the full table ``full`` for this model's table ``key``."""
+        """The kept rows and prefix columns of the full table ``full`` for this model's table ``key``.
+
+        FM and DeepFM's tables end in their first-order columns: those are kept whole, after the prefix.
+        """
         table = key.split(".")[-2]
         name = table.split("_", 1)[1]  # t_<field> or lin_<field>
         rows = torch.from_numpy(self.tables.kept_ids(name))
         width = self._dmp().state_dict()[key].size()[1]
+        if self._folded and table.startswith("t_"):
+            dim = width - LINEAR_DIM
+            return torch.cat([full[rows, :dim], full[rows, -LINEAR_DIM:]], dim=1)
         return full[rows, :width]
+
+    @property
+    def _folded(self) -> bool:
+        return self.config.model.name in FOLDED_MODELS
 
     @torch.no_grad()
     def _rewind(self) -> None:
@@ -83,7 +94,10 @@ class RetrainModule(CTRModule):
         for key, value in dmp.state_dict().items():
             if is_table(key):
                 field = self.source_feature_map.field(key.split(".")[-2].split("_", 1)[1])
-                width = full_dim if key.split(".")[-2].startswith("t_") else value.size()[1]
+                if key.split(".")[-2].startswith("t_"):
+                    width = full_dim + (LINEAR_DIM if self._folded else 0)
+                else:
+                    width = value.size()[1]
                 write_whole(value, self._cut(key, table_init(key.split(".")[-2], field.cardinality, width, seed)))
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 from torchrec.datasets.utils import Batch
+from torchrec.distributed import DistributedModelParallel
 
 from ctr.lit import CTRModule
 from ctr.models import CTRModel
@@ -113,12 +114,19 @@ def model_row_masks(
     pruning: RowPruning | None,
     unwrap: Callable[[torch.Tensor], torch.Tensor] = lambda t: t.detach().cpu(),
 ) -> dict[str, torch.Tensor]:
-    """Per categorical field, the rows whose L1 norm exceeds the field's learned threshold (all without pruning)."""
+    """Per categorical field, the rows whose embedding's L1 norm exceeds the field's learned threshold.
+
+    All rows without pruning. The norm leaves out the first-order columns of FM and DeepFM's tables.
+    """
     state = model.state_dict()
+    inner = model.module if isinstance(model, DistributedModelParallel) else model
+    assert isinstance(inner, CTRModel) and inner.sparse_arch is not None, "a supernet has field embeddings"
+    dim = inner.sparse_arch.embedding_dim
     masks: dict[str, torch.Tensor] = {}
     thresholds = pruning.thresholds.detach().cpu() if pruning is not None else None
     for i, field in enumerate(fm.categorical):
         weight = unwrap(state[f"sparse_arch.ebc.embedding_bags.t_{field.name}.weight"])
+        weight = weight[:, :dim]  # not FM/DeepFM's first-order columns
         if thresholds is None:
             masks[field.name] = torch.ones(weight.shape[0], dtype=torch.bool)
         else:

@@ -82,11 +82,12 @@ class CandidateScorer:
             for start in range(0, len(rows), batch_size):
                 batch = split.batch(rows[start : start + batch_size])
                 assert self.model.sparse_arch is not None
-                sparse.append(self.model.sparse_arch(batch.sparse_features))
+                fields, id_weights = self.model.sparse_arch(batch.sparse_features)
+                sparse.append(fields)
                 if self.model.dense_arch is not None:
                     dense.append(self.model.dense_arch(batch.dense_features))
                 if self.model.linear_arch is not None:
-                    first.append(self.model.linear_arch(batch.sparse_features, batch.dense_features))
+                    first.append(self.model.linear_arch(batch.sparse_features, batch.dense_features, id_weights))
         self.sparse = torch.cat(sparse)
         self.dense = torch.cat(dense) if dense else None
         self.first_order = torch.cat(first) if first else None
@@ -142,7 +143,10 @@ class CandidateScorer:
 
 
 def _masked_copy(model: CTRModel, masks: Mapping[str, torch.Tensor] | None) -> CTRModel:
-    """A copy in eval mode with no field transform, its pruned rows zeroed in the main tables."""
+    """A copy in eval mode with no field transform, the embeddings of its pruned rows zeroed in the main tables.
+
+    The first-order columns of FM and DeepFM's tables are kept, as the supernet's row pruning keeps them.
+    """
     out = copy.deepcopy(model).eval()
     out.field_transform = None
     if masks is None:
@@ -154,5 +158,5 @@ def _masked_copy(model: CTRModel, masks: Mapping[str, torch.Tensor] | None) -> C
             weight = tables[f"t_{name}"].weight
             if keep.shape != (weight.shape[0],):
                 raise ValueError(f"field {name!r}: mask of shape {tuple(keep.shape)} for a table of {weight.shape[0]}")
-            weight[~keep.to(torch.bool)] = 0.0
+            weight[~keep.to(torch.bool), : out.sparse_arch.embedding_dim] = 0.0
     return out

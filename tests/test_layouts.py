@@ -14,7 +14,7 @@ from torchrec import KeyedJaggedTensor
 
 from ctr.config import ModelConfig
 from ctr.data import ColumnarSplit, CSRColumn
-from ctr.embedding import embedding_params
+from ctr.embedding import LINEAR_DIM, embedding_params
 from ctr.layouts import METHODS, TablesConfig, build_layout, salted_bucket
 from ctr.models import MODELS, build_model
 from ctr.run_config import load_run_config
@@ -161,10 +161,20 @@ def test_unified_embedding_concatenates_salted_probes() -> None:
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=list(layout.features), values=torch.tensor([7, 9, 3]), lengths=torch.tensor([1, 1, 1])
     )
-    out = model.sparse_arch(kjt)
+    out, _ = model.sparse_arch(kjt)
     expected_a = torch.cat([table[7], table[9]])
     assert torch.allclose(out[0, 0], expected_a) and torch.allclose(out[0, 1, :4], table[3])
     assert bool((out[0, 1, 4:] == 0).all())
+
+    # DeepFM: every probe's row ends in its first-order columns, and every probe adds its weight.
+    deepfm = build_model(fm, ModelConfig(name="deepfm", embedding_dim=8, mlp=(4,)), layout=layout)
+    assert deepfm.sparse_arch is not None
+    table = deepfm.sparse_arch.ebc.embedding_bags["t_unified"].weight
+    assert table.shape[1] == 4 + LINEAR_DIM
+    out, first = deepfm.sparse_arch(kjt)
+    assert torch.allclose(out[0, 0], torch.cat([table[7, :4], table[9, :4]]))
+    assert torch.allclose(out[0, 1, :4], table[3, :4])
+    assert first is not None and torch.allclose(first, table[[7, 9, 3], 4:].mean(dim=1).sum().view(1))
     with pytest.raises(ConfigError, match="unknown field"):
         build_layout(TablesConfig(method="unified", probes={"z": 2}), fm, 8)
 
@@ -238,7 +248,7 @@ def test_a_field_with_zero_probes_is_dropped() -> None:
     for name in ("fnn", "deepfm", "dcnv2"):
         model = build_model(fm, ModelConfig(name=name, embedding_dim=16, mlp=(8,)), layout=layout)  # type: ignore[arg-type]
         assert model.sparse_arch is not None
-        fields = model.sparse_arch(virtual.batch(np.arange(5)).sparse_features)
+        fields, _ = model.sparse_arch(virtual.batch(np.arange(5)).sparse_features)
         assert fields.shape == (5, 3, 16) and bool((fields[:, 1] == 0).all()) and bool((fields[:, 2, 4:] == 0).all())
         assert model(virtual.batch(np.arange(5))).shape == (5,)
     with pytest.raises(ConfigError, match="every field has 0 probes"):

@@ -21,7 +21,7 @@ import ctr.embedding
 import ctr.layers
 import ctr.models
 from ctr.config import MODEL_NAMES, ModelConfig
-from ctr.embedding import DenseEmbedding, LinearArch, SparseArch, embedding_params
+from ctr.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, embedding_params
 from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
 from ctr.models import MODELS, CTRModel, build_model
 from features.schema import CategoricalField, DenseField, FeatureMap
@@ -208,12 +208,13 @@ def test_mlp_layers_and_identity() -> None:
 
 
 def _fill_tables(arch: SparseArch) -> dict[str, torch.Tensor]:
-    """Deterministic table weights: row r of table t_<f> is (r + 1) * [1, 2, ..., d] + 100 * field index."""
+    """Deterministic table weights: row r of table t_<f> is (r + 1) * [1, 2, ..., width] + 100 * field index."""
     weights = {}
     with torch.no_grad():
-        for i, (name, d) in enumerate(zip(FM.sparse_names, arch.dims, strict=True)):
-            w = torch.arange(1, CARD[name] + 1.0)[:, None] * torch.arange(1, d + 1.0) + 100 * i
-            arch.ebc.embedding_bags[f"t_{name}"].weight.copy_(w)
+        for name, i in zip(FM.sparse_names, range(len(FM.sparse_names)), strict=True):
+            table = arch.ebc.embedding_bags[f"t_{name}"].weight
+            w = torch.arange(1, CARD[name] + 1.0)[:, None] * torch.arange(1, table.shape[1] + 1.0) + 100 * i
+            table.copy_(w)
             weights[name] = w
     return weights
 
@@ -225,8 +226,8 @@ def test_sparse_arch_pads_mixed_dims_with_exact_zeros(pooling: str) -> None:
     assert arch.dims == (4, 8, 4) and arch.embedding_dim == 8 and arch.num_fields == 3
     assert [t.name for t in arch.ebc.embedding_bag_configs()] == ["t_c0", "t_m", "t_c1"]
     w = _fill_tables(arch)
-    out = arch(_kjt(ROWS))
-    assert out.shape == (3, 3, 8)
+    out, first = arch(_kjt(ROWS))
+    assert out.shape == (3, 3, 8) and first is None
     assert torch.equal(out[:, [0, 2], 4:], torch.zeros(3, 2, 4))  # padded columns are exactly zero
     for b, (c0, m, c1) in enumerate(ROWS):
         torch.testing.assert_close(out[b, 0, :4], w["c0"][c0])
@@ -239,7 +240,31 @@ def test_sparse_arch_pads_mixed_dims_with_exact_zeros(pooling: str) -> None:
 def test_sparse_arch_uniform_dims_is_a_view_of_the_ebc_output() -> None:
     arch = SparseArch(FM, ModelConfig(name="fnn", embedding_dim=4))
     kjt = _kjt(ROWS)
-    torch.testing.assert_close(arch(kjt), arch.ebc(kjt).values().view(3, 3, 4))
+    torch.testing.assert_close(arch(kjt)[0], arch.ebc(kjt).values().view(3, 3, 4))
+
+
+@pytest.mark.parametrize("field_dims", [{}, {"m": 8}], ids=["uniform", "mixed"])
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_sparse_arch_first_order_columns_exact(field_dims: dict[str, int], pooling: str) -> None:
+    """FM/DeepFM's tables: each row is the embedding, then LINEAR_DIM first-order columns (weight = their mean)."""
+    cfg = from_dict(ModelConfig, {"name": "deepfm", "embedding_dim": 4, "field_dims": field_dims, "pooling": pooling})
+    arch = SparseArch(FM, cfg, first_order=True)
+    dims = {name: field_dims.get(name, 4) for name in FM.sparse_names}
+    widths = [c.embedding_dim for c in arch.ebc.embedding_bag_configs()]
+    assert widths == [dims[name] + LINEAR_DIM for name in FM.sparse_names]
+    w = _fill_tables(arch)
+    out, first = arch(_kjt(ROWS))
+    assert out.shape == (3, 3, arch.embedding_dim) and first is not None and first.shape == (3,)
+    for b, row in enumerate(ROWS):
+        expected_first = 0.0
+        for f, (name, ids) in enumerate(zip(FM.sparse_names, row, strict=True)):
+            rows = w[name][torch.tensor(ids, dtype=torch.long).view(-1)]  # a single id: a bag of one
+            pooled = (rows.sum(0) if pooling == "sum" else rows.mean(0)) if len(rows) else torch.zeros(rows.shape[1])
+            d = dims[name]
+            torch.testing.assert_close(out[b, f, :d], pooled[:d])
+            assert bool((out[b, f, d:] == 0).all())
+            expected_first += pooled[d:].mean().item()
+        torch.testing.assert_close(first[b], torch.tensor(expected_first))
 
 
 def test_dense_embedding_and_linear_arch_exact() -> None:
@@ -250,7 +275,7 @@ def test_dense_embedding_and_linear_arch_exact() -> None:
     assert out.shape == (3, 2, 4) and out[0].tolist() == [[0.5, 1.0, 1.5, 2.0], [1.0, 0.0, -1.0, 0.0]]
 
     lin = LinearArch(FM, ModelConfig(name="lr"))
-    assert lin.bias.item() == 0.0 and lin.dense is not None
+    assert lin.bias.item() == 0.0 and lin.dense is not None and lin.ebc_linear is not None
     with torch.no_grad():
         for name in FM.sparse_names:  # id i of every field has 4 columns equal to i: weight mean = i
             lin.ebc_linear.embedding_bags[f"lin_{name}"].weight.copy_(
@@ -262,6 +287,19 @@ def test_dense_embedding_and_linear_arch_exact() -> None:
         (c0 + sum(m) + c1) + d[0] + 10 * d[1] + 0.25 for (c0, m, c1), d in zip(ROWS, DENSE.tolist(), strict=True)
     ]
     torch.testing.assert_close(lin(_kjt(ROWS), DENSE), torch.tensor(expected))
+    with pytest.raises(ValueError, match="id_weights exactly when"):
+        lin(_kjt(ROWS), DENSE, torch.zeros(3))
+
+    folded = LinearArch(FM, ModelConfig(name="deepfm"), own_tables=False)  # the ids' weights come from SparseArch
+    assert folded.ebc_linear is None and folded.dense is not None
+    with torch.no_grad():
+        folded.dense.weight.copy_(torch.tensor([[1.0, 10.0]]))
+        folded.bias.fill_(0.25)
+    ids = torch.tensor([1.0, -2.0, 0.5])
+    expected = [w + d[0] + 10 * d[1] + 0.25 for w, d in zip(ids.tolist(), DENSE.tolist(), strict=True)]
+    torch.testing.assert_close(folded(_kjt(ROWS), DENSE, ids), torch.tensor(expected))
+    with pytest.raises(ValueError, match="id_weights exactly when"):
+        folded(_kjt(ROWS), DENSE)
 
 
 def test_embedding_params_exact() -> None:
@@ -308,7 +346,7 @@ def test_every_model_returns_logits_of_shape_b(name: str, kw: dict[str, object])
         model.train(training)
         logits = model(batch)
         assert logits.shape == (3,) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    expected_modules = {"lr": ["ebc_linear"], "fm": ["ebc", "ebc_linear"], "deepfm": ["ebc", "ebc_linear"]}
+    expected_modules = {"lr": ["ebc_linear"]}  # FM and DeepFM's first-order weights are in the main tables
     names = [n for n, m in model.named_modules() if m in model.embedding_modules()]
     assert [n.split(".")[-1] for n in names] == expected_modules.get(name, ["ebc"])
     if model.sparse_arch is not None:
@@ -410,14 +448,14 @@ def test_dmp_shards_a_meta_model_in_one_process(monkeypatch: pytest.MonkeyPatch)
         ebcs = model.embedding_modules()
         apply_optimizer_in_backward(RowWiseAdagrad, [p for m in ebcs for p in m.parameters()], {"lr": 0.1})
         tables = [c.name for m in ebcs for c in m.embedding_bag_configs()]
-        assert tables == ["t_c0", "t_m", "t_c1", "lin_c0", "lin_m", "lin_c1"]
+        assert tables == ["t_c0", "t_m", "t_c1"]  # first-order columns included
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=1, compute_device="cpu"),
             constraints={t: ParameterConstraints(sharding_types=["table_wise"]) for t in tables},
         )
         sharders = [EmbeddingBagCollectionSharder()]
         plan = planner.collective_plan(model, sharders, dist.group.WORLD)
-        assert set(plan.plan) == {"sparse_arch.ebc", "linear_arch.ebc_linear"}
+        assert set(plan.plan) == {"sparse_arch.ebc"}
         dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders)
 
         inner = dmp.module

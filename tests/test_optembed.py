@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ctr.data import load_split
+from ctr.embedding import LINEAR_DIM
 from ctr.export import export_run, load_exported
 from ctr.init import table_init
 from ctr.metrics import auc
@@ -209,17 +210,19 @@ def test_retrain_builds_the_physical_table_and_initialises_as_asked(data: Path, 
         for name in fm.sparse_names:
             keep = torch.from_numpy(PrunedTables.load(tmp_path / "plan").kept_ids(name))
             got = model.sparse_arch.ebc.embedding_bags[f"t_{name}"].weight.detach()  # type: ignore[union-attr]
-            assert got.shape == (keep.numel(), dims[name])
+            # DeepFM's rows: the embedding's first dims[name] columns, then the LINEAR_DIM first-order columns.
+            assert got.shape == (keep.numel(), dims[name] + LINEAR_DIM)
             if init == "rewind":
-                want = table_init(f"t_{name}", fm.field(name).cardinality, 8, seed)[keep, : dims[name]]
+                full = table_init(f"t_{name}", fm.field(name).cardinality, 8 + LINEAR_DIM, seed)
             else:
-                want = source.model.sparse_arch.ebc.embedding_bags[f"t_{name}"].weight.detach()[keep, : dims[name]]  # type: ignore[union-attr]
+                full = source.model.sparse_arch.ebc.embedding_bags[f"t_{name}"].weight.detach()  # type: ignore[union-attr]
+            want = torch.cat([full[keep, : dims[name]], full[keep, 8:]], dim=1)
             assert torch.allclose(got, want, atol=1e-6), (init, name)
     metrics = json.loads((tmp_path / "inherit" / "metrics.json").read_text())
     reduced = tables.with_dims(dims)
     assert metrics["embedding_params"] == sum(
         reduced.kept_ids(f.name).shape[0] * (f.dim + 4) for f in reduced.plan.fields
-    )  # main tables at their dims plus the first-order tables (4 columns), over the kept rows
+    )  # the embeddings at their dims plus the 4 first-order columns, over the kept rows
 
 
 def test_export_loads_strictly_and_predicts_like_the_run(data: Path, supernet: Path, tmp_path: Path) -> None:
@@ -234,9 +237,10 @@ def test_export_loads_strictly_and_predicts_like_the_run(data: Path, supernet: P
     assert info["embedding_bytes"] == 4 * metrics["embedding_params"]  # type: ignore[operator]
     tables = PrunedTables.load(tmp_path / "plan")
     rows = [tables.kept_ids(f.name).shape[0] for f in tables.plan.fields]
-    int8_rows = sum(r * (f.dim + 4) + r * (4 + 4) for r, f in zip(rows, tables.plan.fields, strict=True))
-    # one byte per value plus a 2+2-byte scale/bias per row; each table padded to a 128-byte line at most
-    assert int8_rows <= quant["embedding_bytes"] <= int8_rows + 127 * 2 * len(rows)  # type: ignore[operator]
+    int8_rows = sum(r * (f.dim + LINEAR_DIM + 4) for r, f in zip(rows, tables.plan.fields, strict=True))
+    # one byte per value (embedding and first-order columns) plus a 2+2-byte scale/bias per row; each table
+    # padded to a 128-byte line at most
+    assert int8_rows <= quant["embedding_bytes"] <= int8_rows + 127 * len(rows)  # type: ignore[operator]
     assert quant["weights_bytes"] < info["weights_bytes"]  # type: ignore[operator]
     p8 = load_exported(tmp_path / "int8").predict(test)
     assert np.abs(p8 - model.predict(test)).max() < 0.01

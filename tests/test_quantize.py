@@ -13,6 +13,7 @@ from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbe
 
 import ctr.quantize
 from ctr.config import ModelConfig
+from ctr.embedding import LINEAR_DIM
 from ctr.models import CTRModel, build_model
 from ctr.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
 from features.schema import CategoricalField, DenseField, FeatureMap
@@ -88,18 +89,19 @@ def test_module_example() -> None:
 
 def test_swaps_ebcs_for_fbgemm_int8(qmodel: CTRModel) -> None:
     assert qmodel.sparse_arch is not None and qmodel.linear_arch is not None
-    for ebc in (qmodel.sparse_arch.ebc, qmodel.linear_arch.ebc_linear):
-        assert isinstance(ebc, QuantEmbeddingBagCollection)
-        assert ebc.output_dtype() == torch.float32
-        (tbe,) = ebc._emb_modules
-        assert type(tbe).__name__ == "IntNBitTableBatchedEmbeddingBagsCodegen"
-        assert tbe.row_alignment == 1
-        assert tbe.weights_host.numel() > 0 and tbe.weights_dev.numel() == 0  # CPU (HOST) placement
+    assert qmodel.linear_arch.ebc_linear is None  # DeepFM: first-order columns in the main tables
+    ebc = qmodel.sparse_arch.ebc
+    assert isinstance(ebc, QuantEmbeddingBagCollection)
+    assert ebc.output_dtype() == torch.float32
+    (tbe,) = ebc._emb_modules
+    assert type(tbe).__name__ == "IntNBitTableBatchedEmbeddingBagsCodegen"
+    assert tbe.row_alignment == 1
+    assert tbe.weights_host.numel() > 0 and tbe.weights_dev.numel() == 0  # CPU (HOST) placement
     tables = qmodel.sparse_arch.ebc.state_dict()
     assert {k: (v.dtype, tuple(v.shape)) for k, v in tables.items()} == {
-        "embedding_bags.t_a.weight": (torch.uint8, (1000, 16 + 4)),
-        "embedding_bags.t_m.weight": (torch.uint8, (1000, 8 + 4)),
-        "embedding_bags.t_c.weight": (torch.uint8, (999, 16 + 4)),
+        "embedding_bags.t_a.weight": (torch.uint8, (1000, 16 + LINEAR_DIM + 4)),  # + fp16 scale and bias
+        "embedding_bags.t_m.weight": (torch.uint8, (1000, 8 + LINEAR_DIM + 4)),
+        "embedding_bags.t_c.weight": (torch.uint8, (999, 16 + LINEAR_DIM + 4)),
     }
     assert not qmodel.training
 
@@ -144,7 +146,7 @@ def test_embedding_bytes(model: CTRModel, qmodel: CTRModel) -> None:
     tables = [t for ebc in qmodel.embedding_modules() for t in ebc.state_dict().values()]
     exported = sum(t.numel() * t.element_size() for t in tables)
     dims = {"a": 16, "m": 8, "c": 16}
-    assert exported == sum(CARD[f] * (dims[f] + 4) + CARD[f] * (4 + 4) for f in CARD)  # main + first-order rows
+    assert exported == sum(CARD[f] * (dims[f] + LINEAR_DIM + 4) for f in CARD)  # embedding + first-order + scale
     assert exported <= q < exported + 128 * len(tables)
     assert all(
         t.untyped_storage().data_ptr() == tbe.weights_host.untyped_storage().data_ptr()
@@ -192,8 +194,9 @@ def test_load_rejects_missing_unexpected_and_mismatched(model: CTRModel, qmodel:
     with pytest.raises(ValueError, match=r"unexpected keys \['extra'\]"):
         load_quantized(model, {**state, "extra": torch.zeros(1)})
     # A float state dict has the same table keys but float [rows, dim] tensors.
-    mismatch = r"'sparse_arch\.ebc\.embedding_bags\.t_a\.weight': got torch\.float32 \(1000, 16\), "
-    mismatch += r"expected torch\.uint8 \(1000, 20\)"
+    # t_a: 16 embedding + 4 first-order columns; as int8, 4 more bytes of scale and bias per row.
+    mismatch = r"'sparse_arch\.ebc\.embedding_bags\.t_a\.weight': got torch\.float32 \(1000, 20\), "
+    mismatch += r"expected torch\.uint8 \(1000, 24\)"
     with pytest.raises(ValueError, match=mismatch):
         load_quantized(model, model.state_dict())
     with pytest.raises(ValueError, match="float model as skeleton"):
