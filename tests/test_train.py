@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctr.embedding import LINEAR_DIM
 from ctr.lit import NonFiniteLossError
 from ctr.run_config import load_run_config
 from ctr.strategy import CheckpointError
@@ -302,11 +303,12 @@ def test_column_and_row_wise_plans_split_tables_and_train_like_table_wise(small:
         return sorted((tuple(c.offsets), tuple(c.sizes)) for c in chunks)
 
     rows = blocks("table_wise")[0][1][0]
-    assert blocks("table_wise") == [((0, 0), (rows, 8))]
-    assert blocks("column_wise") == [((0, 0), (rows, 4)), ((0, 4), (rows, 4))]  # dim 8 in two column blocks
+    width = 8 + LINEAR_DIM  # DeepFM's rows: the embedding, then the first-order columns
+    assert blocks("table_wise") == [((0, 0), (rows, width))]
+    assert blocks("column_wise") == [((0, c), (rows, 4)) for c in range(0, width, 4)]  # 4-column blocks
     for name in ("row_wise", "table_row_wise"):
         half = (rows + 1) // 2
-        assert blocks(name) == [((0, 0), (half, 8)), ((half, 0), (rows - half, 8))], name  # rows over the 2 ranks
+        assert blocks(name) == [((0, 0), (half, width)), ((half, 0), (rows - half, width))], name  # rows over 2 ranks
 
     # The best checkpoints (after the one epoch): the same tables, and the same predictions. (Dense weights are
     # not compared one by one: a Linear bias right before BatchNorm gets no gradient but float noise, which Adam
