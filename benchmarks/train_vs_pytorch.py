@@ -356,8 +356,6 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(args.rounds):
             print(f"round {round_no + 1} of {args.rounds}", flush=True)
             for name, threads, extra in plan:
-                if round_no and name == "reference-1x1" and args.ref_epoch:
-                    extra = [*extra[:-1], "--no-ref-epoch"]  # the test AUC is printed from round 1's epoch
                 out = work / name
                 if out.exists():
                     shutil.rmtree(out)
