@@ -3,7 +3,7 @@
 1,000,000 planted rows (`ctr synth` seed 0, random 8:1:1 split), prepared with `configs/planted_log1p.yaml` at
 `--min-count 100` and trained with `configs/deepfm_planted.yaml`, all through the `ctr` CLI as a user would run it.
 The settings were tuned on the validation split of another 1M-row file (docs/benchmarks.md, "Learning on planted
-data"). Measured here: Bayes 0.8068, DeepFM test AUC 0.7953 (gap 0.0115), in 3 minutes on the 2-core VM.
+data"). Measured here: Bayes 0.8068, DeepFM test AUC 0.7951 (gap 0.0117), in 3 minutes on the 2-core VM.
 """
 
 from __future__ import annotations
