@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sps = {name: [r["samples_per_sec"] for r in rounds] for name, rounds in results.items()}
     median = {name: float(np.median(values)) for name, values in sps.items()}
-    ref, plat = results["reference-1x1"][0], results["platform-1x1"][0]  # round 1: the reference's epoch and AUC
+    ref, plat = results["reference-1x1"][0], results["platform-1x1"][0]  # round 1's runs: parameters, test AUC
     cards = [f.cardinality for f in fm.categorical]
     source = (
         str(args.data)
@@ -424,25 +424,30 @@ def main(argv: list[str] | None = None) -> int:
     for key in results:
         kind, shape = key.split("-")
         each = " / ".join(f"{v:,.0f}" for v in sps[key])
-        vs_ref = " / ".join(f"{v / r:.2f}x" for v, r in zip(sps[key], sps["reference-1x1"], strict=True))
+        vs_ref = " / ".join(f"{r:.2f}x" for r in _per_round(sps[key], sps["reference-1x1"]))
         print(f"| {labels[kind]} | {shape.replace('x', ' x ')} | {each} | {median[key]:,.0f} | {vs_ref} |")
     print()
     for key in ("platform-1x1", "platformbf16-1x1"):
         if key in results:
-            ratios = [v / r for v, r in zip(sps[key], sps["reference-1x1"], strict=True)]
+            ratios = _per_round(sps[key], sps["reference-1x1"])
             print(f"{key} / reference-1x1, same round: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
             if "reference-1x2" in results:
-                ratios = [v / r for v, r in zip(sps[key], sps["reference-1x2"], strict=True)]
+                ratios = _per_round(sps[key], sps["reference-1x2"])
                 print(f"{key} / reference-1x2, same round: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
     for one, two in (("platform-1x1", "platform-2x1"), ("platformbf16-1x1", "platformbf16-2x1")):
         if two in results:
-            ratios = [b / a for a, b in zip(sps[one], sps[two], strict=True)]
+            ratios = _per_round(sps[two], sps[one])
             print(f"{two} / {one}: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
     aucs = [f"{key} {rounds[0]['test_auc']:.4f}" for key, rounds in results.items() if key.startswith("platform")]
     if args.ref_epoch:
         aucs.append(f"reference 1x1 {ref['test_auc']:.4f} (after the same epoch, {ref['train_samples']:,} samples)")
     print("test AUC after one epoch (round 1): " + ", ".join(aucs))
     return 0
+
+
+def _per_round(num: list[float], den: list[float]) -> list[float]:
+    """``num / den`` round by round (both measured in the same round)."""
+    return [n / d for n, d in zip(num, den, strict=True)]
 
 
 def _fmt(ratios: list[float]) -> str:

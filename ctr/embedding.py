@@ -103,6 +103,11 @@ def embedding_params(fm: FeatureMap, config: ModelConfig, layout: TableLayout | 
     return total
 
 
+def _id_weights(columns: torch.Tensor) -> torch.Tensor:
+    """``sum_f w_f(ids_f)`` from pooled first-order columns ``[B, ...]``: an id's weight is the mean of its columns."""
+    return columns.sum(dim=tuple(range(1, columns.dim()))) / LINEAR_DIM
+
+
 def _tables(
     fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfig, extra: int = 0
 ) -> list[EmbeddingBagConfig]:
@@ -191,10 +196,6 @@ class SparseArch(nn.Module):
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
         self._features = [f for t in tables for f in t.feature_names]  # table order, fixed before any sharding
 
-    def _first_order(self, weights: list[torch.Tensor]) -> torch.Tensor:
-        """``sum_f mean(first-order columns)`` from each table's pooled first-order columns."""
-        return torch.cat(weights, dim=1).sum(dim=1) / LINEAR_DIM
-
     def _assemble(self, pooled: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each field from its slots (probes concatenated, or QR parts multiplied), padded to ``embedding_dim``."""
         assert self.layout is not None
@@ -215,7 +216,7 @@ class SparseArch(nn.Module):
             else:
                 vec = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             out.append(F.pad(vec, (0, self.embedding_dim - vec.shape[1])))
-        return torch.stack(out, dim=1), self._first_order(weights) if self.first_order else None
+        return torch.stack(out, dim=1), _id_weights(torch.cat(weights, dim=1)) if self.first_order else None
 
     def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self._side_by_side:
@@ -232,14 +233,13 @@ class SparseArch(nn.Module):
             rows = values.view(values.shape[0], self.num_fields, -1)
             if not self.first_order:
                 return rows, None
-            first = rows[:, :, self.embedding_dim :].sum(dim=(1, 2)) / LINEAR_DIM
-            return rows[:, :, : self.embedding_dim], first
+            return rows[:, :, : self.embedding_dim], _id_weights(rows[:, :, self.embedding_dim :])
         pieces = torch.split(values, self._split_sizes, dim=1)
         fields = [p[:, :d] for p, d in zip(pieces, self.dims, strict=True)]
         out = torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in fields], dim=1)
         if not self.first_order:
             return out, None
-        return out, self._first_order([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)])
+        return out, _id_weights(torch.cat([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)], dim=1))
 
 
 class DenseEmbedding(nn.Module):
@@ -337,7 +337,7 @@ class LinearArch(nn.Module):
         if (self.ebc_linear is None) != (id_weights is not None):
             raise ValueError("LinearArch: pass id_weights exactly when the first-order weights are in the main tables")
         if self.ebc_linear is not None:
-            id_weights = self.ebc_linear(features).values().sum(dim=1) / LINEAR_DIM
+            id_weights = _id_weights(self.ebc_linear(features).values())
         assert id_weights is not None
         logit = id_weights + self.bias
         if self.dense is not None:

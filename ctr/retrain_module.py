@@ -90,15 +90,13 @@ class RetrainModule(CTRModule):
         seed = read_run_config(self.retrain_config.supernet).trainer.seed
         dmp = self._dmp()
         reinitialize(dmp, seed)  # dense layers: the supernet's initial draw
-        full_dim = self.tables.plan.full_dim
+        full_width = self.tables.plan.full_dim + (LINEAR_DIM if self._folded else 0)  # the supernet's rows
         for key, value in dmp.state_dict().items():
             if is_table(key):
-                field = self.source_feature_map.field(key.split(".")[-2].split("_", 1)[1])
-                if key.split(".")[-2].startswith("t_"):
-                    width = full_dim + (LINEAR_DIM if self._folded else 0)
-                else:
-                    width = value.size()[1]
-                write_whole(value, self._cut(key, table_init(key.split(".")[-2], field.cardinality, width, seed)))
+                table = key.split(".")[-2]
+                field = self.source_feature_map.field(table.split("_", 1)[1])
+                width = full_width if table.startswith("t_") else value.size()[1]
+                write_whole(value, self._cut(key, table_init(table, field.cardinality, width, seed)))
 
     @torch.no_grad()
     def _inherit(self) -> None:

@@ -211,7 +211,7 @@ def _fill_tables(arch: SparseArch) -> dict[str, torch.Tensor]:
     """Deterministic table weights: row r of table t_<f> is (r + 1) * [1, 2, ..., width] + 100 * field index."""
     weights = {}
     with torch.no_grad():
-        for name, i in zip(FM.sparse_names, range(len(FM.sparse_names)), strict=True):
+        for i, name in enumerate(FM.sparse_names):
             table = arch.ebc.embedding_bags[f"t_{name}"].weight
             w = torch.arange(1, CARD[name] + 1.0)[:, None] * torch.arange(1, table.shape[1] + 1.0) + 100 * i
             table.copy_(w)
