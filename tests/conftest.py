@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,24 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CTR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _find_shared_data() -> Path:
+    """``$CTR_SHARED_DATA``, else ``../shared/data`` beside this checkout, else beside the local repository it was
+    cloned from (a throwaway clone of a checkout reads the same samples in place)."""
+    if "CTR_SHARED_DATA" in os.environ:
+        return Path(os.environ["CTR_SHARED_DATA"])
+    beside = REPO.parent / "shared" / "data"
+    origin = subprocess.run(
+        ["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if beside.is_dir() or not origin or not Path(origin).is_dir():
+        return beside
+    from_origin = Path(origin).resolve().parent / "shared" / "data"
+    return from_origin if from_origin.is_dir() else beside
+
+
+SHARED_DATA = _find_shared_data()
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
