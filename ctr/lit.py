@@ -34,7 +34,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from ctr.data import ColumnarSplit
-from ctr.embedding import embedding_params
+from ctr.embedding import FOLDED_MODELS, LINEAR_DIM, embedding_params
 from ctr.init import reinitialize
 from ctr.layouts import TableLayout, build_layout
 from ctr.metrics import all_metrics
@@ -226,6 +226,10 @@ class CTRModule(pl.LightningModule):
             "sparse_optimizer": self.config.optim.sparse,
             "feature_map_hash": self.feature_map.content_hash,
         }
+        if self.config.model.name in FOLDED_MODELS:
+            # FM/DeepFM checkpoints written before the first-order weights moved into the main tables lack this key
+            # (their rows are narrower and their lin_ tables separate): refused by name, not by a shape error.
+            spec["first_order_columns"] = LINEAR_DIM
         if world_size:
             spec["world_size"] = self.trainer.world_size
         return spec

@@ -159,6 +159,13 @@ def test_checkpoint_of_another_config_is_refused(small: Path, tmp_path: Path) ->
         train(other, tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match="pass --resume"):
         train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
+    # An FM checkpoint from before the first-order columns moved into the main tables (separate lin_ tables).
+    meta_file = tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt"
+    meta = torch.load(meta_file, weights_only=True)
+    del meta["ctr_spec"]["first_order_columns"]
+    torch.save(meta, meta_file)
+    with pytest.raises(CheckpointError, match=r"first_order_columns: checkpoint None, this run 4"):
+        train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run", resume=True)
 
 
 def test_a_kill_during_a_checkpoint_swap_resumes_from_the_previous_checkpoint(small: Path, tmp_path: Path) -> None:
