@@ -26,6 +26,7 @@ __all__ = ["MODEL_NAMES", "ModelConfig", "ModelName"]
 ModelName = Literal["lr", "fm", "deepfm", "fnn", "ipnn", "dcn", "dcnv2", "dlrm"]
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 _POOLINGS = ("sum", "mean")
+TABLE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class ModelConfig:
     * ``pooling``: how a multi-valued field's embeddings are pooled (``"sum"`` or ``"mean"``).
     * ``pad_to``: pad the field vectors to at least this width (a retrained OptEmbed table keeps the
       supernet's width, so its dense layers have the supernet's shapes); ``None``: the largest field dim.
+    * ``table_dtype``: how the embedding tables are stored (FBGEMM's ``weights_precision``): ``float32``, or
+      ``float16``, half the table memory. FBGEMM pools and computes every update in float32 and rounds the new
+      row to float16 (to nearest, on CPU), so an update smaller than ~1/2000 of a weight is lost: a concern
+      only for rows updated hundreds of thousands of times. On CPU its row-wise Adagrad backward is also about
+      twice as fast for float16 rows (docs/benchmarks.md). ``ctr train`` only: the OptEmbed supernet,
+      dimension search, retraining and int8 export need float32 tables.
     """
 
     name: ModelName
@@ -57,6 +64,7 @@ class ModelConfig:
     dense_mlp: tuple[int, ...] = (64,)
     pooling: Literal["sum", "mean"] = "sum"
     pad_to: int | None = None
+    table_dtype: Literal["float32", "float16"] = "float32"
 
     def __post_init__(self) -> None:
         where = type(self).__name__
@@ -64,6 +72,8 @@ class ModelConfig:
             raise ConfigError(f"{where}.name: {self.name!r} is not one of {', '.join(MODEL_NAMES)}")
         if self.pooling not in _POOLINGS:
             raise ConfigError(f"{where}.pooling: {self.pooling!r} is not one of {', '.join(_POOLINGS)}")
+        if self.table_dtype not in TABLE_DTYPES:
+            raise ConfigError(f"{where}.table_dtype: {self.table_dtype!r} is not one of {', '.join(TABLE_DTYPES)}")
         _check_dim(f"{where}.embedding_dim", self.embedding_dim)
         for name, dim in self.field_dims.items():
             _check_dim(f"{where}.field_dims[{name!r}]", dim)
@@ -80,6 +90,11 @@ class ModelConfig:
             raise ConfigError(f"{where}.cross_layers: {self.cross_layers!r} is not a positive layer count")
         if self.low_rank is not None and self.low_rank < 1:
             raise ConfigError(f"{where}.low_rank: {self.low_rank!r} is not a positive rank (or null for full rank)")
+
+    def require_float32_tables(self, stage: str) -> None:
+        """Refuse ``stage`` (e.g. "the OptEmbed supernet") for float16 tables (see ``table_dtype``)."""
+        if self.table_dtype != "float32":
+            raise ConfigError(f"model.table_dtype: {self.table_dtype!r} is for ctr train; {stage} needs float32 tables")
 
     def dim(self, field_name: str) -> int:
         """The embedding dim of categorical field ``field_name``: its override, else ``embedding_dim``."""

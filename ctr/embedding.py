@@ -33,11 +33,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+from torchrec import DataType, EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
 from ctr.config import ModelConfig
 from ctr.layouts import TableLayout
@@ -65,6 +66,7 @@ FOLDED_MODELS: frozenset[str] = FIRST_ORDER_MODELS - LINEAR_ONLY_MODELS
 LINEAR_DIM = 4
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+_DATA_TYPE = {"float32": DataType.FP32, "float16": DataType.FP16}
 
 
 def field_dims(fm: FeatureMap, config: ModelConfig) -> tuple[int, ...]:
@@ -119,6 +121,7 @@ def _tables(
             num_embeddings=f.cardinality,
             feature_names=[f.name],
             pooling=_POOLING[config.pooling],
+            data_type=_DATA_TYPE[config.table_dtype],
         )
         for f, d in zip(fm.categorical, dims, strict=True)
     ]
@@ -174,6 +177,7 @@ class SparseArch(nn.Module):
                     num_embeddings=t.rows,
                     feature_names=list(t.features),
                     pooling=_POOLING[config.pooling],
+                    data_type=_DATA_TYPE[config.table_dtype],
                 )
                 for t in layout.tables
             ]
@@ -218,9 +222,14 @@ class SparseArch(nn.Module):
             out.append(F.pad(vec, (0, self.embedding_dim - vec.shape[1])))
         return torch.stack(out, dim=1), _id_weights(torch.cat(weights, dim=1)) if self.first_order else None
 
-    def forward(self, features: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, features: KeyedJaggedTensor, append: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``append``: ``[B, k, D_max]`` more fields (the dense ones) placed after the categorical fields."""
+        # Float16 tables (model.table_dtype) pool to float32 under FBGEMM's TBE, to float16 in an unsharded EBC.
         if not self._side_by_side:
-            return self._assemble(self.ebc(features).to_dict())
+            pooled_by_key = {k: v.float() for k, v in self.ebc(features).to_dict().items()}
+            return _appended(*self._assemble(pooled_by_key), append)
         # The unsharded EBC's KeyedTensor holds the fields side by side in table (= feature-map) order:
         # [B, sum(widths)]. A sharded one orders its keys by the plan (table-wise over 2 ranks: each rank's tables
         # in turn), so its columns are put back in table order.
@@ -229,17 +238,56 @@ class SparseArch(nn.Module):
         if pooled.keys() != self._features:
             by_key = pooled.to_dict()
             values = torch.cat([by_key[f] for f in self._features], dim=1)
+        values = values.float()  # a no-op for float32
         if self._uniform:
-            rows = values.view(values.shape[0], self.num_fields, -1)
-            if not self.first_order:
-                return rows, None
-            return rows[:, :, : self.embedding_dim], _id_weights(rows[:, :, self.embedding_dim :])
+            if not self.first_order and append is None:
+                return values.view(values.shape[0], self.num_fields, -1), None
+            fields, id_weights = _FieldRows.apply(values, append, self.num_fields, self.embedding_dim)  # type: ignore[no-untyped-call]
+            return fields, id_weights if self.first_order else None
         pieces = torch.split(values, self._split_sizes, dim=1)
         fields = [p[:, :d] for p, d in zip(pieces, self.dims, strict=True)]
         out = torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in fields], dim=1)
         if not self.first_order:
-            return out, None
-        return out, _id_weights(torch.cat([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)], dim=1))
+            return _appended(out, None, append)
+        weights = _id_weights(torch.cat([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)], dim=1))
+        return _appended(out, weights, append)
+
+
+def _appended(
+    fields: torch.Tensor, id_weights: torch.Tensor | None, append: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return (fields if append is None else torch.cat([fields, append], dim=1)), id_weights
+
+
+class _FieldRows(torch.autograd.Function):
+    """Uniform pooled rows ``[B, F * W]`` -> contiguous fields ``[B, F + k, D]`` (+ ``append`` ``[B, k, D]``) and
+    ``sum_f w_f`` over the ``W - D`` first-order columns of each row (zeros when ``W == D``).
+
+    Autograd of the same slices and ``cat`` keeps a zero-filled ``[B, F * W]`` gradient per slice and adds them;
+    here the backward writes the rows' gradient once: the fields' gradient in columns ``:D``, ``g / LINEAR_DIM``
+    in the first-order columns. Checked against the autograd of the slices by ``torch.autograd.gradcheck``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, values: torch.Tensor, append: torch.Tensor | None, num_fields: int, dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = values.view(values.shape[0], num_fields, -1)
+        extra = 0 if append is None else append.shape[1]
+        fields = values.new_empty(values.shape[0], num_fields + extra, dim)
+        fields[:, :num_fields] = rows[:, :, :dim]
+        if append is not None:
+            fields[:, num_fields:] = append
+        ctx.num_fields, ctx.width, ctx.has_append = num_fields, rows.shape[2], append is not None
+        return fields, _id_weights(rows[:, :, dim:])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, grad_weights: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        n, dim = ctx.num_fields, grad.shape[2]
+        rows = grad.new_empty(grad.shape[0], n, ctx.width)
+        rows[:, :, :dim] = grad[:, :n]
+        rows[:, :, dim:] = (grad_weights / LINEAR_DIM).view(-1, 1, 1)
+        return rows.view(grad.shape[0], -1), grad[:, n:] if ctx.has_append else None, None, None
 
 
 class DenseEmbedding(nn.Module):
@@ -322,6 +370,7 @@ class LinearArch(nn.Module):
                 num_embeddings=t.rows,
                 feature_names=list(t.features),
                 pooling=_POOLING[config.pooling],
+                data_type=_DATA_TYPE[config.table_dtype],
             )
             for t in layout.tables
         ]
@@ -337,7 +386,7 @@ class LinearArch(nn.Module):
         if (self.ebc_linear is None) != (id_weights is not None):
             raise ValueError("LinearArch: pass id_weights exactly when the first-order weights are in the main tables")
         if self.ebc_linear is not None:
-            id_weights = _id_weights(self.ebc_linear(features).values())
+            id_weights = _id_weights(self.ebc_linear(features).values().float())
         assert id_weights is not None
         logit = id_weights + self.bias
         if self.dense is not None:

@@ -220,8 +220,11 @@ class CTRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints (see ctr.strategy)
     def _spec(self, *, world_size: bool = True) -> dict[str, Any]:
+        model = to_dict(self.config.model)
+        if model["table_dtype"] == "float32":  # the default: checkpoints written before the option still match
+            del model["table_dtype"]
         spec = {
-            "model": to_dict(self.config.model),
+            "model": model,
             "tables": to_dict(self.config.tables) if self.config.tables is not None else None,
             "sparse_optimizer": self.config.optim.sparse,
             "feature_map_hash": self.feature_map.content_hash,

@@ -143,12 +143,13 @@ class CTRModel(nn.Module):
         """The fields (see :meth:`fields`) and, for :data:`FOLDED_MODELS`, ``sum_f w_f(ids_f)`` (else ``None``)."""
         if self.sparse_arch is None:
             raise RuntimeError(f"{type(self).__name__} has no field embeddings")
+        dense = None if self.dense_arch is None else self.dense_arch(batch.dense_features)
+        if self.field_transform is None:  # the dense fields are placed while the fields are assembled
+            out: tuple[torch.Tensor, torch.Tensor | None] = self.sparse_arch(batch.sparse_features, dense)
+            return out
         sparse, id_weights = self.sparse_arch(batch.sparse_features)
-        if self.field_transform is not None:
-            sparse = self.field_transform(sparse)
-        if self.dense_arch is None:
-            return sparse, id_weights
-        return torch.cat([sparse, self.dense_arch(batch.dense_features)], dim=1), id_weights
+        sparse = self.field_transform(sparse)
+        return (sparse if dense is None else torch.cat([sparse, dense], dim=1)), id_weights
 
     def fields(self, batch: Batch) -> torch.Tensor:
         """``[B, num_fields, embedding_dim]``: categorical fields in feature-map order, then the dense fields."""

@@ -132,6 +132,7 @@ def quantize_embeddings(model: CTRModel) -> CTRModel:
     ``model`` is not modified. The dense arches stay float32; only ``sparse_arch.ebc`` and (LR)
     ``linear_arch.ebc_linear`` are swapped (see the module docstring for the recipe).
     """
+    model.config.require_float32_tables("int8 quantisation")
     for where, _, _, ebc in _ebc_slots(model):
         if isinstance(ebc, QuantEmbeddingBagCollection):
             raise ValueError(f"{where} is already quantised")

@@ -42,6 +42,7 @@ class RetrainModule(CTRModule):
             raise ConfigError("retraining needs retrain.supernet (the supernet run) and retrain.plan (its plan dir)")
         if config.supernet is not None:
             raise ConfigError("a retraining run has no `supernet` section (the plan fixes rows and dims)")
+        config.model.require_float32_tables("retraining")
         tables = PrunedTables.load(rc.plan, feature_map.content_hash)
         self.retrain_config: RetrainConfig = rc
         self.tables = tables

@@ -21,9 +21,10 @@ import ctr.embedding
 import ctr.layers
 import ctr.models
 from ctr.config import MODEL_NAMES, ModelConfig
-from ctr.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, embedding_params
+from ctr.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, _FieldRows, embedding_params
 from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
 from ctr.models import MODELS, CTRModel, build_model
+from ctr.quantize import quantize_embeddings
 from features.schema import CategoricalField, DenseField, FeatureMap
 from features.strict import ConfigError, from_dict
 
@@ -103,6 +104,7 @@ def test_config_defaults_and_strict_loading() -> None:
         ({"dropout": 1.0}, r"dropout: 1\.0 "),
         ({"cross_layers": 0}, r"cross_layers: 0 "),
         ({"low_rank": 0}, r"low_rank: 0 "),
+        ({"table_dtype": "bfloat16"}, r"table_dtype: 'bfloat16' is not one of '?float32'?, '?float16"),
     ],
 )
 def test_config_rejects_bad_values(kw: dict[str, object], match: str) -> None:
@@ -265,6 +267,60 @@ def test_sparse_arch_first_order_columns_exact(field_dims: dict[str, int], pooli
             assert bool((out[b, f, d:] == 0).all())
             expected_first += pooled[d:].mean().item()
         torch.testing.assert_close(first[b], torch.tensor(expected_first))
+
+
+@pytest.mark.parametrize("append", [0, 2], ids=["no-dense", "dense"])
+@pytest.mark.parametrize("width", [4, 4 + LINEAR_DIM], ids=["plain", "first-order"])
+def test_field_rows_match_autograd_of_slices(width: int, append: int) -> None:
+    """The uniform tables' hand-written assembly (fields, appended dense fields, first-order sum) and its backward
+    against the plain slices + cat + mean it replaces, values and gradients, and ``gradcheck``."""
+    values = torch.randn(5, 3 * width, dtype=torch.float64, requires_grad=True)
+    extra = torch.randn(5, append, 4, dtype=torch.float64, requires_grad=True) if append else None
+    fields, first = _FieldRows.apply(values, extra, 3, 4)
+    rows = values.view(5, 3, width)
+    expected = rows[:, :, :4] if extra is None else torch.cat([rows[:, :, :4], extra], dim=1)
+    torch.testing.assert_close(fields, expected, rtol=0, atol=0)
+    torch.testing.assert_close(first, rows[:, :, 4:].sum((1, 2)) / LINEAR_DIM, rtol=0, atol=0)
+    assert fields.is_contiguous() and fields.shape == (5, 3 + append, 4)
+    g_fields, g_first = torch.randn_like(fields), torch.randn_like(first)
+    inputs = (values,) if extra is None else (values, extra)
+    got = torch.autograd.grad((fields, first), inputs, (g_fields, g_first))
+    want = torch.autograd.grad((expected, rows[:, :, 4:].sum((1, 2)) / LINEAR_DIM), inputs, (g_fields, g_first))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda v, e: _FieldRows.apply(v, e, 3, 4), (values, extra))
+
+
+def test_sparse_arch_appends_dense_fields_after_the_categorical_ones() -> None:
+    arch = SparseArch(FM, ModelConfig(name="deepfm", embedding_dim=4), first_order=True)
+    kjt, extra = _kjt(ROWS), torch.randn(3, 2, 4)
+    alone, first = arch(kjt)
+    out, first_again = arch(kjt, extra)
+    assert first is not None and first_again is not None
+    assert out.shape == (3, 5, 4) and torch.equal(out[:, :3], alone) and torch.equal(out[:, 3:], extra)
+    assert torch.equal(first, first_again)
+
+
+def test_float16_tables_store_float16_and_pool_to_float32() -> None:
+    """``table_dtype=float16``: every EBC table (LR's too) holds float16 rows; the fields come out float32."""
+    fp16 = ModelConfig(name="deepfm", embedding_dim=4, table_dtype="float16")
+    model = build_model(FM, fp16)
+    assert {p.dtype for m in model.embedding_modules() for p in m.parameters()} == {torch.float16}
+    lr = build_model(FM, ModelConfig(name="lr", table_dtype="float16"))
+    assert {p.dtype for m in lr.embedding_modules() for p in m.parameters()} == {torch.float16}
+    arch = model.sparse_arch
+    assert arch is not None
+    fields, first = arch(_kjt(ROWS))
+    assert fields.dtype == torch.float32 and first is not None and first.dtype == torch.float32
+    # The same rows held in float32 give the same fields (single ids: pooling a float16 row is exact).
+    ref = SparseArch(FM, ModelConfig(name="deepfm", embedding_dim=4), first_order=True)
+    with torch.no_grad():
+        for name, bag in arch.ebc.embedding_bags.items():
+            ref.ebc.embedding_bags[name].weight.copy_(bag.weight.float())
+    single = [(c0, [], c1) for c0, _, c1 in ROWS]
+    torch.testing.assert_close(arch(_kjt(single))[0], ref(_kjt(single))[0], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"model\.table_dtype: 'float16' is for ctr train; int8 quantisation needs"):
+        quantize_embeddings(model)
 
 
 def test_dense_embedding_and_linear_arch_exact() -> None:

@@ -10,6 +10,7 @@ import torch
 
 from ctr.plan import EmbeddingPlan
 from ctr.supernet import DimensionSampler, RowPruning, prefix_mask, row_keep_mask, surrogate_grad
+from features.strict import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -137,6 +138,9 @@ def test_supernet_wraps_every_base_model_with_field_embeddings(model: str) -> No
     )  # fmt: skip
     sets = ["model.embedding_dim=8", "model.mlp=[8]", "model.dense_mlp=[4]"]
     module = SupernetModule(load_run_config(None, sets, data="x", model=model, sections=("supernet",)), fm)
+    half = load_run_config(None, [*sets, "model.table_dtype=float16"], data="x", model=model, sections=("supernet",))
+    with pytest.raises(ConfigError, match="the OptEmbed supernet needs float32 tables"):
+        SupernetModule(half, fm)
     net = module.build_unsharded(torch.device("cpu"))
     pruning = find_pruning(net)
     assert pruning is not None and pruning.thresholds.shape == (2,)

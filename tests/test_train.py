@@ -55,6 +55,20 @@ def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, text=True, **kw)  # type: ignore[call-overload, no-any-return]
 
 
+def _restored_test_auc(run_dir: Path) -> float:
+    """Test AUC of the run's best checkpoint loaded back into one process (``ctr.restore.load_run``)."""
+    from ctr.data import load_split
+    from ctr.metrics import auc
+    from ctr.restore import load_run
+
+    run = load_run(run_dir)
+    split = load_split(run.config.data.path, run.feature_map, "test")
+    with torch.no_grad():
+        batches = [split.batch(np.arange(s, min(s + 4096, len(split)))) for s in range(0, len(split), 4096)]
+        logits = torch.cat([run.model(b) for b in batches])
+    return float(auc(logits, torch.cat([b.labels for b in batches])))
+
+
 @pytest.mark.slow
 def test_deepfm_learns_planted_signal_and_beats_lr(planted: tuple[Path, Truth], tmp_path: Path) -> None:
     data, truth = planted
@@ -98,16 +112,7 @@ def test_two_processes_match_one_process(small: Path, tmp_path: Path) -> None:
     # The 2-rank checkpoint restored into one process predicts exactly what the 2-rank run measured. (A sharded
     # EBC orders its output keys by the plan; the model once read them in table order, and a restored model saw
     # its fields permuted: test AUC 0.537 against 0.572 in the run.)
-    from ctr.data import load_split
-    from ctr.metrics import auc
-    from ctr.restore import load_run
-
-    run = load_run(tmp_path / "two")
-    split = load_split(run.config.data.path, run.feature_map, "test")
-    with torch.no_grad():
-        batches = [split.batch(np.arange(s, min(s + 4096, len(split)))) for s in range(0, len(split), 4096)]
-        logits = torch.cat([run.model(b) for b in batches])
-    restored = float(auc(logits, torch.cat([b.labels for b in batches])))
+    restored = _restored_test_auc(tmp_path / "two")
     assert abs(restored - m2["test_auc"]) < 1e-4, (restored, m2["test_auc"])
 
 
@@ -254,6 +259,28 @@ def test_bf16_mixed_precision_learns_like_float32_and_keeps_float32_weights(smal
 
     state = load_run(tmp_path / "bf16").model.state_dict()
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_float16_tables_learn_like_float32_and_stay_float16(small: Path, tmp_path: Path) -> None:
+    sets = [*FAST, "trainer.max_epochs=2", "data.batch_size=512"]
+    full = train(load_run_config(None, sets, data=str(small), model="deepfm"), tmp_path / "fp32")
+    half_sets = [*sets, "model.table_dtype=float16"]
+    half = train(load_run_config(None, half_sets, data=str(small), model="deepfm"), tmp_path / "fp16")
+    print(f"test AUC float32 tables {full['test_auc']:.4f}, float16 tables {half['test_auc']:.4f}")
+    assert half["test_auc"] > 0.65  # it learns
+    assert abs(half["test_auc"] - full["test_auc"]) < 0.01, (half["test_auc"], full["test_auc"])
+    from ctr.restore import load_run
+
+    restored = load_run(tmp_path / "fp16")
+    dtypes = {k: v.dtype for k, v in restored.model.state_dict().items() if v.is_floating_point()}
+    assert {d for k, d in dtypes.items() if ".embedding_bags." in k} == {torch.float16}
+    assert {d for k, d in dtypes.items() if ".embedding_bags." not in k} == {torch.float32}
+    # Loaded back into one process (unsharded EBCs, which pool float16 rows to float16), it scores like the run.
+    restored_auc = _restored_test_auc(tmp_path / "fp16")
+    assert abs(restored_auc - half["test_auc"]) < 1e-3, (restored_auc, half["test_auc"])
+    # A float32 run's checkpoint does not resume as a float16 run.
+    with pytest.raises(CheckpointError, match=r"model\.table_dtype: checkpoint None, this run 'float16'"):
+        train(load_run_config(None, half_sets, data=str(small), model="deepfm"), tmp_path / "fp32", resume=True)
 
 
 def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: Path) -> None:
