@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/prepare_memory.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_vs_pytorch.py
+	$(BIN)/python benchmarks/table_dtype.py
 	$(BIN)/python benchmarks/search_speed.py
 	$(BIN)/python benchmarks/multiplex.py
 

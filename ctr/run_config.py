@@ -69,7 +69,7 @@ class TrainerConfig:
     ``threads``: torch threads per process (default: cores / processes). On a loaded machine 1 avoids
     OpenMP threads spinning against other processes, which can cost 10x.
     ``precision``: ``32-true``, or ``bf16-mixed``: the dense layers run under bfloat16 autocast (fast on CPUs with
-    AVX512-BF16/AMX and on GPUs); weights, tables, optimiser states and the loss stay float32.
+    AVX512-BF16/AMX and on GPUs); weights, optimiser states and the loss stay float32 (tables: ``model.table_dtype``).
     ``keep_freed_memory``: glibc keeps the buffers a step frees for the next step instead of returning them
     to the system (:mod:`ctr.allocator`; a tenth of the page faults and a third of the kernel time per epoch).
     ``column_shard_dim``: under ``column_wise`` sharding, the narrowest column block the planner may cut (TorchRec's
