@@ -26,7 +26,7 @@ __all__ = ["MODEL_NAMES", "ModelConfig", "ModelName"]
 ModelName = Literal["lr", "fm", "deepfm", "fnn", "ipnn", "dcn", "dcnv2", "dlrm"]
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 _POOLINGS = ("sum", "mean")
-TABLE_DTYPES = ("float32", "float16")
+_TABLE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ class ModelConfig:
             raise ConfigError(f"{where}.name: {self.name!r} is not one of {', '.join(MODEL_NAMES)}")
         if self.pooling not in _POOLINGS:
             raise ConfigError(f"{where}.pooling: {self.pooling!r} is not one of {', '.join(_POOLINGS)}")
-        if self.table_dtype not in TABLE_DTYPES:
-            raise ConfigError(f"{where}.table_dtype: {self.table_dtype!r} is not one of {', '.join(TABLE_DTYPES)}")
+        if self.table_dtype not in _TABLE_DTYPES:
+            raise ConfigError(f"{where}.table_dtype: {self.table_dtype!r} is not one of {', '.join(_TABLE_DTYPES)}")
         _check_dim(f"{where}.embedding_dim", self.embedding_dim)
         for name, dim in self.field_dims.items():
             _check_dim(f"{where}.field_dims[{name!r}]", dim)

@@ -115,16 +115,21 @@ def _tables(
 ) -> list[EmbeddingBagConfig]:
     """One table per categorical field, named ``prefix + field``, of the given dims plus ``extra`` columns."""
     return [
-        EmbeddingBagConfig(
-            name=f"{prefix}{f.name}",
-            embedding_dim=d + extra,
-            num_embeddings=f.cardinality,
-            feature_names=[f.name],
-            pooling=_POOLING[config.pooling],
-            data_type=_DATA_TYPE[config.table_dtype],
-        )
+        _bag(f"{prefix}{f.name}", d + extra, f.cardinality, [f.name], config)
         for f, d in zip(fm.categorical, dims, strict=True)
     ]
+
+
+def _bag(name: str, dim: int, rows: int, features: list[str], config: ModelConfig) -> EmbeddingBagConfig:
+    """One table, pooled and stored as ``config`` says (``pooling``, ``table_dtype``)."""
+    return EmbeddingBagConfig(
+        name=name,
+        embedding_dim=dim,
+        num_embeddings=rows,
+        feature_names=features,
+        pooling=_POOLING[config.pooling],
+        data_type=_DATA_TYPE[config.table_dtype],
+    )
 
 
 class SparseArch(nn.Module):
@@ -170,17 +175,7 @@ class SparseArch(nn.Module):
             if config.field_dims:
                 raise ValueError("model.field_dims does not combine with a table strategy (the layout sets widths)")
             self.dims = tuple(s.width for s in layout.fields)
-            tables = [
-                EmbeddingBagConfig(
-                    name=t.name,
-                    embedding_dim=t.dim + extra,
-                    num_embeddings=t.rows,
-                    feature_names=list(t.features),
-                    pooling=_POOLING[config.pooling],
-                    data_type=_DATA_TYPE[config.table_dtype],
-                )
-                for t in layout.tables
-            ]
+            tables = [_bag(t.name, t.dim + extra, t.rows, list(t.features), config) for t in layout.tables]
         else:
             self.dims = field_dims(fm, config)
             tables = _tables(fm, "t_", self.dims, config, extra)
@@ -364,14 +359,7 @@ class LinearArch(nn.Module):
         if layout is None:
             return _tables(fm, "lin_", [LINEAR_DIM] * len(fm.categorical), config)
         return [  # the strategy's tables at LINEAR_DIM: every virtual feature adds its weight
-            EmbeddingBagConfig(
-                name=f"lin_{t.name.removeprefix('t_')}",
-                embedding_dim=LINEAR_DIM,
-                num_embeddings=t.rows,
-                feature_names=list(t.features),
-                pooling=_POOLING[config.pooling],
-                data_type=_DATA_TYPE[config.table_dtype],
-            )
+            _bag(f"lin_{t.name.removeprefix('t_')}", LINEAR_DIM, t.rows, list(t.features), config)
             for t in layout.tables
         ]
 

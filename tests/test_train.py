@@ -19,6 +19,7 @@ import torch
 
 from ctr.embedding import LINEAR_DIM
 from ctr.lit import NonFiniteLossError
+from ctr.restore import TrainedRun, load_run
 from ctr.run_config import load_run_config
 from ctr.strategy import CheckpointError
 from ctr.train import train
@@ -55,13 +56,11 @@ def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, text=True, **kw)  # type: ignore[call-overload, no-any-return]
 
 
-def _restored_test_auc(run_dir: Path) -> float:
-    """Test AUC of the run's best checkpoint loaded back into one process (``ctr.restore.load_run``)."""
+def _restored_test_auc(run: TrainedRun) -> float:
+    """Test AUC of a run's checkpoint loaded back into one process (``ctr.restore.load_run``)."""
     from ctr.data import load_split
     from ctr.metrics import auc
-    from ctr.restore import load_run
 
-    run = load_run(run_dir)
     split = load_split(run.config.data.path, run.feature_map, "test")
     with torch.no_grad():
         batches = [split.batch(np.arange(s, min(s + 4096, len(split)))) for s in range(0, len(split), 4096)]
@@ -112,7 +111,7 @@ def test_two_processes_match_one_process(small: Path, tmp_path: Path) -> None:
     # The 2-rank checkpoint restored into one process predicts exactly what the 2-rank run measured. (A sharded
     # EBC orders its output keys by the plan; the model once read them in table order, and a restored model saw
     # its fields permuted: test AUC 0.537 against 0.572 in the run.)
-    restored = _restored_test_auc(tmp_path / "two")
+    restored = _restored_test_auc(load_run(tmp_path / "two"))
     assert abs(restored - m2["test_auc"]) < 1e-4, (restored, m2["test_auc"])
 
 
@@ -255,8 +254,6 @@ def test_bf16_mixed_precision_learns_like_float32_and_keeps_float32_weights(smal
     print(f"test AUC fp32 {full['test_auc']:.4f} bf16-mixed {mixed['test_auc']:.4f}")
     assert mixed["test_auc"] > 0.65  # it learns (20k rows, 2 epochs: fp32 0.688, bf16-mixed 0.688)
     assert abs(mixed["test_auc"] - full["test_auc"]) < 0.01, (mixed["test_auc"], full["test_auc"])
-    from ctr.restore import load_run
-
     state = load_run(tmp_path / "bf16").model.state_dict()
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
 
@@ -269,14 +266,12 @@ def test_float16_tables_learn_like_float32_and_stay_float16(small: Path, tmp_pat
     print(f"test AUC float32 tables {full['test_auc']:.4f}, float16 tables {half['test_auc']:.4f}")
     assert half["test_auc"] > 0.65  # it learns
     assert abs(half["test_auc"] - full["test_auc"]) < 0.01, (half["test_auc"], full["test_auc"])
-    from ctr.restore import load_run
-
     restored = load_run(tmp_path / "fp16")
     dtypes = {k: v.dtype for k, v in restored.model.state_dict().items() if v.is_floating_point()}
     assert {d for k, d in dtypes.items() if ".embedding_bags." in k} == {torch.float16}
     assert {d for k, d in dtypes.items() if ".embedding_bags." not in k} == {torch.float32}
     # Loaded back into one process (unsharded EBCs, which pool float16 rows to float16), it scores like the run.
-    restored_auc = _restored_test_auc(tmp_path / "fp16")
+    restored_auc = _restored_test_auc(restored)
     assert abs(restored_auc - half["test_auc"]) < 1e-3, (restored_auc, half["test_auc"])
     # A float32 run's checkpoint does not resume as a float16 run.
     with pytest.raises(CheckpointError, match=r"model\.table_dtype: checkpoint None, this run 'float16'"):
@@ -315,7 +310,6 @@ def test_column_and_row_wise_plans_split_tables_and_train_like_table_wise(small:
     from torch.distributed.checkpoint import FileSystemReader
 
     from ctr.data import load_split
-    from ctr.restore import load_run
 
     args = ["train", "--data", str(small), "--model", "deepfm", "--nproc", "2"]
     sets = [*FAST, "data.batch_size=512", "trainer.max_epochs=1", "optim.sparse=sgd", "optim.sparse_lr=0.1"]
