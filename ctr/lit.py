@@ -2,7 +2,8 @@
 
 * ``configure_model`` builds the model on the meta device, attaches the fused embedding optimiser
   (``apply_optimizer_in_backward``: FBGEMM updates the rows inside backward), plans the sharding with
-  constraints from the config and wraps everything in ``DistributedModelParallel``.
+  constraints from the config and wraps everything in ``DistributedModelParallel`` (:func:`ctr.dmp.shard`: the
+  dense modules under DDP only with several processes).
 * ``configure_optimizers`` returns the dense optimiser only (Adam/AdamW), plus the LR schedule.
 * Loss: BCE with logits. A non-finite loss on any rank stops the run before its backward pass touches the
   weights, so the last checkpoint stays the last good one.
@@ -34,6 +35,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from ctr.data import ColumnarSplit
+from ctr.dmp import shard
 from ctr.embedding import FOLDED_MODELS, LINEAR_DIM, embedding_params
 from ctr.init import reinitialize
 from ctr.layouts import TableLayout, build_layout
@@ -134,7 +136,7 @@ class CTRModule(pl.LightningModule):
         pg = dist.GroupMember.WORLD
         assert pg is not None, "TorchRecStrategy sets up the process group before configure_model"
         plan = planner.collective_plan(model, sharders, pg)
-        self.model = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
+        self.model = shard(model, device, plan, sharders, world)  # no DDP around the dense modules for one process
         reinitialize(self.model, self.config.trainer.seed)  # same start for any world size or plan
 
     def _dmp(self) -> DistributedModelParallel:

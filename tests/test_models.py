@@ -485,12 +485,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.dist
-def test_dmp_shards_a_meta_model_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.nn.parallel import DistributedDataParallel
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    from ctr.dmp import shard
 
     owned = not dist.is_initialized()  # an earlier in-process Lightning fit may have left its world-1 group
     if owned:
@@ -512,7 +515,21 @@ def test_dmp_shards_a_meta_model_in_one_process(monkeypatch: pytest.MonkeyPatch)
         sharders = [EmbeddingBagCollectionSharder()]
         plan = planner.collective_plan(model, sharders, dist.group.WORLD)
         assert set(plan.plan) == {"sparse_arch.ebc"}
-        dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders)
+        dmp = shard(model, torch.device("cpu"), plan, sharders, world_size=1)
+        assert not isinstance(dmp._dmp_wrapped_module, DistributedDataParallel)  # one process: no DDP
+        # TorchRec's default wraps the dense modules in DDP even for one process; the keys must not differ.
+        twin_model = build_model(FM, _cfg("deepfm", field_dims={"m": 4}), torch.device("meta"))
+        twin_ebcs = twin_model.embedding_modules()
+        apply_optimizer_in_backward(RowWiseAdagrad, [p for m in twin_ebcs for p in m.parameters()], {"lr": 0.1})
+        twin = DistributedModelParallel(twin_model, device=torch.device("cpu"), plan=plan, sharders=sharders)
+        assert isinstance(twin._dmp_wrapped_module, DistributedDataParallel)
+        keys = sorted(dmp.state_dict(prefix="model."))
+        assert keys == sorted(twin.state_dict(prefix="model."))
+        assert "model.sparse_arch.ebc.embedding_bags.t_m.weight" in keys and not any("model.model." in k for k in keys)
+        dmp.load_state_dict(twin.state_dict())  # the same weights and buffers: the same logits, with or without DDP
+        dmp.eval(), twin.eval()
+        assert torch.equal(dmp(_batch()), twin(_batch()))
+        dmp.train()
 
         inner = dmp.module
         assert isinstance(inner, CTRModel) and inner.sparse_arch is not None and inner.linear_arch is not None
