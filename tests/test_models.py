@@ -3,6 +3,7 @@ meta-device builds and a single-process DMP shard."""
 
 from __future__ import annotations
 
+import copy
 import doctest
 import inspect
 import socket
@@ -204,6 +205,26 @@ def test_mlp_layers_and_identity() -> None:
     assert [type(m).__name__ for m in MLP(6, (8,), batch_norm=False).layers] == ["Linear", "ReLU"]
     x = torch.randn(2, 6)
     assert MLP(6, ()).out_dim == 6 and torch.equal(MLP(6, ())(x), x)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_mlp_in_place_relu_gives_the_same_values_and_gradients(batch_norm: bool) -> None:
+    torch.manual_seed(0)
+    mlp = MLP(6, (8, 4), batch_norm=batch_norm)
+    assert all(m.inplace for m in mlp.layers if isinstance(m, nn.ReLU))
+    plain = copy.deepcopy(mlp)
+    for i, m in enumerate(plain.layers):
+        if isinstance(m, nn.ReLU):
+            plain.layers[i] = nn.ReLU()
+    x = torch.randn(5, 6, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_(True)
+    out, out_plain = mlp(x), plain(x_plain)
+    weights = torch.randn(5, 4)
+    (out * weights).sum().backward()
+    (out_plain * weights).sum().backward()
+    assert torch.equal(out, out_plain) and torch.equal(x.grad, x_plain.grad)  # type: ignore[arg-type]
+    for p, q in zip(mlp.parameters(), plain.parameters(), strict=True):
+        assert p.grad is not None and torch.equal(p.grad, q.grad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
