@@ -2,7 +2,7 @@
 
 TorchRec wraps the dense (unsharded) modules in ``DistributedDataParallel`` whatever the world size. With one
 process there is nothing to all-reduce, yet DDP's hooks and its gloo all-reduce cost about 2 ms a step (DeepFM,
-one core: 7.7 against 5.2 ms for a 64-row step, where the step is all overhead; docs/benchmarks.md).
+one core: 7.6 against 5.3 ms for a 64-row step, where the step is all overhead; docs/benchmarks.md).
 :func:`shard` keeps DDP for several processes and leaves it out for one.
 
 Without DDP, TorchRec 1.8's ``DistributedModelParallel.state_dict`` adds the prefix twice (it removes
