@@ -22,6 +22,7 @@ MODULES = [
     "ctr.quantize",
     "ctr.config",
     "ctr.embedding",
+    "ctr.dmp",
     "search.evolution",
 ]
 
