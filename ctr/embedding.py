@@ -242,9 +242,11 @@ class SparseArch(nn.Module):
         pieces = torch.split(values, self._split_sizes, dim=1)
         fields = [p[:, :d] for p, d in zip(pieces, self.dims, strict=True)]
         out = torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in fields], dim=1)
-        if not self.first_order:
-            return _appended(out, None, append)
-        weights = _id_weights(torch.cat([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)], dim=1))
+        weights = (
+            _id_weights(torch.cat([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)], dim=1))
+            if self.first_order
+            else None
+        )
         return _appended(out, weights, append)
 
 

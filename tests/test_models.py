@@ -522,12 +522,17 @@ def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.
         monkeypatch.setenv("MASTER_PORT", str(_free_port()))
         dist.init_process_group("gloo", rank=0, world_size=1)
     assert dist.get_world_size() == 1
+
+    def meta_deepfm() -> CTRModel:
+        model = build_model(FM, _cfg("deepfm", field_dims={"m": 4}), torch.device("meta"))
+        params = [p for m in model.embedding_modules() for p in m.parameters()]
+        apply_optimizer_in_backward(RowWiseAdagrad, params, {"lr": 0.1})
+        return model
+
     try:
         torch.manual_seed(0)
-        model = build_model(FM, _cfg("deepfm", field_dims={"m": 4}), torch.device("meta"))
-        ebcs = model.embedding_modules()
-        apply_optimizer_in_backward(RowWiseAdagrad, [p for m in ebcs for p in m.parameters()], {"lr": 0.1})
-        tables = [c.name for m in ebcs for c in m.embedding_bag_configs()]
+        model = meta_deepfm()
+        tables = [c.name for m in model.embedding_modules() for c in m.embedding_bag_configs()]
         assert tables == ["t_c0", "t_m", "t_c1"]  # first-order columns included
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=1, compute_device="cpu"),
@@ -539,10 +544,7 @@ def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.
         dmp = shard(model, torch.device("cpu"), plan, sharders, world_size=1)
         assert not isinstance(dmp._dmp_wrapped_module, DistributedDataParallel)  # one process: no DDP
         # TorchRec's default wraps the dense modules in DDP even for one process; the keys must not differ.
-        twin_model = build_model(FM, _cfg("deepfm", field_dims={"m": 4}), torch.device("meta"))
-        twin_ebcs = twin_model.embedding_modules()
-        apply_optimizer_in_backward(RowWiseAdagrad, [p for m in twin_ebcs for p in m.parameters()], {"lr": 0.1})
-        twin = DistributedModelParallel(twin_model, device=torch.device("cpu"), plan=plan, sharders=sharders)
+        twin = DistributedModelParallel(meta_deepfm(), device=torch.device("cpu"), plan=plan, sharders=sharders)
         assert isinstance(twin._dmp_wrapped_module, DistributedDataParallel)
         keys = sorted(dmp.state_dict(prefix="model."))
         assert keys == sorted(twin.state_dict(prefix="model."))
