@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_ROWS ?= 200000
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-gpu lint bench clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt shims/fbgemm-gpu/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# On a CUDA machine (an environment with the CUDA builds, see README "GPU install"): the GPU tests, then the
+# training tests, which run on the GPU there (the 2-process ones are left out: they would need two GPUs).
+test-gpu:
+	python -m pytest -q -ra -m gpu
+	python -m pytest -q -ra -m "not dist" tests/test_train.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

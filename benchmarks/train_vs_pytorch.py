@@ -29,6 +29,10 @@ BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
   ``--ref-time-limit`` timed seconds: on a loaded machine two OpenMP threads can spin against other
   processes and make every step several times slower.
 
+On a machine with a CUDA GPU both sides train on it (``ctr.train`` takes the GPU, the reference moves its model
+and each batch there before the clock starts) and every timed step ends with ``torch.cuda.synchronize``; run it
+there with ``--skip-nproc2 --skip-ref-2threads`` (one GPU).
+
 The reference process applies the platform's glibc malloc settings too (:func:`ctr.allocator.keep_freed_memory`,
 on by default in ``ctr.train.train``), so the ratio does not come from an allocator setting either side could use.
 
@@ -134,6 +138,15 @@ def _per_field(batch: Any, names: list[str]) -> list[torch.Tensor]:
     return [kjt[name].values() for name in names]
 
 
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them to their end
+        torch.cuda.synchronize(device)
+
+
 def reference_worker(
     data: Path,
     out: Path,
@@ -154,7 +167,8 @@ def reference_worker(
         raise SystemExit(f"the reference handles single-valued fields only; {multi} are multi-valued")
     names = list(fm.sparse_names)
     cards = [f.cardinality for f in fm.categorical]
-    model = ReferenceDeepFM(cards, [EMBEDDING_DIM] * len(names), len(fm.dense), MLP_SIZES)
+    device = _device()  # where the platform trains too (``ctr.train`` takes the GPU when there is one)
+    model = ReferenceDeepFM(cards, [EMBEDDING_DIM] * len(names), len(fm.dense), MLP_SIZES).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     train_split = load_split(data, fm, "train")
     loader = make_loader(train_split, batch_size, shuffle=True, seed=seed)  # epoch 0: the platform's order
@@ -164,12 +178,15 @@ def reference_worker(
     for i, batch in enumerate(loader):
         if not epoch and (i >= warmup + steps or sum(timed) > time_limit):
             break
-        ids, dense, labels = _per_field(batch, names), batch.dense_features, batch.labels
+        ids = [x.to(device) for x in _per_field(batch, names)]
+        dense, labels = batch.dense_features.to(device), batch.labels.to(device)
+        _synchronize(device)
         start = time.perf_counter()
         loss = F.binary_cross_entropy_with_logits(model(ids, dense), labels)
         optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
+        _synchronize(device)
         seconds = time.perf_counter() - start
         total += labels.numel()
         if i >= warmup and (epoch or i < warmup + steps):  # the whole epoch after warm-up, like the platform
@@ -188,7 +205,8 @@ def reference_worker(
         probs, ys = [], []
         with torch.no_grad():
             for batch in make_loader(load_split(data, fm, "test"), batch_size, shuffle=False, seed=seed):
-                probs.append(torch.sigmoid(model(_per_field(batch, names), batch.dense_features)))
+                ids = [x.to(device) for x in _per_field(batch, names)]
+                probs.append(torch.sigmoid(model(ids, batch.dense_features.to(device))).cpu())
                 ys.append(batch.labels)
         result["test_auc"] = auc(torch.cat(probs).numpy(), torch.cat(ys).numpy())
     out.mkdir(parents=True, exist_ok=True)
@@ -413,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- date: {date}")
     print(
         f"- machine: {platform.machine()}, {_cpu_model()}, nproc={os.cpu_count()}, load average at start {load_start}"
+        + (f"; both sides train on the GPU, {torch.cuda.get_device_name(0)}" if _device().type == "cuda" else "")
     )
     print(
         f"- python {platform.python_version()}, torch {torch.__version__}, torchrec {_version('torchrec')}, "

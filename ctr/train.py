@@ -6,7 +6,7 @@ Layout of a run directory::
     RUN/checkpoints/         DCP checkpoint directories (best by val_auc, and last.ckpt)
     RUN/logs/                CSV metrics;  RUN/tb/ TensorBoard events
     RUN/metrics.json         val/test AUC and logloss of the best checkpoint, calibration, NE,
-                             embedding_params, samples_per_sec
+                             embedding_params, samples_per_sec, world_size, device ("cpu" or "cuda")
 
 ``resume=True`` continues from ``RUN/checkpoints/last.ckpt`` exactly where it stopped: the weights, both
 optimisers' state, the loop counters and the data loader's position within the epoch.
@@ -76,6 +76,8 @@ class Throughput(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
     ) -> None:
+        if pl_module.device.type == "cuda":  # count the step's kernels, not just their launches
+            torch.cuda.synchronize(pl_module.device)
         self.seconds += time.perf_counter() - self._start
         self.samples += int(batch.labels.numel()) * trainer.world_size
         if self.seconds > 0:
@@ -192,6 +194,7 @@ def train(
         "global_step": trainer.global_step,
         "best_checkpoint": str(Path(best).relative_to(out)) if Path(best).is_relative_to(out) else best,
         "world_size": trainer.world_size,
+        "device": trainer.strategy.root_device.type,
         "model": config.model.name,
     }
     if "test_gauc" in m:

@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+from features.prepare import PrepareOptions, prepare
+from features.spec import builtin_spec
+from features.synth import Truth, write_synthetic
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,6 +42,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"{SHARED_DATA}: the shared sample datasets are missing (set CTR_SHARED_DATA)")
     return SHARED_DATA
+
+
+# ---------------------------------------------------------------- planted training data (test_train.py, test_gpu.py)
+def _prepared(root: Path, rows: int, seed: int) -> tuple[Path, Truth]:
+    raw = root / "synth.tsv"
+    truth = write_synthetic(rows, raw, seed=seed)
+    prepare(builtin_spec("criteo"), [raw], root / "prepared", PrepareOptions(progress=False, min_count=10))
+    return root / "prepared", truth
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Truth]:
+    """120,000 planted rows (96k train / 12k valid / 12k test)."""
+    return _prepared(tmp_path_factory.mktemp("planted"), 120_000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20,000 planted rows for the mechanics tests."""
+    return _prepared(tmp_path_factory.mktemp("small"), 20_000, seed=1)[0]
 
 
 # ---------------------------------------------------------------- search studies (test_postgres.py, test_dashboard.py)
