@@ -20,6 +20,8 @@ __all__ = ["MLP", "CrossNet", "CrossNetV2", "DotInteraction", "FMInteraction", "
 class MLP(nn.Module):
     """``(Linear -> BatchNorm1d (optional) -> ReLU -> Dropout) x len(hidden)``: ``[B, in_dim] -> [B, out_dim]``.
 
+    With BatchNorm the Linear layers have no bias (BatchNorm's shift is the bias).
+
     ``out_dim`` is ``hidden[-1]``; an empty ``hidden`` is the identity (``out_dim == in_dim``).
 
     Example:
@@ -40,7 +42,10 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_dim
         for size in hidden:
-            layers.append(nn.Linear(width, size, device=device))
+            # no bias before BatchNorm: the batch mean removes it and BatchNorm's shift takes its place, so it is
+            # the same function without a redundant parameter (as ResNets drop it before their BatchNorms); the
+            # bias add and its gradient's sum cost 4-9 % of a bf16 DeepFM MLP step (docs/benchmarks.md)
+            layers.append(nn.Linear(width, size, bias=not batch_norm, device=device))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size, device=device))
             # in place: the Linear and BatchNorm backward need their inputs, not their outputs (autograd would

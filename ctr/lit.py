@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -235,9 +236,17 @@ class CTRModule(pl.LightningModule):
             # FM/DeepFM checkpoints written before the first-order weights moved into the main tables lack this key
             # (their rows are narrower and their lin_ tables separate): refused by name, not by a shape error.
             spec["first_order_columns"] = LINEAR_DIM
+        if self._has_batch_norm:
+            # checkpoints written before the Linear layers before BatchNorm lost their (redundant) bias lack this
+            # key: refused by name, not by a missing-key error
+            spec["linear_bias_before_batch_norm"] = False
         if world_size:
             spec["world_size"] = self.trainer.world_size
         return spec
+
+    @functools.cached_property
+    def _has_batch_norm(self) -> bool:
+        return any(isinstance(m, nn.BatchNorm1d) for m in self.build_unsharded(torch.device("meta")).modules())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ctr_spec"] = self._spec()

@@ -100,11 +100,11 @@ def test_a_plan_puts_every_table_on_the_gpu_with_fused_cuda_kernels_under_nccl(
     assert all(seen.moved.values()), [k for k, m in seen.moved.items() if not m]  # the fused optimiser ran on the GPU
 
 
-def test_every_plan_learns_the_same_tables_on_the_gpu_and_its_checkpoint_restores_on_the_cpu(
+def test_every_plan_learns_the_same_weights_on_the_gpu_and_its_checkpoint_restores_on_the_cpu(
     small: Path, tmp_path: Path
 ) -> None:
     """One epoch with SGD on the tables (no optimiser state, so column blocks update exactly as whole rows):
-    the plans must learn the same tables, and the checkpoint written from the GPU must load into a CPU model
+    the plans must learn the same weights, and the checkpoint written from the GPU must load into a CPU model
     (``ctr.restore.load_run``) that predicts what the run measured."""
     args = ["train", "--data", str(small), "--model", "deepfm"]
     sets = [*FAST, "data.batch_size=512", "trainer.max_epochs=1", "optim.sparse=sgd", "optim.sparse_lr=1.0"]
@@ -123,7 +123,7 @@ def test_every_plan_learns_the_same_tables_on_the_gpu_and_its_checkpoint_restore
 
     from ctr.metrics import auc
 
-    metrics, tables, logits = restored("table_wise")
+    metrics, state, logits = restored("table_wise")
     split = load_split(str(small), FeatureMap.load(small), "test")
     labels = split.batch(np.arange(len(split))).labels
     print({name: round(json.loads((tmp_path / name / "metrics.json").read_text())["test_auc"], 4) for name in PLANS})
@@ -131,8 +131,9 @@ def test_every_plan_learns_the_same_tables_on_the_gpu_and_its_checkpoint_restore
     assert metrics["test_auc"] > 0.54, metrics["test_auc"]  # it learns (on the CPU, the same run reaches 0.579)
     assert abs(float(auc(logits, labels)) - metrics["test_auc"]) < 1e-4  # the CPU restore predicts what the GPU ran
     for name in ("column_wise", "row_wise", "table_row_wise"):
-        other_metrics, other_tables, other_logits = restored(name)
+        other_metrics, other_state, other_logits = restored(name)
         assert other_metrics["device"] == "cuda"
-        for k in (k for k in tables if ".embedding_bags." in k):
-            assert torch.allclose(tables[k], other_tables[k], atol=1e-4), (name, k)
-        assert (logits - other_logits).abs().max() < 1e-2, (name, (logits - other_logits).abs().max())
+        assert state.keys() == other_state.keys()
+        for k, v in state.items():  # tables and dense layers (bit for bit equal on CPU; GPU kernels may reorder sums)
+            assert torch.allclose(v.float(), other_state[k].float(), rtol=0, atol=1e-4), (name, k)
+        assert (logits - other_logits).abs().max() < 1e-3, (name, (logits - other_logits).abs().max())
