@@ -22,6 +22,7 @@ from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 from ctr.data import CTRDataModule, load_split
 from ctr.embedding import LINEAR_DIM
 from ctr.init import is_table
+from ctr.metrics import auc
 from ctr.restore import load_run
 from ctr.run_config import load_run_config
 from ctr.strategy import TorchRecStrategy
@@ -121,14 +122,12 @@ def test_every_plan_learns_the_same_weights_on_the_gpu_and_its_checkpoint_restor
             logits = run.model(split.batch(np.arange(len(split))))
         return metrics, run.model.state_dict(), logits
 
-    from ctr.metrics import auc
-
     metrics, state, logits = restored("table_wise")
     split = load_split(str(small), FeatureMap.load(small), "test")
     labels = split.batch(np.arange(len(split))).labels
     print({name: round(json.loads((tmp_path / name / "metrics.json").read_text())["test_auc"], 4) for name in PLANS})
     assert metrics["device"] == "cuda" and metrics["world_size"] == 1
-    assert metrics["test_auc"] > 0.54, metrics["test_auc"]  # it learns (on the CPU, the same run reaches 0.579)
+    assert metrics["test_auc"] > 0.54, metrics["test_auc"]  # it learns (on the CPU, the same run reaches 0.575)
     assert abs(float(auc(logits, labels)) - metrics["test_auc"]) < 1e-4  # the CPU restore predicts what the GPU ran
     for name in ("column_wise", "row_wise", "table_row_wise"):
         other_metrics, other_state, other_logits = restored(name)
