@@ -44,7 +44,7 @@ class MLP(nn.Module):
         for size in hidden:
             # no bias before BatchNorm: the batch mean removes it and BatchNorm's shift takes its place, so it is
             # the same function without a redundant parameter (as ResNets drop it before their BatchNorms); the
-            # bias add and its gradient's sum cost 4-9 % of a bf16 DeepFM MLP step (docs/benchmarks.md)
+            # bias add and its gradient's sum cost 5-9 % of a bf16 DeepFM MLP step (docs/benchmarks.md)
             layers.append(nn.Linear(width, size, bias=not batch_norm, device=device))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size, device=device))
