@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 
-from ctr.data import CTRDataModule, load_split
+from ctr.data import CTRDataModule
 from ctr.embedding import LINEAR_DIM
 from ctr.init import is_table
 from ctr.metrics import auc
-from ctr.restore import load_run
 from ctr.run_config import load_run_config
 from ctr.strategy import TorchRecStrategy
 from ctr.train import build_module
 from features.schema import FeatureMap
-from tests.test_train import FAST, _cli
+from tests.test_train import FAST, _cli, _restored
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -114,24 +111,16 @@ def test_every_plan_learns_the_same_weights_on_the_gpu_and_its_checkpoint_restor
         plan = [x for s in [f"trainer.sharding={name}", *extra] for x in ("--set", s)]
         assert _cli([*args, *plan, "--out", str(tmp_path / name)]).wait(timeout=600) == 0, name
 
-    def restored(name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
-        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        run = load_run(tmp_path / name)
-        split = load_split(run.config.data.path, run.feature_map, "test")
-        with torch.no_grad():
-            logits = run.model(split.batch(np.arange(len(split))))
-        return metrics, run.model.state_dict(), logits
-
-    metrics, state, logits = restored("table_wise")
-    split = load_split(str(small), FeatureMap.load(small), "test")
-    labels = split.batch(np.arange(len(split))).labels
-    print({name: round(json.loads((tmp_path / name / "metrics.json").read_text())["test_auc"], 4) for name in PLANS})
-    assert metrics["device"] == "cuda" and metrics["world_size"] == 1
-    assert metrics["test_auc"] > 0.54, metrics["test_auc"]  # it learns (on the CPU, the same run reaches 0.575)
-    assert abs(float(auc(logits, labels)) - metrics["test_auc"]) < 1e-4  # the CPU restore predicts what the GPU ran
+    metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in PLANS}
+    print({name: round(m["test_auc"], 4) for name, m in metrics.items()})
+    state, logits, labels = _restored(tmp_path / "table_wise")
+    assert metrics["table_wise"]["device"] == "cuda" and metrics["table_wise"]["world_size"] == 1
+    test_auc = metrics["table_wise"]["test_auc"]
+    assert test_auc > 0.54, test_auc  # it learns (on the CPU, the same run reaches 0.575)
+    assert abs(float(auc(logits, labels)) - test_auc) < 1e-4  # the CPU restore predicts what the GPU ran
     for name in ("column_wise", "row_wise", "table_row_wise"):
-        other_metrics, other_state, other_logits = restored(name)
-        assert other_metrics["device"] == "cuda"
+        other_state, other_logits, _ = _restored(tmp_path / name)
+        assert metrics[name]["device"] == "cuda"
         assert state.keys() == other_state.keys()
         for k, v in state.items():  # tables and dense layers (bit for bit equal on CPU; GPU kernels may reorder sums)
             assert torch.allclose(v.float(), other_state[k].float(), rtol=0, atol=1e-4), (name, k)

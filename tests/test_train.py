@@ -35,16 +35,28 @@ def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, text=True, **kw)  # type: ignore[call-overload, no-any-return]
 
 
-def _restored_test_auc(run: TrainedRun) -> float:
-    """Test AUC of a run's checkpoint loaded back into one process (``ctr.restore.load_run``)."""
+def _test_predictions(run: TrainedRun) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels on the test split of a run's checkpoint loaded back into one process
+    (``ctr.restore.load_run``)."""
     from ctr.data import load_split
-    from ctr.metrics import auc
 
     split = load_split(run.config.data.path, run.feature_map, "test")
     with torch.no_grad():
         batches = [split.batch(np.arange(s, min(s + 4096, len(split)))) for s in range(0, len(split), 4096)]
         logits = torch.cat([run.model(b) for b in batches])
-    return float(auc(logits, torch.cat([b.labels for b in batches])))
+    return logits, torch.cat([b.labels for b in batches])
+
+
+def _restored_test_auc(run: TrainedRun) -> float:
+    from ctr.metrics import auc
+
+    return float(auc(*_test_predictions(run)))
+
+
+def _restored(run_dir: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """A finished run's weights (restored on the CPU), and its logits and labels on the test split."""
+    run = load_run(run_dir)
+    return run.model.state_dict(), *_test_predictions(run)
 
 
 @pytest.mark.slow
@@ -309,8 +321,6 @@ def test_column_and_row_wise_plans_split_tables_and_train_like_table_wise(small:
     ``ctr.lit.CpuRowWiseSharder`` (TorchRec lists them for CUDA only)."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    from ctr.data import load_split
-
     args = ["train", "--data", str(small), "--model", "deepfm", "--nproc", "2"]
     sets = [*FAST, "data.batch_size=512", "trainer.max_epochs=1", "optim.sparse=sgd", "optim.sparse_lr=0.1"]
     args += [x for s in sets for x in ("--set", s)]
@@ -341,16 +351,9 @@ def test_column_and_row_wise_plans_split_tables_and_train_like_table_wise(small:
     # The best checkpoints (after the one epoch): the same weights, tables and dense layers alike, and the same
     # predictions. (They came out bit for bit equal on 2026-11-27; the tolerance only allows for a reduction order
     # that a future kernel may change. A wrong lookup or a lost update moves weights by far more than 1e-6.)
-    def run_of(name: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        run = load_run(tmp_path / name)
-        split = load_split(run.config.data.path, run.feature_map, "test")
-        with torch.no_grad():
-            logits = run.model(split.batch(np.arange(len(split))))
-        return run.model.state_dict(), logits
-
-    state, logits = run_of("table_wise")
+    state, logits, _ = _restored(tmp_path / "table_wise")
     for name in ("column_wise", "row_wise", "table_row_wise"):
-        other_state, other_logits = run_of(name)
+        other_state, other_logits, _ = _restored(tmp_path / name)
         assert state.keys() == other_state.keys()
         for k, v in state.items():
             assert torch.allclose(v.float(), other_state[k].float(), rtol=0, atol=1e-6), (name, k)
