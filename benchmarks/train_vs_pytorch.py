@@ -7,46 +7,47 @@ BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
 
 * **platform**: ``ctr.train.train`` (Lightning + TorchRec ``DistributedModelParallel``, FBGEMM tables with the
   fused EXACT_ROWWISE_ADAGRAD update applied inside backward; the first-order weights are 4 more columns of
-  each table's rows, see :mod:`ctr.embedding`), one epoch; its ``samples_per_sec`` is
-  measured over the training batches only (forward + backward + updates, no data loading). Run once with
-  one process and once with two (``nproc=2``, one thread each, 2048 rows per rank: the same global batch), each
-  in float32 and again with ``trainer.precision=bf16-mixed`` (the dense layers under bfloat16 autocast; the
-  reference stays float32, as FuxiCTR and DeepCTR-Torch train). bf16-mixed runs once more as one process with
-  two threads: on the two cores of the 2-thread reference, that uses them better than two processes (no
-  collectives, no halved batches). Then bf16-mixed again with ``model.table_dtype=float16`` (tables stored in
-  float16: half the memory, and FBGEMM's CPU row-wise Adagrad backward takes about half the time), at 1 x 1
-  and 1 x 2.
+  each table's rows, see :mod:`ctr.embedding`), one epoch; its ``samples_per_sec`` is measured over the
+  training batches only (forward + backward + updates, no data loading). Configurations (:func:`_settings`):
+  float32; ``trainer.precision=bf16-mixed`` (the dense layers under bfloat16 autocast; the reference stays
+  float32, as FuxiCTR and DeepCTR-Torch train); bf16-mixed with ``model.table_dtype=float16`` (tables stored in
+  float16: half the memory, and FBGEMM's CPU row-wise Adagrad backward takes about half the time). Each as one
+  process with one thread, as two processes (``nproc=2``, one thread each, 2048 rows per rank: the same
+  global batch), and (bf16-mixed only) as one process with two threads, which uses two cores better than two
+  processes (no collectives, no halved batches).
 * **reference** (:class:`ReferenceDeepFM` below; a baseline for this benchmark only, not library code): the
   same model written the way FuxiCTR and DeepCTR-Torch write it: one ``nn.Embedding`` per field with dense
   gradients (plus a 1-dim ``nn.Embedding`` per field for the first-order term), ``torch.optim.Adam`` over
   every parameter, embeddings included. It trains on the same batches in the same order (``load_split`` +
   ``make_loader`` with the platform's seed; each KJT turned into one id tensor per field with
-  ``kjt[field].values()`` before the clock starts), and is timed after ``--warmup`` steps (forward + backward
-  + ``optimizer.step``, no data loading), at 1 and 2 threads. The 1-thread reference trains the whole epoch
-  and is timed over all of it after the warm-up, as the platform is over its epoch: both averages then span
-  the same samples and similar stretches of time, on a VM whose speed drifts. The 2-thread reference (and
-  any run with ``--no-ref-epoch``) is timed over ``--ref-steps`` steps and stops after them, or after
-  ``--ref-time-limit`` timed seconds: on a loaded machine two OpenMP threads can spin against other
-  processes and make every step several times slower.
+  ``kjt[field].values()`` before the clock starts) for the same epoch, and is timed over every step after
+  ``--warmup`` steps (forward + backward + ``optimizer.step``, no data loading).
+
+**Pairs.** This VM's speed drifts by 20-40 % within minutes, for both sides, so two runs one after the other
+compare two different machines. Every one-process platform configuration therefore runs side by side with a
+reference of its own on the same number of threads: two processes that take turns (:class:`Baton`, two FIFOs),
+each training ``--turn`` steps (default 14: 1-2 s of the platform, 4-5 s of the reference) while the other
+waits, untimed, until both have trained the whole epoch. Both sides then sample the VM's state over the same
+minutes, and the ratio of a pair is the platform's samples/s over its own reference's. The two-process runs
+are not paired (the second rank would wait inside a collective); they are compared with the one-process run
+of the same configuration and round.
 
 On a machine with a CUDA GPU both sides train on it (``ctr.train`` takes the GPU, the reference moves its model
 and each batch there before the clock starts) and every timed step ends with ``torch.cuda.synchronize``; run it
-there with ``--skip-nproc2 --skip-ref-2threads`` (one GPU).
+there with ``--skip-nproc2 --skip-2threads`` (one GPU).
 
 The reference process applies the platform's glibc malloc settings too (:func:`ctr.allocator.keep_freed_memory`,
 on by default in ``ctr.train.train``), so the ratio does not come from an allocator setting either side could use.
 
-``--rounds`` (default 2) runs every configuration that many times, interleaved (reference, platform runs,
-reference at 2 threads; then again), and reports each round's samples/s, their median, and each round's ratio to
-the reference of the same round: this VM's speed drifts by up to 40% over tens of minutes, so runs far apart in
-time are not comparable, and one run per configuration says little.
+``--rounds`` (default 2) runs every configuration that many times, in the same order each round, and reports
+each round's samples/s and ratios, and their medians.
 
-Each measurement runs in a fresh subprocess of this script (``--worker ...``), so no run inherits another's
+Each measurement runs in fresh subprocesses of this script (``--worker ...``), so no run inherits another's
 threads or allocator state; the two-process platform run needs one anyway (Lightning starts the second rank
 by re-running the command line). Every process calls ``torch.set_num_threads`` with its thread count.
 
-The 1-thread reference's test AUC after its epoch is printed next to the platform's, as a sanity check after
-the same number of training samples (not a matched comparison: the reference updates its tables with Adam at
+The references' test AUC after their epoch is printed next to the platform's, as a sanity check after the
+same number of training samples (not a matched comparison: the reference updates its tables with Adam at
 lr 1e-3, the platform with row-wise Adagrad at ``optim.sparse_lr``).
 
 Example:
@@ -56,6 +57,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -147,6 +149,57 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Baton:
+    """Takes turns between two worker processes: one trains ``turn`` steps while the other waits, untimed.
+
+    Each process reads its own FIFO (``mine``) and writes its partner's (``theirs``); both are opened ``O_RDWR``,
+    so neither open waits for the other process. :meth:`step` counts a step and, every ``turn`` steps, hands
+    the turn over and blocks until it comes back. :meth:`finish` tells the partner, then waits for the partner to
+    finish too: neither side does untimed work (evaluation, writing results) while the other is timing steps.
+    Both sides see the VM in the same state to within a turn, which pairs their timings (see the module
+    docstring).
+    """
+
+    TURN, END = b"t", b"e"
+
+    def __init__(self, mine: Path, theirs: Path, turn: int) -> None:
+        if turn < 1:
+            raise ValueError(f"a turn is at least one step, got {turn}")
+        self._mine = os.open(mine, os.O_RDWR)
+        self._theirs = os.open(theirs, os.O_RDWR)
+        self.turn = turn
+        self.steps = 0
+        self.partner_done = False
+        self.waited = 0.0  # seconds spent waiting for the turn (for the log)
+
+    def wait(self) -> None:
+        """Block until the partner hands the turn over or finishes."""
+        if self.partner_done:
+            return
+        started = time.perf_counter()
+        if os.read(self._mine, 1) == self.END:
+            self.partner_done = True
+        self.waited += time.perf_counter() - started
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.turn == 0 and not self.partner_done:
+            os.write(self._theirs, self.TURN)
+            self.wait()
+
+    def finish(self) -> None:
+        os.write(self._theirs, self.END)
+        while not self.partner_done:  # the partner's remaining steps, then its END
+            self.wait()
+        os.close(self._mine)
+        os.close(self._theirs)
+        print(f"baton: {self.steps} steps, {self.waited:.1f} s waiting for the partner", flush=True)
+
+
+def _baton(paths: list[str] | None, turn: int) -> Baton | None:
+    return None if paths is None else Baton(Path(paths[0]), Path(paths[1]), turn)
+
+
 def reference_worker(
     data: Path,
     out: Path,
@@ -154,9 +207,7 @@ def reference_worker(
     batch_size: int,
     seed: int,
     warmup: int,
-    steps: int,
-    epoch: bool,
-    time_limit: float,
+    baton: Baton | None,
 ) -> None:
     torch.set_num_threads(threads)
     keep_freed_memory()  # the platform's malloc settings (trainer.keep_freed_memory): neither side gains by them
@@ -175,9 +226,9 @@ def reference_worker(
     model.train()
     timed: list[float] = []
     samples = total = 0
+    if baton is not None:
+        baton.wait()  # the platform trains first
     for i, batch in enumerate(loader):
-        if not epoch and (i >= warmup + steps or sum(timed) > time_limit):
-            break
         ids = [x.to(device) for x in _per_field(batch, names)]
         dense, labels = batch.dense_features.to(device), batch.labels.to(device)
         _synchronize(device)
@@ -189,9 +240,13 @@ def reference_worker(
         _synchronize(device)
         seconds = time.perf_counter() - start
         total += labels.numel()
-        if i >= warmup and (epoch or i < warmup + steps):  # the whole epoch after warm-up, like the platform
+        if i >= warmup:  # the whole epoch after warm-up, like the platform
             timed.append(seconds)
             samples += labels.numel()
+        if baton is not None:
+            baton.step()
+    if baton is not None:
+        baton.finish()
     result: dict[str, Any] = {
         "samples_per_sec": samples / sum(timed),
         "timed_steps": len(timed),
@@ -200,23 +255,43 @@ def reference_worker(
         "params": sum(p.numel() for p in model.parameters()),
         "embedding_params": sum(p.numel() for m in [*model.emb, *model.first] for p in m.parameters()),
     }
-    if epoch:
-        model.eval()
-        probs, ys = [], []
-        with torch.no_grad():
-            for batch in make_loader(load_split(data, fm, "test"), batch_size, shuffle=False, seed=seed):
-                ids = [x.to(device) for x in _per_field(batch, names)]
-                probs.append(torch.sigmoid(model(ids, batch.dense_features.to(device))).cpu())
-                ys.append(batch.labels)
-        result["test_auc"] = auc(torch.cat(probs).numpy(), torch.cat(ys).numpy())
+    model.eval()
+    probs, ys = [], []
+    with torch.no_grad():
+        for batch in make_loader(load_split(data, fm, "test"), batch_size, shuffle=False, seed=seed):
+            ids = [x.to(device) for x in _per_field(batch, names)]
+            probs.append(torch.sigmoid(model(ids, batch.dense_features.to(device))).cpu())
+            ys.append(batch.labels)
+    result["test_auc"] = auc(torch.cat(probs).numpy(), torch.cat(ys).numpy())
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT).write_text(json.dumps(result))
 
 
 def platform_worker(
-    data: Path, out: Path, nproc: int, threads: int, batch_size: int, seed: int, precision: str, table_dtype: str
+    data: Path,
+    out: Path,
+    nproc: int,
+    threads: int,
+    batch_size: int,
+    seed: int,
+    precision: str,
+    table_dtype: str,
+    baton: Baton | None,
 ) -> None:
-    from ctr.train import train  # imports Lightning; only the platform workers need it
+    import lightning.pytorch as pl  # only the platform workers need Lightning
+
+    from ctr.train import train
+
+    class TakeTurns(pl.Callback):
+        """Runs after ``ctr.train.Throughput`` has stopped its clock, so the waits are not timed."""
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            assert baton is not None
+            baton.step()
+
+        def on_train_epoch_end(self, *args: Any) -> None:  # once: the benchmark trains one epoch
+            assert baton is not None
+            baton.finish()
 
     torch.set_num_threads(threads)
     overrides = [
@@ -233,7 +308,8 @@ def platform_worker(
         f"model.table_dtype={table_dtype}",
     ]
     config = load_run_config(None, overrides, data=str(data), model="deepfm")
-    train(config, out, nproc=nproc)  # rank 0 writes out/metrics.json
+    # rank 0 writes out/metrics.json
+    train(config, out, nproc=nproc, callbacks=[TakeTurns()] if baton is not None else [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,17 +317,64 @@ def platform_worker(
 # --------------------------------------------------------------------------------------------------
 
 
+def _worker_command(args: list[str]) -> list[str]:
+    return [sys.executable, __file__, *args]
+
+
+def _failed(args: list[str], code: int, log: Path) -> SystemExit:
+    tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+    return SystemExit(f"worker {' '.join(args)} failed with exit code {code}; last lines:\n{tail}")
+
+
 def _run_worker(args: list[str], log: Path, threads: int) -> float:
     """Run this script with ``--worker ...`` in a fresh process; its output goes to ``log``. Wall seconds."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     started = time.perf_counter()
     with log.open("w") as f:
-        proc = subprocess.run(
-            [sys.executable, __file__, *args], stdout=f, stderr=subprocess.STDOUT, env=env, check=False
-        )
+        proc = subprocess.run(_worker_command(args), stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     if proc.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"worker {' '.join(args)} failed with exit code {proc.returncode}; last lines:\n{tail}")
+        raise _failed(args, proc.returncode, log)
+    return time.perf_counter() - started
+
+
+def _run_pair(platform: list[str], reference: list[str], logs: tuple[Path, Path], threads: int, turn: int) -> float:
+    """The platform and the reference in two processes that take turns every ``turn`` steps (:class:`Baton`).
+
+    Two FIFOs next to the logs carry the turns. If either process fails, the other is killed. Wall seconds.
+    """
+    fifos = [log.with_suffix(".fifo") for log in logs]
+    for fifo in fifos:
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+    args = (
+        [*platform, "--baton", str(fifos[0]), str(fifos[1]), "--turn", str(turn)],
+        [*reference, "--baton", str(fifos[1]), str(fifos[0]), "--turn", str(turn)],
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    started = time.perf_counter()
+    files = [log.open("w") for log in logs]
+    procs = [
+        subprocess.Popen(_worker_command(a), stdout=f, stderr=subprocess.STDOUT, env=env)
+        for a, f in zip(args, files, strict=True)
+    ]
+    try:
+        while any(p.poll() is None for p in procs):
+            for a, p, log in zip(args, procs, logs, strict=True):
+                if p.returncode:  # the partner would wait for its turn forever
+                    raise _failed(a, p.returncode, log)
+            time.sleep(0.2)
+        for a, p, log in zip(args, procs, logs, strict=True):
+            if p.returncode:
+                raise _failed(a, p.returncode, log)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+        for fifo in fifos:
+            fifo.unlink(missing_ok=True)
     return time.perf_counter() - started
 
 
@@ -291,6 +414,47 @@ def _prepare_data(root: Path, rows: int, seed: int, min_count: int) -> Path:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One platform configuration; with one process it is paired with a reference on the same threads."""
+
+    name: str
+    nproc: int
+    threads: int
+    precision: str
+    table_dtype: str
+
+    @property
+    def paired(self) -> bool:
+        return self.nproc == 1
+
+    def worker_args(self) -> list[str]:
+        return [
+            *("--worker", "platform", "--nproc", str(self.nproc), "--threads", str(self.threads)),
+            *("--precision", self.precision, "--table-dtype", self.table_dtype),
+        ]
+
+
+def _settings(args: argparse.Namespace) -> list[Setting]:
+    """The platform configurations of one round, in the order they run."""
+    precisions = [] if args.skip_float32 else [("float32", "32-true", "float32")]
+    if not args.skip_bf16:
+        precisions.append(("bf16", "bf16-mixed", "float32"))
+        if not args.skip_fp16_tables:
+            precisions.append(("bf16fp16", "bf16-mixed", "float16"))
+    shapes = [(1, 1)]
+    if not args.skip_nproc2:
+        shapes.append((2, 1))
+    if not args.skip_2threads:
+        shapes.append((1, 2))
+    return [
+        Setting(f"{label}-{nproc}x{threads}", nproc, threads, precision, table_dtype)
+        for label, precision, table_dtype in precisions
+        for nproc, threads in shapes
+        if not (label == "float32" and threads == 2)  # float32 is the slow baseline of the platform itself
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="DeepFM training throughput: the platform vs plain PyTorch.")
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows (ignored with --data)")
@@ -300,25 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4096, help="global batch size")
     parser.add_argument("--warmup", type=int, default=5, help="reference steps before timing")
     parser.add_argument(
-        "--ref-steps", type=int, default=60, help="timed steps of a reference that does not train the whole epoch"
-    )
-    parser.add_argument(
-        "--ref-epoch",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="train the 1-thread reference for the whole epoch and print its test AUC (default: yes)",
-    )
-    parser.add_argument(
-        "--ref-time-limit",
-        type=float,
-        default=60.0,
-        help="stop timing a reference that is not training the whole epoch after this many timed seconds",
+        "--turn",
+        type=int,
+        default=14,
+        help="steps each side of a pair trains before handing the turn over (default 14: 14 turns of a 196-step epoch)",
     )
     parser.add_argument(
         "--rounds", type=int, default=2, help="measure every configuration this many times, interleaved (default 2)"
     )
-    parser.add_argument("--skip-ref-2threads", action="store_true")
-    parser.add_argument("--skip-nproc2", action="store_true")
+    parser.add_argument("--skip-2threads", action="store_true", help="skip the one-process, two-thread pairs")
+    parser.add_argument("--skip-nproc2", action="store_true", help="skip the two-process platform runs")
     parser.add_argument("--skip-float32", action="store_true", help="skip the platform runs in float32")
     parser.add_argument("--skip-fp16-tables", action="store_true", help="skip the model.table_dtype=float16 runs")
     parser.add_argument(
@@ -333,26 +488,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="32-true", help=argparse.SUPPRESS)
     parser.add_argument("--table-dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--baton", nargs=2, metavar=("MINE", "THEIRS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker == "platform":
         batch = args.batch_size // args.nproc
+        baton = _baton(args.baton, args.turn)
         platform_worker(
-            args.data, args.out, args.nproc, args.threads, batch, args.seed, args.precision, args.table_dtype
+            args.data, args.out, args.nproc, args.threads, batch, args.seed, args.precision, args.table_dtype, baton
         )
         return 0
     if args.worker == "reference":
-        reference_worker(
-            args.data,
-            args.out,
-            args.threads,
-            args.batch_size,
-            args.seed,
-            args.warmup,
-            args.ref_steps,
-            args.ref_epoch,
-            args.ref_time_limit,
-        )
+        baton = _baton(args.baton, args.turn)
+        reference_worker(args.data, args.out, args.threads, args.batch_size, args.seed, args.warmup, baton)
         return 0
 
     started = time.perf_counter()
@@ -361,69 +509,67 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ctr-train-bench-"))
     work = args.keep or tmp
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict[str, Any]]] = {}  # one result per round
+    settings = _settings(args)
+    if not settings:
+        raise SystemExit("every platform configuration is skipped")
+    plat: dict[str, list[dict[str, Any]]] = {}  # one result per round
+    ref: dict[str, list[dict[str, Any]]] = {}  # the paired reference's result per round
     walls: dict[str, list[float]] = {}
     try:
         data = args.data.resolve() if args.data else _prepare_data(work, args.rows, args.seed, args.min_count)
         fm = FeatureMap.load(data)
         common = ["--data", str(data), "--seed", str(args.seed), "--batch-size", str(args.batch_size)]
-        ref_args = ["--worker", "reference", "--warmup", str(args.warmup), "--ref-steps", str(args.ref_steps)]
-        ref_args += ["--ref-time-limit", str(args.ref_time_limit)]
-        # Reference first, then the platform runs, then the 2-thread reference: every round measures each
-        # configuration once, so a ratio within a round compares runs minutes apart, not a whole benchmark apart
-        # (the VM's speed drifts by up to 40% over tens of minutes, the same way for both sides).
-        ref_epoch = "--ref-epoch" if args.ref_epoch else "--no-ref-epoch"
-        plan: list[tuple[str, int, list[str]]] = [("reference-1x1", 1, [*ref_args, "--threads", "1", ref_epoch])]
-        if not args.skip_float32:
-            plan.append(("platform-1x1", 1, ["--worker", "platform", "--nproc", "1"]))
-            if not args.skip_nproc2:
-                plan.append(("platform-2x1", 1, ["--worker", "platform", "--nproc", "2"]))
-        if not args.skip_bf16:
-            bf16 = ["--worker", "platform", "--precision", "bf16-mixed", "--nproc"]
-            plan.append(("platformbf16-1x1", 1, [*bf16, "1"]))
-            if not args.skip_nproc2:
-                plan.append(("platformbf16-2x1", 1, [*bf16, "2"]))
-            if not args.skip_ref_2threads:  # the same two cores as the 2-thread reference, in one process
-                plan.append(("platformbf16-1x2", 2, [*bf16, "1", "--threads", "2"]))
-            if not args.skip_fp16_tables:
-                half = ["--table-dtype", "float16", *bf16, "1"]
-                plan.append(("platformbf16fp16-1x1", 1, half))
-                if not args.skip_ref_2threads:
-                    plan.append(("platformbf16fp16-1x2", 2, [*half, "--threads", "2"]))
-        if not args.skip_ref_2threads:
-            plan.append(("reference-1x2", 2, [*ref_args, "--threads", "2", "--no-ref-epoch"]))
         for round_no in range(args.rounds):
             print(f"round {round_no + 1} of {args.rounds}", flush=True)
-            for name, threads, extra in plan:
-                out = work / name
-                if out.exists():
-                    shutil.rmtree(out)
-                out.mkdir(parents=True)
-                wall = _run_worker([*extra, *common, "--out", str(out)], work / f"{name}.log", threads)
-                result_file = out / ("metrics.json" if name.startswith("platform") else RESULT)
-                result = json.loads(result_file.read_text())
-                results.setdefault(name, []).append(result)
-                walls.setdefault(name, []).append(wall)
-                print(f"  {name}: {result['samples_per_sec']:,.0f} samples/s (process wall {wall:.0f} s)", flush=True)
+            for setting in settings:
+                outs = work / setting.name, work / f"{setting.name}.reference"
+                for out in outs[: 1 + setting.paired]:
+                    if out.exists():
+                        shutil.rmtree(out)
+                    out.mkdir(parents=True)
+                platform_args = [*setting.worker_args(), *common, "--out", str(outs[0])]
+                if setting.paired:
+                    reference_args = ["--worker", "reference", "--threads", str(setting.threads)]
+                    reference_args += ["--warmup", str(args.warmup), *common, "--out", str(outs[1])]
+                    logs = work / f"{setting.name}.log", work / f"{setting.name}.reference.log"
+                    wall = _run_pair(platform_args, reference_args, logs, setting.threads, args.turn)
+                    ref.setdefault(setting.name, []).append(json.loads((outs[1] / RESULT).read_text()))
+                else:
+                    wall = _run_worker(platform_args, work / f"{setting.name}.log", setting.threads)
+                plat.setdefault(setting.name, []).append(json.loads((outs[0] / "metrics.json").read_text()))
+                walls.setdefault(setting.name, []).append(wall)
+                line = f"  {setting.name}: {plat[setting.name][-1]['samples_per_sec']:,.0f} samples/s"
+                if setting.paired:
+                    theirs = ref[setting.name][-1]["samples_per_sec"]
+                    line += f", its reference {theirs:,.0f} ({plat[setting.name][-1]['samples_per_sec'] / theirs:.2f}x)"
+                print(f"{line} (wall {wall:.0f} s)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # with --keep, everything (prepared data included) is under it
 
-    sps = {name: [r["samples_per_sec"] for r in rounds] for name, rounds in results.items()}
-    median = {name: float(np.median(values)) for name, values in sps.items()}
-    ref = results["reference-1x1"][0]  # round 1's runs: parameters, test AUC
-    plat = next(rounds[0] for key, rounds in results.items() if key.endswith("-1x1") and key.startswith("platform"))
+    _report(args, settings, plat, ref, walls, fm, date, load_start, time.perf_counter() - started)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    settings: list[Setting],
+    plat: dict[str, list[dict[str, Any]]],
+    ref: dict[str, list[dict[str, Any]]],
+    walls: dict[str, list[float]],
+    fm: FeatureMap,
+    date: str,
+    load_start: str,
+    seconds: float,
+) -> None:
+    sps = {name: [r["samples_per_sec"] for r in rounds] for name, rounds in plat.items()}
+    ref_sps = {name: [r["samples_per_sec"] for r in rounds] for name, rounds in ref.items()}
+    first_plat = plat[settings[0].name][0]
+    first_ref = next(iter(ref.values()), [None])[0]
     cards = [f.cardinality for f in fm.categorical]
     source = (
         str(args.data)
         if args.data
         else f"synthetic Criteo (seed {args.seed}), {args.rows:,} rows, min_count {args.min_count}"
-    )
-    steps_ms = ", ".join(
-        f"at {k[-1]} thread(s) median step "
-        + "/".join(f"{r['step_ms_median']:.0f}" for r in results[k])
-        + f" ms over {results[k][0]['timed_steps']} steps"
-        for k in ("reference-1x1", "reference-1x2")
-        if k in results
     )
     print()
     print("## Training benchmark: platform DeepFM vs a plain-PyTorch reference (benchmarks/train_vs_pytorch.py)")
@@ -441,54 +587,68 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- load average at end {_load()} (other processes may share the CPU; timings are wall clock)")
     fields = f"{len(cards)} categorical fields, {sum(cards):,} embedding rows; {len(fm.dense)} dense fields"
     print(f"- data: {source}; {fields}")
+    model = f"- model: DeepFM, dim {EMBEDDING_DIM}, MLP {list(MLP_SIZES)} + BatchNorm, global batch {args.batch_size}"
+    if first_ref is not None:
+        model += f"; reference {first_ref['params']:,} parameters ({first_ref['embedding_params']:,} in embeddings)"
+    print(f"{model}; platform {first_plat['embedding_params']:,} embedding parameters (4 first-order columns per id)")
     print(
-        f"- model: DeepFM, dim {EMBEDDING_DIM}, MLP {list(MLP_SIZES)} + BatchNorm, global batch {args.batch_size}; "
-        f"reference {ref['params']:,} parameters ({ref['embedding_params']:,} in embeddings), "
-        f"platform {plat['embedding_params']:,} embedding parameters (4 first-order columns per id for FBGEMM)"
+        f"- platform: one epoch ({first_plat['global_step']} steps at 1 process), samples/s over its training "
+        f"batches. Reference: the same epoch, every step after {args.warmup} warm-up steps. Each one-process "
+        f"configuration runs side by side with its own reference on the same threads, the two taking turns every "
+        f"{args.turn} steps (the waits untimed)"
     )
-    print(
-        f"- platform: one epoch ({plat['global_step']} steps at 1 process), samples/s over its training batches; "
-        f"reference: every step after {args.warmup} warm-up steps when it trains the epoch, else at most "
-        f"{args.ref_steps} steps and {args.ref_time_limit:.0f} timed seconds ({steps_ms})"
-    )
+    steps_ms = [
+        f"{name} " + "/".join(f"{r['step_ms_median']:.0f}" for r in rounds) + " ms" for name, rounds in ref.items()
+    ]
+    if steps_ms:
+        print("- the references' median step, each round: " + ", ".join(steps_ms))
     print(f"- {args.rounds} round(s), each running every configuration once in the order of the table below")
-    print("- process wall seconds: " + ", ".join(f"{k} " + "/".join(f"{w:.0f}" for w in v) for k, v in walls.items()))
-    print(f"- total benchmark wall time {time.perf_counter() - started:.0f} s")
+    print(
+        "- wall seconds (a pair: both processes): "
+        + ", ".join(f"{k} " + "/".join(f"{w:.0f}" for w in v) for k, v in walls.items())
+    )
+    print(f"- total benchmark wall time {seconds:.0f} s")
     print()
-    print("| implementation | processes x threads | samples/s, each round | median | vs reference 1x1, each round |")
-    print("|---|---|---:|---:|---:|")
+    print(
+        "| platform configuration | processes x threads | samples/s, each round | its reference's samples/s, each "
+        "round | platform / reference, each round | median |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
     labels = {
-        "reference": "plain PyTorch reference (`nn.Embedding` per field, dense grads, Adam on all)",
-        "platform": "platform `ctr.train.train` (TorchRec DMP, FBGEMM fused row-wise Adagrad)",
-        "platformbf16": "platform, `trainer.precision=bf16-mixed` (dense layers under bfloat16 autocast)",
-        "platformbf16fp16": "platform, bf16-mixed and `model.table_dtype=float16` (tables stored in float16)",
+        "float32": "float32",
+        "bf16": "`trainer.precision=bf16-mixed` (dense layers under bfloat16 autocast)",
+        "bf16fp16": "bf16-mixed and `model.table_dtype=float16` (tables stored in float16)",
     }
-    for key in results:
-        kind, shape = key.split("-")
-        each = " / ".join(f"{v:,.0f}" for v in sps[key])
-        vs_ref = " / ".join(f"{r:.2f}x" for r in _per_round(sps[key], sps["reference-1x1"]))
-        print(f"| {labels[kind]} | {shape.replace('x', ' x ')} | {each} | {median[key]:,.0f} | {vs_ref} |")
+    for setting in settings:
+        kind, shape = setting.name.split("-")
+        each = " / ".join(f"{v:,.0f}" for v in sps[setting.name])
+        if setting.paired:
+            theirs = " / ".join(f"{v:,.0f}" for v in ref_sps[setting.name])
+            ratios = _per_round(sps[setting.name], ref_sps[setting.name])
+            ratio, median = _fmt(ratios), f"{np.median(ratios):.2f}x"
+        else:
+            theirs, ratio, median = "(not paired)", "", ""
+        print(f"| {labels[kind]} | {shape.replace('x', ' x ')} | {each} | {theirs} | {ratio} | {median} |")
     print()
-    for key, base in (
-        ("platform-1x1", "reference-1x1"),
-        ("platformbf16-1x1", "reference-1x1"),
-        ("platformbf16-2x1", "reference-1x2"),
-        ("platformbf16-1x2", "reference-1x2"),
-        ("platformbf16fp16-1x1", "reference-1x1"),
-        ("platformbf16fp16-1x2", "reference-1x2"),
-    ):
-        if key in results and base in results:  # the same cores on both sides
-            ratios = _per_round(sps[key], sps[base])
-            print(f"{key} / {base}, same round: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
-    for one, two in (("platform-1x1", "platform-2x1"), ("platformbf16-1x1", "platformbf16-2x1")):
-        if two in results:
-            ratios = _per_round(sps[two], sps[one])
-            print(f"{two} / {one}: median {np.median(ratios):.2f}x (each: {_fmt(ratios)})")
-    aucs = [f"{key} {rounds[0]['test_auc']:.4f}" for key, rounds in results.items() if key.startswith("platform")]
-    if args.ref_epoch:
-        aucs.append(f"reference 1x1 {ref['test_auc']:.4f} (after the same epoch, {ref['train_samples']:,} samples)")
+    for setting in settings:
+        if setting.paired:
+            ratios = _per_round(sps[setting.name], ref_sps[setting.name])
+            at_least = sum(r >= 3.0 for r in ratios)
+            print(
+                f"{setting.name} / its reference: median {np.median(ratios):.2f}x, "
+                f"{min(ratios):.2f}-{max(ratios):.2f}x, {at_least} of {len(ratios)} rounds at or above 3x"
+            )
+    for setting in settings:
+        one = setting.name.replace("-2x1", "-1x1")
+        if setting.nproc == 2 and one in sps:
+            ratios = _per_round(sps[setting.name], sps[one])
+            print(
+                f"{setting.name} / {one} (2 processes vs 1, same round): median {np.median(ratios):.2f}x "
+                f"(each: {_fmt(ratios)})"
+            )
+    aucs = [f"{name} {rounds[0]['test_auc']:.4f}" for name, rounds in plat.items()]
+    aucs += [f"reference ({name}) {rounds[0]['test_auc']:.4f}" for name, rounds in ref.items()]
     print("test AUC after one epoch (round 1): " + ", ".join(aucs))
-    return 0
 
 
 def _per_round(num: list[float], den: list[float]) -> list[float]:

@@ -20,6 +20,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +133,19 @@ def build_module(config: RunConfig, fm: FeatureMap) -> CTRModule:
 
 
 def train(
-    config: RunConfig, out: Path, *, nproc: int = 1, resume: bool = False, on_ray: bool = False
+    config: RunConfig,
+    out: Path,
+    *,
+    nproc: int = 1,
+    resume: bool = False,
+    on_ray: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``.
 
     ``on_ray``: this process is one worker of a Ray Train ``TorchTrainer`` (see :mod:`pipelines.ray_train`).
+    ``callbacks``: more Lightning callbacks, called after the platform's own (so after :class:`Throughput` has
+    stopped its clock for a batch: what they do at a batch's end is not counted in ``samples_per_sec``).
     """
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     if config.trainer.threads is not None:  # Lightning reads OMP_NUM_THREADS for every rank it starts
@@ -159,7 +168,7 @@ def train(
         dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=config.trainer.checkpoint_every_n_steps
     )
     throughput = Throughput()
-    callbacks: list[Callback] = [
+    own: list[Callback] = [
         LoaderProgress(),
         throughput,
         EarlyStopping(monitor="val_auc", mode="max", patience=config.trainer.patience),
@@ -167,10 +176,10 @@ def train(
         last_checkpoint,
     ]
     if config.trainer.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        own.append(TQDMProgressBar(refresh_rate=10))
     module = build_module(config, fm)
     data = CTRDataModule(config.data, transform=module.transform_split)
-    trainer = _trainer(config, out, nproc, callbacks, fitting=True, on_ray=on_ray)
+    trainer = _trainer(config, out, nproc, [*own, *callbacks], fitting=True, on_ray=on_ray)
     started = time.perf_counter()
     trainer.fit(module, data, ckpt_path=str(last) if resume else None)
     fit_seconds = time.perf_counter() - started

@@ -298,6 +298,26 @@ def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: 
         train(load_run_config(None, [*FAST, "trainer.group_field=nope"], data=str(small), model="fm"), tmp_path / "r2")
 
 
+def test_callbacks_given_to_train_run_after_the_throughput_clock_stops(small: Path, tmp_path: Path) -> None:
+    """``train(callbacks=...)`` (the training benchmark's turn-taking): their time is not in ``samples_per_sec``."""
+    from lightning.pytorch import Callback, LightningModule, Trainer
+
+    from ctr.train import Throughput
+
+    seen: list[int] = []
+
+    class Slow(Callback):
+        def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+            clock = next(c for c in trainer.callbacks if isinstance(c, Throughput))  # type: ignore[attr-defined]
+            seen.append(clock.samples)
+            time.sleep(0.3)
+
+    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.batch_size=256"]
+    metrics = train(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run", callbacks=[Slow()])
+    assert seen == [256, 512, 768]  # the clock has counted each batch when the callback runs
+    assert 768 / metrics["samples_per_sec"] < 0.9  # three tiny steps, without the 0.9 s of sleeps
+
+
 def test_train_reads_only_its_own_sections_of_a_pipeline_config(small: Path, tmp_path: Path) -> None:
     import yaml
 
