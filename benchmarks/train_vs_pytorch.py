@@ -196,10 +196,6 @@ class Baton:
         print(f"baton: {self.steps} steps, {self.waited:.1f} s waiting for the partner", flush=True)
 
 
-def _baton(paths: list[str] | None, turn: int) -> Baton | None:
-    return None if paths is None else Baton(Path(paths[0]), Path(paths[1]), turn)
-
-
 def reference_worker(
     data: Path,
     out: Path,
@@ -285,13 +281,14 @@ def platform_worker(
     class TakeTurns(pl.Callback):
         """Runs after ``ctr.train.Throughput`` has stopped its clock, so the waits are not timed."""
 
+        def __init__(self, baton: Baton) -> None:
+            self.baton = baton
+
         def on_train_batch_end(self, *args: Any) -> None:
-            assert baton is not None
-            baton.step()
+            self.baton.step()
 
         def on_train_epoch_end(self, *args: Any) -> None:  # once: the benchmark trains one epoch
-            assert baton is not None
-            baton.finish()
+            self.baton.finish()
 
     torch.set_num_threads(threads)
     overrides = [
@@ -309,7 +306,7 @@ def platform_worker(
     ]
     config = load_run_config(None, overrides, data=str(data), model="deepfm")
     # rank 0 writes out/metrics.json
-    train(config, out, nproc=nproc, callbacks=[TakeTurns()] if baton is not None else [])
+    train(config, out, nproc=nproc, callbacks=[TakeTurns(baton)] if baton is not None else [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,14 +355,14 @@ def _run_pair(platform: list[str], reference: list[str], logs: tuple[Path, Path]
         for a, f in zip(args, files, strict=True)
     ]
     try:
-        while any(p.poll() is None for p in procs):
-            for a, p, log in zip(args, procs, logs, strict=True):
-                if p.returncode:  # the partner would wait for its turn forever
-                    raise _failed(a, p.returncode, log)
+        while True:
+            codes = [p.poll() for p in procs]  # every process polled: a failed one's partner waits forever
+            for a, code, log in zip(args, codes, logs, strict=True):
+                if code:
+                    raise _failed(a, code, log)
+            if None not in codes:
+                break
             time.sleep(0.2)
-        for a, p, log in zip(args, procs, logs, strict=True):
-            if p.returncode:
-                raise _failed(a, p.returncode, log)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -491,15 +488,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baton", nargs=2, metavar=("MINE", "THEIRS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    baton = None if args.baton is None else Baton(Path(args.baton[0]), Path(args.baton[1]), args.turn)
     if args.worker == "platform":
         batch = args.batch_size // args.nproc
-        baton = _baton(args.baton, args.turn)
         platform_worker(
             args.data, args.out, args.nproc, args.threads, batch, args.seed, args.precision, args.table_dtype, baton
         )
         return 0
     if args.worker == "reference":
-        baton = _baton(args.baton, args.turn)
         reference_worker(args.data, args.out, args.threads, args.batch_size, args.seed, args.warmup, baton)
         return 0
 
@@ -563,6 +559,7 @@ def _report(
 ) -> None:
     sps = {name: [r["samples_per_sec"] for r in rounds] for name, rounds in plat.items()}
     ref_sps = {name: [r["samples_per_sec"] for r in rounds] for name, rounds in ref.items()}
+    ratios = {name: _per_round(sps[name], theirs) for name, theirs in ref_sps.items()}  # the paired settings
     first_plat = plat[settings[0].name][0]
     first_ref = next(iter(ref.values()), [None])[0]
     cards = [f.cardinality for f in fm.categorical]
@@ -624,27 +621,24 @@ def _report(
         each = " / ".join(f"{v:,.0f}" for v in sps[setting.name])
         if setting.paired:
             theirs = " / ".join(f"{v:,.0f}" for v in ref_sps[setting.name])
-            ratios = _per_round(sps[setting.name], ref_sps[setting.name])
-            ratio, median = _fmt(ratios), f"{np.median(ratios):.2f}x"
+            ratio, median = _fmt(ratios[setting.name]), f"{np.median(ratios[setting.name]):.2f}x"
         else:
             theirs, ratio, median = "(not paired)", "", ""
         print(f"| {labels[kind]} | {shape.replace('x', ' x ')} | {each} | {theirs} | {ratio} | {median} |")
     print()
-    for setting in settings:
-        if setting.paired:
-            ratios = _per_round(sps[setting.name], ref_sps[setting.name])
-            at_least = sum(r >= 3.0 for r in ratios)
-            print(
-                f"{setting.name} / its reference: median {np.median(ratios):.2f}x, "
-                f"{min(ratios):.2f}-{max(ratios):.2f}x, {at_least} of {len(ratios)} rounds at or above 3x"
-            )
+    for name, each_round in ratios.items():
+        at_least = sum(r >= 3.0 for r in each_round)
+        print(
+            f"{name} / its reference: median {np.median(each_round):.2f}x, "
+            f"{min(each_round):.2f}-{max(each_round):.2f}x, {at_least} of {len(each_round)} rounds at or above 3x"
+        )
     for setting in settings:
         one = setting.name.replace("-2x1", "-1x1")
         if setting.nproc == 2 and one in sps:
-            ratios = _per_round(sps[setting.name], sps[one])
+            two_vs_one = _per_round(sps[setting.name], sps[one])
             print(
-                f"{setting.name} / {one} (2 processes vs 1, same round): median {np.median(ratios):.2f}x "
-                f"(each: {_fmt(ratios)})"
+                f"{setting.name} / {one} (2 processes vs 1, same round): median {np.median(two_vs_one):.2f}x "
+                f"(each: {_fmt(two_vs_one)})"
             )
     aucs = [f"{name} {rounds[0]['test_auc']:.4f}" for name, rounds in plat.items()]
     aucs += [f"reference ({name}) {rounds[0]['test_auc']:.4f}" for name, rounds in ref.items()]
