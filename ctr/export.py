@@ -38,6 +38,7 @@ from ctr.models import CTRModel, build_model
 from ctr.pruned import MASKS_FILE, PLAN_FILE, PrunedTables
 from ctr.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
 from ctr.restore import load_run, read_run_config
+from features.outputs import replaced_dir
 from features.schema import FeatureMap
 from features.strict import ConfigError, from_dict, load_json, to_dict
 
@@ -90,8 +91,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def export_run(run: str | Path, out: str | Path, *, int8: bool = False) -> dict[str, object]:
-    """Export the best checkpoint of retraining run ``run`` into the artifact directory ``out``."""
+def export_run(run: str | Path, out: str | Path, *, int8: bool = False, overwrite: bool = False) -> dict[str, object]:
+    """Export the best checkpoint of retraining run ``run`` into the artifact directory ``out``.
+
+    The artifact is built beside ``out`` and renamed into place (:func:`features.outputs.replaced_dir`): an
+    existing ``out`` is replaced only with ``overwrite`` and only if ``ctr export`` made it."""
+    data = Path(read_run_config(run).data.path)
+    with replaced_dir(Path(out), "ctr export", overwrite=overwrite, inputs=(Path(run), data)) as work:
+        info = _export(run, work, int8=int8)
+    return {**info, "path": str(out), "artifact_bytes": _size(Path(out))}
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _export(run: str | Path, out: Path, *, int8: bool) -> dict[str, object]:
     config = read_run_config(run)
     if config.retrain is None or config.retrain.plan is None:
         raise ConfigError(f"{run}: not a retraining run (no retrain.plan in its config)")
@@ -100,9 +115,6 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False) -> dict[
     trained = load_run(run)  # builds the RetrainModule's reduced model and loads it strictly
     model = quantize_embeddings(trained.model) if int8 else trained.model
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     fm.save(out / "feature_map.json")
     vocab = Path(config.data.path) / "vocab"
     if vocab.is_dir():

@@ -37,10 +37,11 @@ from ctr.retrain_module import RetrainModule
 from ctr.run_config import RunConfig
 from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint, ray_strategy
 from ctr.supernet_module import SupernetModule
+from features.outputs import owned_dir
 from features.schema import FeatureMap
 from features.strict import to_dict
 
-__all__ = ["LoaderProgress", "Throughput", "train"]
+__all__ = ["LoaderProgress", "Throughput", "command_of", "train"]
 
 # Known-harmless noise: metrics are computed on predictions gathered from every rank (so no sync_dist), DCP
 # still saves TorchRec's ShardedTensors, and the planner warns about a Topology built by hand.
@@ -132,6 +133,13 @@ def build_module(config: RunConfig, fm: FeatureMap) -> CTRModule:
     return CTRModule(config, fm)
 
 
+def command_of(config: RunConfig) -> str:
+    """The command whose run ``config`` describes (the marker of its run folder, see features.outputs)."""
+    if config.supernet is not None:
+        return "ctr supernet"
+    return "ctr retrain" if config.retrain is not None else "ctr train"
+
+
 def train(
     config: RunConfig,
     out: Path,
@@ -143,10 +151,22 @@ def train(
 ) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``.
 
-    ``on_ray``: this process is one worker of a Ray Train ``TorchTrainer`` (see :mod:`pipelines.ray_train`).
+    ``out`` is created, or must be empty or a run folder of the same command (:func:`features.outputs.owned_dir`),
+    and is locked while training.
+    ``on_ray``: this process is one worker of a Ray Train ``TorchTrainer`` (see :mod:`pipelines.ray_train`),
+    whose driver holds the folder.
     ``callbacks``: more Lightning callbacks, called after the platform's own (so after :class:`Throughput` has
     stopped its clock for a batch: what they do at a batch's end is not counted in ``samples_per_sec``).
     """
+    if on_ray:
+        return _fit(config, out, nproc=nproc, resume=resume, on_ray=on_ray, callbacks=callbacks)
+    with owned_dir(out, command_of(config)):
+        return _fit(config, out, nproc=nproc, resume=resume, on_ray=on_ray, callbacks=callbacks)
+
+
+def _fit(
+    config: RunConfig, out: Path, *, nproc: int, resume: bool, on_ray: bool, callbacks: Sequence[Callback]
+) -> dict[str, Any]:
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     if config.trainer.threads is not None:  # Lightning reads OMP_NUM_THREADS for every rank it starts
         os.environ["OMP_NUM_THREADS"] = str(config.trainer.threads)

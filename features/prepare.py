@@ -16,7 +16,9 @@ by the vocabularies, the value dictionaries and Polars' streaming buffers, not b
 (staged files hold at most ``_STAGE_ROWS`` rows, since a scan memory-maps a whole file).
 
 Output goes to a temporary sibling directory that is renamed into place at the end, so an interrupted
-run never leaves a half-written dataset behind. The row accounting is checked from the written files:
+run never leaves a half-written dataset behind (:func:`features.outputs.replaced_dir`: only a folder that
+``ctr prepare`` made is ever replaced, with ``overwrite``, and the folder is locked while it is written).
+The row accounting is checked from the written files:
 ``rows_read == sum(rows_written) + rows_rejected`` or the run fails.
 
 Example:
@@ -30,11 +32,8 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +43,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features.encode import Codes, EncodePlan, fit_plan
+from features.outputs import replaced_dir
 from features.schema import FeatureMap
 from features.sources import scan_inputs
 from features.spec import DatasetSpec, InputError
@@ -194,7 +194,7 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
     if options.split == "time" and spec.time is None:
         raise InputError(f"--split time needs a time column; dataset {spec.name!r} has none")
     started = time.perf_counter()
-    with _staged(out, options.overwrite) as work:
+    with replaced_dir(out, "ctr prepare", overwrite=options.overwrite, inputs=inputs) as work:
         with _Progress("read", options.progress) as bar:
             codes = Codes(spec)
             stage = _stage(spec, inputs, work, codes, options, bar)
@@ -245,7 +245,7 @@ def apply_feature_map(
     spec = from_dict(DatasetSpec, fm.source_spec, where=f"{feature_map}: source_spec")
     plan = EncodePlan.from_feature_map(spec, fm, root)
     started = time.perf_counter()
-    with _staged(out, overwrite) as work:
+    with replaced_dir(out, "ctr apply", overwrite=overwrite, inputs=[*inputs, feature_map]) as work:
         with _Progress("read", progress) as bar:
             codes = Codes(spec)
             stage = _stage(spec, inputs, work, codes, None, bar)
@@ -262,21 +262,6 @@ def apply_feature_map(
     return report
 
 
-@contextmanager
-def _staged(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary sibling of ``out`` that replaces it on success and disappears on any failure."""
-    _check_out(out, overwrite)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield work
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
 def _count_and_quarantine(stage: _Stage, work: Path) -> int:
     """Write the staged rejects to ``rejects.parquet``; returns ``rows_read`` (every staged row).
 
@@ -284,12 +269,6 @@ def _count_and_quarantine(stage: _Stage, work: Path) -> int:
     ``benchmarks/prepare_memory.py`` uses to split its memory samples by phase)."""
     _rejects(stage.scan(_REJECTED)).collect().write_parquet(work / "rejects.parquet")
     return stage.rows()
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: output directory is not empty (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _rejects(rejected: pl.LazyFrame) -> pl.LazyFrame:

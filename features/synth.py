@@ -53,6 +53,8 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
+from features.spec import InputError
+
 __all__ = [
     "EFFECT_DECAY",
     "EFFECT_HEAD",
@@ -240,6 +242,10 @@ def write_synthetic(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     out = Path(out)
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder; --out names the TSV file to write")
+    if out.exists() and not Path(f"{out}.truth.json").is_file():  # only a file that synth wrote is replaced
+        raise InputError(f"{out}: exists and was not written by `ctr synth` (no {out.name}.truth.json beside it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     params = _draw_params(seed)
     logits = np.empty(rows, dtype=np.float32)

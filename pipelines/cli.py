@@ -142,7 +142,7 @@ def _retrain(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from ctr.export import export_run
 
-    print(json.dumps(export_run(Path(args.run), Path(args.out), int8=args.int8)))
+    print(json.dumps(export_run(Path(args.run), Path(args.out), int8=args.int8, overwrite=args.overwrite)))
 
 
 def _compress_bench(args: argparse.Namespace) -> None:
@@ -189,7 +189,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["random", "time"], default="random", help="8:1:1 random, or by time")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random split")
     p.add_argument("--shard-rows", type=int, default=1_000_000, metavar="N", help="rows per parquet shard")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset that `ctr prepare` wrote there")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare)
 
@@ -198,7 +198,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", metavar="FILE")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--split-name", default="apply", metavar="NAME", help="name of the output split")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a split that `ctr apply` wrote there")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_apply)
 
@@ -268,6 +268,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="RUN", help="run directory of `ctr retrain`")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--int8", action="store_true", help="int8 embedding tables (TorchRec/FBGEMM quantisation)")
+    p.add_argument("--overwrite", action="store_true", help="replace an artifact that `ctr export` wrote there")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("compress-bench", help="every embedding-compression method at every budget: AUC vs parameters")

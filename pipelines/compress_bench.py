@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from ctr.layouts import Method, TablesConfig
 from ctr.run_config import RunConfig, SearchConfig, SupernetConfig
 from ctr.variants import VARIANTS
+from features.outputs import owned_dir
 from features.strict import ConfigError
 from pipelines.optembed import run_optembed, train_stage
 
@@ -68,6 +69,13 @@ def run_compress_bench(
     bad = [b for b in budgets if not 0.0 < b <= 1.0]
     if bad:
         raise ConfigError(f"budgets must be fractions in (0, 1], got {bad}")
+    with owned_dir(out, "ctr compress-bench"):
+        return _bench(config, out, methods, budgets, progress=progress)
+
+
+def _bench(
+    config: RunConfig, out: Path, methods: Sequence[str], budgets: Sequence[float], *, progress: bool
+) -> list[dict[str, Any]]:
     base = dataclasses.replace(config, supernet=None, search=None, retrain=None, tables=None)
     records: list[dict[str, Any]] = []
     for method in methods:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from ctr.run_config import load_run_config
 from ctr.variants import VARIANTS
+from features.outputs import remove_owned
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
@@ -54,7 +54,7 @@ def main() -> None:
     print("[3/3] optembed: baseline DeepFM, supernet, evolutionary search (Optuna + Ray), retrain, export")
     run = root / "optembed"
     config = load_run_config(CONFIG, [], data=str(root / "prepared"), model="deepfm")
-    shutil.rmtree(run, ignore_errors=True)  # the demo always runs from scratch
+    remove_owned(run, "ctr optembed")  # the demo always runs from scratch (in a folder the demo made)
     result = run_optembed(config, run, VARIANTS["optembed"], int8=True)
     base, final = result["baseline"], result["final"]
     print(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,9 @@ from ctr.restore import load_run
 from ctr.run_config import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
 from ctr.strategy import complete_checkpoint
 from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
+from ctr.train import command_of, train
 from ctr.variants import Variant
+from features.outputs import owned_dir, remove_owned
 from features.strict import ConfigError
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.plots import plot_search
@@ -61,8 +61,8 @@ def train_stage(config: RunConfig, out: Path, *, nproc: int = 1) -> dict[str, An
         loaded: dict[str, Any] = json.loads(metrics.read_text())
         return loaded
     resume = complete_checkpoint(out / "checkpoints" / "last.ckpt") is not None
-    if not resume and out.exists():
-        shutil.rmtree(out)  # started, but killed before its first checkpoint
+    if not resume:
+        remove_owned(out, command_of(config))  # started, but killed before its first checkpoint
     return train(config, out, nproc=nproc, resume=resume)
 
 
@@ -90,7 +90,24 @@ def search_stage(
     address: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Freeze the supernet's row masks, search per-field dims (if the variant does), write the plan into ``out``."""
+    """Freeze the supernet's row masks, search per-field dims (if the variant does), write the plan into ``out``.
+
+    ``out`` is created, or must be empty or a folder of ``ctr search`` (resumed), and is locked meanwhile."""
+    with owned_dir(out, "ctr search"):
+        return _search(supernet, out, variant, config, storage=storage, study=study, address=address, progress=progress)
+
+
+def _search(
+    supernet: Path,
+    out: Path,
+    variant: Variant,
+    config: SearchConfig,
+    *,
+    storage: str | None,
+    study: str,
+    address: str | None,
+    progress: bool,
+) -> dict[str, Any]:
     done = out / "search.json"
     if done.is_file():
         loaded: dict[str, Any] = json.loads(done.read_text())
@@ -228,8 +245,33 @@ def run_optembed(
     int8: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The whole flow; returns (and writes) ``RUN/result.json``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """The whole flow; returns (and writes) ``RUN/result.json``. ``out`` is locked while it runs."""
+    with owned_dir(out, "ctr optembed"):
+        return _run(
+            config,
+            out,
+            variant,
+            storage=storage,
+            study=study,
+            address=address,
+            nproc=nproc,
+            int8=int8,
+            progress=progress,
+        )
+
+
+def _run(
+    config: RunConfig,
+    out: Path,
+    variant: Variant,
+    *,
+    storage: str | None,
+    study: str,
+    address: str | None,
+    nproc: int,
+    int8: bool,
+    progress: bool,
+) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     base = dataclasses.replace(config, supernet=None, search=None, retrain=None)
 
@@ -272,7 +314,7 @@ def run_optembed(
             config.retrain or RetrainConfig(), supernet=str(out / "supernet"), plan=str(out / "search")
         )
         final = timed("retrain", train_stage, dataclasses.replace(base, retrain=retrain), out / "retrain", nproc=nproc)
-        exported = timed("export", export_run, out / "retrain", out / "export", int8=int8)
+        exported = timed("export", export_run, out / "retrain", out / "export", int8=int8, overwrite=True)
     keys = ("test_auc", "test_logloss", "val_auc", "embedding_params", "samples_per_sec")
     result: dict[str, Any] = {
         "variant": variant.name,

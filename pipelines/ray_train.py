@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ctr.run_config import RunConfig
+from features.outputs import owned_dir
 from features.strict import from_dict, to_dict
 
 __all__ = ["train_on_ray"]
@@ -41,16 +42,22 @@ def train_on_ray(
     config: RunConfig, out: Path, *, workers: int, resume: bool = False, address: str | None = None
 ) -> dict[str, Any]:
     """Train ``config`` into ``out`` with ``workers`` Ray Train workers; returns ``metrics.json``."""
+    from ctr.train import command_of
+
+    if workers < 1:
+        raise ValueError(f"train_on_ray needs at least one worker, got {workers}")
+    out = out.resolve()
+    with owned_dir(out, command_of(config)):  # the workers write into it; this driver holds it
+        return _fit_on_ray(config, out, workers=workers, resume=resume, address=address)
+
+
+def _fit_on_ray(config: RunConfig, out: Path, *, workers: int, resume: bool, address: str | None) -> dict[str, Any]:
     import ray
     import torch
     from ray.train import RunConfig as RayRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if workers < 1:
-        raise ValueError(f"train_on_ray needs at least one worker, got {workers}")
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     started = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray one

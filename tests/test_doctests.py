@@ -13,6 +13,7 @@ MODULES = [
     "features.spec",
     "features.transforms",
     "features.encode",
+    "features.outputs",
     "ctr.metrics",
     "ctr.run_config",
     "ctr.supernet",
