@@ -171,18 +171,18 @@ def owned_dir(out: Path, command: str) -> Iterator[Path]:
         return
     _check_ours(out, command, what="it writes")
     created = _create(out)
-    try:
-        with _locked(out, command):
+    with _locked(out, command):
+        try:
             _check_ours(out, command, what="it writes")  # again, now that nobody else can change it
             try:
                 _write_marker(out, command)
             except OSError as e:
                 raise _oserror(out, e) from None
             yield out
-    except BaseException:
-        if created and not any(p.name not in _OURS for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)  # nothing was written: leave no trace
-        raise
+        except BaseException:
+            if created:
+                _remove_if_unused(out)
+            raise
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -211,8 +211,8 @@ def replaced_dir(out: Path, command: str, *, overwrite: bool = False, inputs: It
             raise OutputError(f"{out}: holds the input {path}; write the output somewhere else")
     _check_ours(out, command, what="it writes")
     created = _create(out)
-    try:
-        with _locked(out, command):
+    with _locked(out, command):
+        try:
             _check_ours(out, command, what="it writes")
             if any(p.name not in _OURS for p in out.iterdir()) and not overwrite:
                 raise OutputError(f"{out}: holds a finished output of `{command}` (use --overwrite to replace it)")
@@ -233,10 +233,16 @@ def replaced_dir(out: Path, command: str, *, overwrite: bool = False, inputs: It
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
-    except BaseException:
-        if created and out.is_dir() and not any(p.name not in _OURS for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        except BaseException:
+            if created:
+                _remove_if_unused(out)
+            raise
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """Remove a folder this run created (holding its lock) when nothing but the platform's own files is in it."""
+    if folder.is_dir() and not any(p.name not in _OURS for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_owned(out: Path, command: str) -> None:

@@ -34,6 +34,7 @@ from features.schema import FeatureMap
 from features.spec import builtin_spec
 from features.strict import ConfigError
 from features.synth import write_synthetic
+from pipelines.cli import main as cli_main
 from pipelines.optembed import run_optembed, search_stage
 from search.driver import SearchSpace, run_search
 from search.scorer import CandidateScorer
@@ -255,7 +256,32 @@ def test_export_loads_strictly_and_predicts_like_the_run(data: Path, supernet: P
 
 
 # ---------------------------------------------------------------------- the pipeline
-def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path) -> None:
+def _export_writes_only_into_its_own_folders(run: Path, notes: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #18, item 1: `ctr export` deleted an existing --out (the whole pipeline folder, a user's notes)."""
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    before = {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    cases = [
+        (run, "holds the input"),  # the pipeline folder: the run to export is inside it
+        (notes, "holds notes.txt, which ctr did not write"),
+        (run / "retrain", "holds the input"),
+    ]
+    for out, problem in cases:
+        for extra in ([], ["--overwrite"]):
+            with pytest.raises(SystemExit) as exit_code:
+                cli_main(["export", "--run", str(run / "retrain"), "--out", str(out), *extra])
+            err = capsys.readouterr().err.strip()
+            assert exit_code.value.code == 1 and problem in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--run", str(run / "retrain"), "--out", str(run / "export")])
+    assert "use --overwrite" in capsys.readouterr().err
+    assert {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    assert (notes / "notes.txt").read_text() == "mine"
+    cli_main(["export", "--run", str(run / "retrain"), "--out", str(run / "export"), "--overwrite"])
+    load_exported(run / "export")
+
+
+def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sets = [*SMALL, *TINY_SEARCH, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.pick_tolerance=0.002"]
     args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
     args += [x for s in sets for x in ("--set", s)]
@@ -278,6 +304,7 @@ def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path) -> None:
         "pareto.png",
     }
     load_exported(tmp_path / "run" / "export")
+    _export_writes_only_into_its_own_folders(tmp_path / "run", tmp_path / "notes", capsys)
     # Resume: only what is missing is redone; the search is not re-scored.
     baseline_metrics = (tmp_path / "run" / "baseline" / "metrics.json").read_text()
     (tmp_path / "run" / "result.json").unlink()
