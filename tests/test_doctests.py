@@ -23,6 +23,7 @@ MODULES = [
     "ctr.config",
     "ctr.embedding",
     "ctr.dmp",
+    "ctr.writes",
     "search.evolution",
 ]
 
