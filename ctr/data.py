@@ -54,7 +54,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -69,7 +71,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from features.schema import FeatureMap
+from features.schema import FeatureMap, FeatureMapError
 from features.strict import from_dict
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "DataConfig",
     "EpochBatchSampler",
     "ResumableLoader",
+    "ShardError",
     "load_split",
     "make_loader",
 ]
@@ -289,6 +292,38 @@ def _plan_runs(fm: FeatureMap) -> tuple[_Run, ...]:
 # --------------------------------------------------------------------------------------------- loading
 
 
+class ShardError(FeatureMapError):
+    """A shard of a prepared dataset is unreadable (truncated, corrupt) or does not match its feature map;
+    the message starts with the shard's path."""
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn Arrow's errors on a damaged file (``ArrowInvalid``: no footer; ``OSError``: an undecodable page)
+    into a :class:`ShardError` naming it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # not the file's content: a missing file, no permission (the CLI names the file)
+        problem = " ".join(str(e).split())  # one line
+        raise ShardError(f"{path}: unreadable parquet shard, truncated or corrupt ({problem})") from e
+
+
+def _check_counts(root: Path, split: str, paths: list[Path], counts: list[int]) -> None:
+    """The rows the footers hold add up to what ``prepare`` wrote (``report.json``, when there is one)."""
+    report = root / "report.json"
+    try:
+        written = json.loads(report.read_text())["rows_written"][split]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no report (data written by other means) or not one of ours: nothing to compare with
+    if isinstance(written, int) and written != sum(counts):
+        raise ShardError(
+            f"{paths[0].parent if paths else root}: the shards of split {split!r} hold {sum(counts)} rows, "
+            f"{report} says {written} were written"
+        )
+
+
 def load_split(data_dir: str | Path, fm: FeatureMap, split: str, *, standardize: bool = True) -> ColumnarSplit:
     """Read every shard of ``split`` into one :class:`ColumnarSplit`, validating each shard.
 
@@ -297,7 +332,8 @@ def load_split(data_dir: str | Path, fm: FeatureMap, split: str, *, standardize:
 
     A split with no shards, or with empty shards, gives a split of 0 rows. Columns not in the feature map
     are ignored. A missing column, a wrong dtype, a null, or an id outside ``[0, cardinality)`` raises
-    ``ValueError`` naming the shard file, the column and the bad value.
+    :class:`ShardError` (a ``ValueError``) naming the shard file, the column and the bad value; so does a
+    truncated or corrupt shard, or shards holding another number of rows than ``report.json`` says.
     """
     if split not in fm.splits:
         raise ValueError(f"split {split!r} is not in the feature map; its splits are {sorted(fm.splits)}")
@@ -307,9 +343,11 @@ def load_split(data_dir: str | Path, fm: FeatureMap, split: str, *, standardize:
     for path in paths:  # pass 1: schemas and row counts, from the parquet footers only
         if not path.is_file():
             raise FileNotFoundError(f"{path}: shard of split {split!r} listed in the feature map is missing")
-        meta = pq.ParquetFile(path)
+        with _reading(path):
+            meta = pq.ParquetFile(path)
         _check_schema(meta.schema_arrow, fm, path)
         counts.append(int(meta.metadata.num_rows))
+    _check_counts(root, split, paths, counts)
 
     n = sum(counts)
     single = [f for f in fm.categorical if not f.multi_valued]
@@ -322,7 +360,10 @@ def load_split(data_dir: str | Path, fm: FeatureMap, split: str, *, standardize:
     columns = [fm.label, *fm.dense_names, *fm.sparse_names]
     row = 0
     for path, count in zip(paths, counts, strict=True):  # pass 2: data, written straight into place
-        table = pq.read_table(path, columns=columns)
+        with _reading(path):
+            table = pq.read_table(path, columns=columns)
+        if table.num_rows != count:
+            raise ShardError(f"{path}: holds {table.num_rows} rows, its footer says {count}")
         stop = row + count
         labels[row:stop] = _plain(table, fm.label, path)
         for j, name in enumerate(fm.dense_names):
@@ -357,7 +398,7 @@ def _check_schema(schema: pa.Schema, fm: FeatureMap, path: Path) -> None:
     expected += [(f.name, "categorical field", f.multi_valued) for f in fm.categorical]
     for name, role, multi_valued in expected:
         if schema.get_field_index(name) < 0:
-            raise ValueError(f"{path}: missing column {name!r} ({role}); the shard has columns {schema.names}")
+            raise ShardError(f"{path}: missing column {name!r} ({role}); the shard has columns {schema.names}")
         got = schema.field(name).type
         if role == "categorical field":
             want = "list<int32> (multi_valued=True)" if multi_valued else "int32"
@@ -369,14 +410,14 @@ def _check_schema(schema: pa.Schema, fm: FeatureMap, path: Path) -> None:
         else:
             want, ok = "float32", got == pa.float32()
         if not ok:
-            raise ValueError(f"{path}: column {name!r} ({role}) has dtype {got}, expected {want}")
+            raise ShardError(f"{path}: column {name!r} ({role}) has dtype {got}, expected {want}")
 
 
 def _plain(table: pa.Table, name: str, path: Path) -> npt.NDArray[Any]:
     col = table.column(name)
     if col.null_count:
         first = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{path}: column {name!r} has {col.null_count} null(s), first at row {first}")
+        raise ShardError(f"{path}: column {name!r} has {col.null_count} null(s), first at row {first}")
     return np.asarray(col.to_numpy())
 
 
@@ -384,10 +425,10 @@ def _csr(table: pa.Table, name: str, path: Path) -> tuple[npt.NDArray[np.int64],
     arr = table.column(name).combine_chunks()
     if arr.null_count:
         first = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{path}: column {name!r} has {arr.null_count} null list(s), first at row {first}")
+        raise ShardError(f"{path}: column {name!r} has {arr.null_count} null list(s), first at row {first}")
     flat = arr.flatten()  # respects slicing, unlike ``.values``
     if flat.null_count:
-        raise ValueError(f"{path}: column {name!r} has {flat.null_count} null id(s) inside its lists")
+        raise ShardError(f"{path}: column {name!r} has {flat.null_count} null id(s) inside its lists")
     offsets = arr.offsets.to_numpy().astype(np.int64)
     return offsets - offsets[0], np.ascontiguousarray(flat.to_numpy(), dtype=np.int32)
 
@@ -403,7 +444,7 @@ def _check_range(
         return
     pos = int(np.flatnonzero((ids < 0) | (ids >= cardinality))[0])
     row = pos if offsets is None else int(np.searchsorted(offsets, pos, side="right") - 1)
-    raise ValueError(
+    raise ShardError(
         f"{path}: column {name!r} has id {int(ids[pos])} at row {row}, outside [0, {cardinality}) "
         f"(the field's cardinality is {cardinality})"
     )

@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,31 @@ __all__ = [
 
 Sharding = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
 
+_RULES: dict[str, Callable[[float], bool]] = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    ">= 1": lambda v: v >= 1,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in (0, 1]": lambda v: 0 < v <= 1,
+    "in [0, 2**32)": lambda v: 0 <= v < 2**32,  # seeds: Lightning and NumPy take 32-bit unsigned ones
+}
+
+
+def _check(config: object, **rules: str) -> None:
+    """Each named numeric field of ``config`` is finite and obeys its rule (``None`` passes: unset).
+
+    >>> _check(OptimConfig(), lr="> 0")
+    >>> OptimConfig(lr=float("nan"))
+    Traceback (most recent call last):
+    ...
+    features.strict.ConfigError: OptimConfig.lr: must be finite and > 0, got nan
+    """
+    for name, rule in rules.items():
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and _RULES[rule](value)):
+            finite = "finite and " if isinstance(value, float) else ""
+            raise ConfigError(f"{type(config).__name__}.{name}: must be {finite}{rule}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -57,9 +83,7 @@ class OptimConfig:
     gamma: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("lr", "sparse_lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"OptimConfig.{name}: must be > 0, got {getattr(self, name)}")
+        _check(self, lr="> 0", sparse_lr="> 0", weight_decay=">= 0", gamma="in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -94,12 +118,17 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.column_shard_dim is not None and (self.column_shard_dim < 4 or self.column_shard_dim % 4):
             raise ConfigError(f"TrainerConfig.column_shard_dim: must be a multiple of 4, got {self.column_shard_dim}")
-        if self.max_epochs < 1:
-            raise ConfigError(f"TrainerConfig.max_epochs: must be >= 1, got {self.max_epochs}")
-        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
-            raise ConfigError(
-                f"TrainerConfig.checkpoint_every_n_steps: must be >= 1, got {self.checkpoint_every_n_steps}"
-            )
+        _check(
+            self,
+            max_epochs=">= 1",
+            patience=">= 0",
+            gradient_clip="> 0",
+            seed="in [0, 2**32)",
+            checkpoint_every_n_steps=">= 1",
+            limit_train_batches=">= 1",
+            log_every_n_steps=">= 1",
+            threads=">= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -118,10 +147,7 @@ class SupernetConfig:
     prune_rows: bool = True
 
     def __post_init__(self) -> None:
-        if self.alpha < 0 or self.threshold_lr <= 0:
-            raise ConfigError(
-                f"SupernetConfig: need alpha >= 0 and threshold_lr > 0, got {self.alpha}, {self.threshold_lr}"
-            )
+        _check(self, alpha=">= 0", threshold_lr="> 0")
 
 
 @dataclass(frozen=True)
@@ -157,14 +183,21 @@ class SearchConfig:
     shrink: bool = True
 
     def __post_init__(self) -> None:
-        if self.pick_tolerance < 0:
-            raise ConfigError(f"SearchConfig.pick_tolerance: must be >= 0, got {self.pick_tolerance}")
-        if self.workers < 0:
-            raise ConfigError(f"SearchConfig.workers: must be >= 0, got {self.workers}")
-        if self.budget is not None and not 0.0 < self.budget <= 1.0:
-            raise ConfigError(f"SearchConfig.budget: a fraction in (0, 1] of the full table, got {self.budget}")
-        if self.val_rows is not None and self.val_rows < 1:
-            raise ConfigError(f"SearchConfig.val_rows: must be >= 1 or null, got {self.val_rows}")
+        _check(
+            self,
+            population=">= 1",
+            n_mutation=">= 0",
+            n_crossover=">= 0",
+            mutation_prob="in [0, 1]",
+            generations=">= 1",
+            top_k=">= 1",
+            seed="in [0, 2**32)",
+            workers=">= 0",
+            budget="in (0, 1]",  # a fraction of the full table's parameters
+            val_rows=">= 1",
+            eval_batch_size=">= 1",
+            pick_tolerance=">= 0",
+        )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
+from ctr.writes import refused_writes
+
 __all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy", "complete_checkpoint", "ray_strategy"]
 
 META_FILE = "lightning_meta.pt"
@@ -95,10 +97,12 @@ class TorchRecStrategy(DDPStrategy):
         if self.is_global_zero and partial.exists():
             shutil.rmtree(partial)  # left by a run killed mid-save
         self.barrier("torchrec_save_checkpoint_begin")
-        dcp_save(state, checkpoint_id=str(partial))
+        with refused_writes(partial):  # a full disk: one line naming the checkpoint, not torch's traceback
+            dcp_save(state, checkpoint_id=str(partial))
         self.barrier("torchrec_save_checkpoint_shards")
         if self.is_global_zero:
-            torch.save(rest, partial / META_FILE)  # the meta file last: its presence marks a complete checkpoint
+            with refused_writes(partial / META_FILE):  # the meta file last: it marks a complete checkpoint
+                torch.save(rest, partial / META_FILE)
             if stale.exists():
                 _remove(stale)
             if path.exists():

@@ -47,7 +47,7 @@ from features.outputs import replaced_dir
 from features.schema import FeatureMap
 from features.sources import scan_inputs
 from features.spec import DatasetSpec, InputError
-from features.strict import from_dict, to_dict
+from features.strict import ConfigError, from_dict, to_dict
 from features.transforms import (
     SPLITS,
     assign_random_split,
@@ -64,7 +64,10 @@ __all__ = ["PrepareOptions", "apply_feature_map", "prepare"]
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """How to split and encode; ``min_count`` overrides the spec's default for fields without their own."""
+    """How to split and encode; ``min_count`` overrides the spec's default for fields without their own.
+
+    ``shard_rows``: at most this many rows per parquet shard (at least 1).
+    """
 
     split: Literal["random", "time"] = "random"
     seed: int = 0
@@ -76,9 +79,13 @@ class PrepareOptions:
 
     def __post_init__(self) -> None:
         if len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0:
-            raise ValueError(f"split ratios must be three non-negative numbers, got {self.ratios}")
+            raise ConfigError(f"split ratios must be three non-negative numbers, got {self.ratios}")
         if self.min_count is not None and self.min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+            raise ConfigError(f"min_count must be >= 1, got {self.min_count}")
+        if self.shard_rows < 1:  # Polars would read 0 as "no limit"
+            raise ConfigError(f"shard_rows must be >= 1, got {self.shard_rows}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
 
 class _Progress:

@@ -7,21 +7,52 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as every bad input is reported: ``ctr <stage>: error: <option>: <problem>``,
+    one line, exit code 1 (argparse's own is usage lines and exit code 2). ``--help`` still exits 0."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"{self.prog}: error: {message.removeprefix('argument ')}\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` (argparse puts the option's name before the problem)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+_POSITIVE = _int_at_least(1)
+_NON_NEGATIVE = _int_at_least(0)
 
 
 def _prepare(args: argparse.Namespace) -> None:
     from features.prepare import PrepareOptions, prepare
     from features.spec import builtin_spec, load_spec
+    from features.strict import ConfigError
 
     if args.dataset == "custom" and args.spec is None:
-        raise SystemExit("ctr prepare: error: --dataset custom needs --spec FILE")
+        raise ConfigError("--spec: --dataset custom needs --spec FILE")
     spec = load_spec(args.spec) if args.spec is not None else builtin_spec(args.dataset)
     options = PrepareOptions(
         split=args.split,
@@ -146,6 +177,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _compress_bench(args: argparse.Namespace) -> None:
+    from features.strict import ConfigError
     from pipelines.compress_bench import run_compress_bench
 
     config = _run_config(args)
@@ -153,7 +185,7 @@ def _compress_bench(args: argparse.Namespace) -> None:
     try:
         budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     except ValueError as e:
-        raise SystemExit(f"ctr compress-bench: error: --budgets {args.budgets!r}: {e}") from None
+        raise ConfigError(f"--budgets {args.budgets!r}: {e}") from None
     records = run_compress_bench(config, Path(args.out), methods, budgets, progress=not args.quiet)
     print(json.dumps(records))
 
@@ -169,7 +201,9 @@ MODEL_NAMES = ("lr", "fm", "deepfm", "fnn", "ipnn", "dcn", "dcnv2", "dlrm")
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--search-workers", type=int, metavar="N", help="Ray evaluator actors (0: no Ray; default 1)")
+    p.add_argument(
+        "--search-workers", type=_NON_NEGATIVE, metavar="N", help="Ray evaluator actors (0: no Ray; default 1)"
+    )
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite file in the search dir)")
     p.add_argument("--study", default="optembed", metavar="NAME", help="Optuna study name")
     p.add_argument("--multi-objective", action="store_true", help="maximise AUC and minimise parameters (Pareto)")
@@ -177,7 +211,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctr", description="CTR models whose embedding tables find their own shape.")
+    parser = _Parser(prog="ctr", description="CTR models whose embedding tables find their own shape.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="raw CSV/TSV/parquet logs -> encoded parquet shards + feature_map.json")
@@ -185,10 +219,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, nargs="+", metavar="FILE", help="input files (MovieLens: u.data)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--spec", metavar="FILE", help="dataset spec YAML (required for custom; overrides built-ins)")
-    p.add_argument("--min-count", type=int, metavar="N", help="default vocabulary min-count (spec default: 1)")
+    p.add_argument("--min-count", type=_POSITIVE, metavar="N", help="default vocabulary min-count (spec default: 1)")
     p.add_argument("--split", choices=["random", "time"], default="random", help="8:1:1 random, or by time")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random split")
-    p.add_argument("--shard-rows", type=int, default=1_000_000, metavar="N", help="rows per parquet shard")
+    p.add_argument("--seed", type=_NON_NEGATIVE, default=0, metavar="S", help="seed of the random split")
+    p.add_argument("--shard-rows", type=_POSITIVE, default=1_000_000, metavar="N", help="rows per parquet shard")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset that `ctr prepare` wrote there")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare)
@@ -212,10 +246,13 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, metavar="RUN", help="run directory (metrics.json, checkpoints, logs)")
         p.add_argument("--config", metavar="FILE", help="YAML run config (data, model, optim, trainer, supernet)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
-        p.add_argument("--nproc", type=int, default=1, metavar="N", help="processes (tables sharded across them)")
+        p.add_argument("--nproc", type=_POSITIVE, default=1, metavar="N", help="processes (tables sharded across them)")
         p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
         p.add_argument(
-            "--ray-workers", type=int, metavar="N", help="train with N Ray Train workers instead of --nproc processes"
+            "--ray-workers",
+            type=_POSITIVE,
+            metavar="N",
+            help="train with N Ray Train workers instead of --nproc processes",
         )
         p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local)")
         p.set_defaults(func=_train)
@@ -235,7 +272,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--variant", choices=variants, default="optembed", help="rows and dims, rows only (-e), dims only (-d)"
     )
     _search_args(p)
-    p.add_argument("--nproc", type=int, default=1, metavar="N", help="training processes")
+    p.add_argument("--nproc", type=_POSITIVE, default=1, metavar="N", help="training processes")
     p.add_argument("--int8", action="store_true", help="export int8 embedding tables")
     p.add_argument("--quiet", action="store_true", help="no search progress bar")
     p.set_defaults(func=_optembed)
@@ -260,7 +297,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=["rewind", "fresh", "inherit"], help="initial weights (default: rewind)")
     p.add_argument("--config", metavar="FILE", help="YAML run config (default: the supernet's settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--nproc", type=int, default=1, metavar="N")
+    p.add_argument("--nproc", type=_POSITIVE, default=1, metavar="N")
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=_retrain)
 
@@ -292,22 +329,58 @@ def _build_parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
 
     p = sub.add_parser("synth", help="planted-signal Criteo-format data with its ground truth")
-    p.add_argument("--rows", required=True, type=int, metavar="N")
+    p.add_argument("--rows", required=True, type=_POSITIVE, metavar="N")
     p.add_argument("--out", required=True, metavar="FILE", help="TSV output; truth goes to FILE.truth.json")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--seed", type=_NON_NEGATIVE, default=0, metavar="S")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_synth)
     return parser
 
 
+# Failures of the user's files, disks and permissions, not of the platform: reported as one line.
+_USER_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+    }
+)
+# Only a write fails so: without a file name in the error, the file is the stage's output (--out).
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+_RUST_ERRNO = re.compile(r"\(os error (\d+)\)")  # Polars' I/O errors: "File too large (os error 27)"
+
+
+def _os_error(e: OSError, out: str | None) -> str | None:
+    """``<path>: <strerror>`` for an OSError the user's files or disk caused; None for any other (a bug)."""
+    code = e.errno
+    if code is None and (found := _RUST_ERRNO.search(str(e))):
+        code = int(found.group(1))
+    if code not in _USER_ERRNOS:
+        return str(e) if isinstance(e, FileNotFoundError) and code is None else None  # ours name the file
+    if e.filename is not None:
+        return f"{e.filename}: {os.strerror(code)}"
+    if code in _WRITE_ERRNOS and out is not None:
+        return f"{out}: {os.strerror(code)}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one stage; a failure the user caused (bad input, config, file or disk) is one line on stderr and
+    exit code 1: ``ctr <stage>: error: <file or option>: <problem>``. Anything else keeps its traceback."""
     from features.schema import FeatureMapError
     from features.spec import InputError
     from features.strict import ConfigError
 
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
-    errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError, FileNotFoundError)
+    errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError)
     if args.command in ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench"):
         from ctr.lit import NonFiniteLossError
         from ctr.strategy import CheckpointError
@@ -316,8 +389,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         func(args)
     except errors as e:
-        print(f"ctr {args.command}: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(args.command, str(e))
+    except OSError as e:
+        line = _os_error(e, getattr(args, "out", None))
+        if line is None:
+            raise
+        _fail(args.command, line)
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    print(f"ctr {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ MODULES = [
     "ctr.config",
     "ctr.embedding",
     "ctr.dmp",
+    "ctr.writes",
     "search.evolution",
 ]
 
