@@ -86,7 +86,8 @@ class _Progress:
 
     def __init__(self, desc: str, enabled: bool) -> None:
         self.enabled = enabled
-        self._bar = tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not enabled, mininterval=0.5)
+        # delay: a run that fails at once (a bad input file) shows no bar, only its one error line
+        self._bar = tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not enabled, mininterval=0.5, delay=1.0)
         self._lock = threading.Lock()
 
     def hook(self, expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:

@@ -176,3 +176,11 @@ def test_same_file_given_twice_is_refused_in_one_line(
         os.link(path, other)
     line = cli_error(prepare_argv(tmp_path / "o", path, other), capsys)
     assert line == f"ctr prepare: error: {other}: given twice (same file as {path})"
+
+
+def test_refusal_is_one_line_without_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "day.tsv.gz"
+    path.write_bytes(gzip.compress(b"1\t2\n"))
+    argv = prepare_argv(tmp_path / "o", path)
+    argv.remove("--quiet")  # the progress bars must not print before the error line
+    assert cli_error(argv, capsys) == f"ctr prepare: error: {path}: compressed (gzip); decompress it first"
