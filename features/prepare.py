@@ -93,7 +93,8 @@ class _Progress:
 
     def __init__(self, desc: str, enabled: bool) -> None:
         self.enabled = enabled
-        self._bar = tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not enabled, mininterval=0.5)
+        # delay: a run that fails at once (a bad input file) shows no bar, only its one error line
+        self._bar = tqdm(desc=desc, unit=" rows", unit_scale=True, disable=not enabled, mininterval=0.5, delay=1.0)
         self._lock = threading.Lock()
 
     def hook(self, expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -153,7 +154,8 @@ def _stage(
     so the fit reads the training rows alone and nothing filters. Single-valued vocabulary fields are staged
     as ``codes``; the raw line is kept for rejected rows only, with the reason.
     """
-    lf = scan_inputs(spec, inputs)
+    root = work / ".staged"
+    lf = scan_inputs(spec, inputs, root / "repaired")  # deleted with the staged files
     if progress.enabled:
         lf = lf.with_columns(progress.hook(pl.col("__line"), pl.UInt64()))
     lf = lf.pipe(validate, spec).pipe(derive_time_parts, spec)
@@ -174,7 +176,6 @@ def _stage(
         *(pl.col(c.name) for c in spec.categorical if c.name not in codes.names),
         pl.when(rejected).then(pl.lit(_REJECTED)).otherwise(part).alias("__part"),
     )
-    root = work / ".staged"
     target = pl.PartitionBy(root, key="__part", include_key=False, max_rows_per_file=_STAGE_ROWS)
     staged.sink_ipc(target, compression=_STAGE_COMPRESSION, mkdir=True)
     return _Stage(root, staged.drop("__part").collect_schema())

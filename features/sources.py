@@ -12,7 +12,9 @@ Every source yields the same shape, so validation and encoding never care where 
 Delimited files are read line by line (``scan_lines``) and split with the delimiter, so a row with the
 wrong number of columns is caught and quarantined with its line number instead of being padded or
 dropped by a CSV reader. Quoted fields that contain the delimiter are therefore not supported.
-A missing, empty or wrongly shaped file raises ``InputError`` naming the file.
+A missing, empty, compressed or wrongly shaped file, or a file given twice, raises ``InputError`` naming the
+file. A UTF-8 byte-order mark is dropped; a line that is not valid UTF-8 is rejected (``encoding``) with its
+number, read from a repaired copy in ``scratch`` (see ``features.textfile``).
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from pathlib import Path
 import polars as pl
 
 from features.spec import DatasetSpec, InputError
+from features.textfile import TextFile, check_distinct, check_not_packed, read_text
 
 __all__ = ["scan_inputs"]
 
 _SNIFF_LINES = 20
 
 
-def scan_inputs(spec: DatasetSpec, inputs: list[Path]) -> pl.LazyFrame:
-    """One lazy frame over all input files (see module docstring for its columns)."""
+def scan_inputs(spec: DatasetSpec, inputs: list[Path], scratch: Path) -> pl.LazyFrame:
+    """One lazy frame over all input files (see module docstring for its columns).
+
+    ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines, which the frame reads; the
+    caller deletes it after running the frame."""
     if not inputs:
         raise InputError("no input files given")
     for path in inputs:
@@ -39,12 +45,14 @@ def scan_inputs(spec: DatasetSpec, inputs: list[Path]) -> pl.LazyFrame:
             raise InputError(f"{path}: is a directory, expected a file")
         if path.stat().st_size == 0:
             raise InputError(f"{path}: input file is empty")
+        check_not_packed(path)
+    check_distinct(inputs)
     if spec.format == "parquet":
         frames = [_scan_parquet(spec, p) for p in inputs]
     elif spec.format == "movielens-100k":
-        frames = [_scan_movielens(spec, inputs)]
+        frames = [_scan_movielens(spec, inputs, scratch)]
     else:
-        frames = [_scan_delimited(spec, p, spec.columns, i) for i, p in enumerate(inputs)]
+        frames = [_scan_delimited(spec, read_text(p, scratch, i), spec.columns, i) for i, p in enumerate(inputs)]
     return pl.concat(frames, how="vertical")
 
 
@@ -55,12 +63,14 @@ def _first_lines(path: Path, n: int) -> list[str]:
             lines.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
             if len(lines) >= n:
                 break
+    if lines:
+        lines[0] = lines[0].removeprefix("\ufeff")
     return lines
 
 
-def _scan_delimited(spec: DatasetSpec, path: Path, columns: tuple[str, ...], file_idx: int) -> pl.LazyFrame:
-    sep, header, columns = _resolve_layout(spec, path, columns)
-    return _split_lines(path, sep, header, columns, spec.required_columns, file_idx)
+def _scan_delimited(spec: DatasetSpec, text: TextFile, columns: tuple[str, ...], file_idx: int) -> pl.LazyFrame:
+    sep, header, columns = _resolve_layout(spec, text.path, columns)
+    return _split_lines(text, sep, header, columns, spec.required_columns, file_idx)
 
 
 def _sniff_delimiter(head: list[str], columns: tuple[str, ...]) -> str:
@@ -106,14 +116,17 @@ def _resolve_layout(
 
 
 def _split_lines(
-    path: Path, sep: str, header: bool, columns: tuple[str, ...], wanted: tuple[str, ...], file_idx: int
+    text: TextFile, sep: str, header: bool, columns: tuple[str, ...], wanted: tuple[str, ...], file_idx: int
 ) -> pl.LazyFrame:
     n = len(columns)
     raw = pl.col("__raw")
-    lf = pl.scan_lines(path, name="__raw", row_index_name="__line", row_index_offset=1)
+    line = pl.col("__line")
+    lf = pl.scan_lines(text.scan, name="__raw", row_index_name="__line", row_index_offset=1)
     if header:
-        lf = lf.filter(pl.col("__line") > 1)
+        lf = lf.filter(line > 1)
     lf = lf.with_columns(raw.str.strip_suffix("\r"))
+    if text.bom and not header:
+        lf = lf.with_columns(pl.when(line == 1).then(raw.str.strip_prefix("\ufeff")).otherwise(raw))
     fields = pl.col("__fields")
     reject = (
         pl.when(raw == "")
@@ -122,11 +135,14 @@ def _split_lines(
         .then(pl.lit("columns"))
         .otherwise(pl.lit(None, dtype=pl.String))
     )
+    if text.bad_lines:
+        bad = pl.Series(text.bad_lines, dtype=pl.UInt64).implode()
+        reject = pl.when(line.cast(pl.UInt64).is_in(bad)).then(pl.lit("encoding")).otherwise(reject)
     index = {c: i for i, c in enumerate(columns)}
     return lf.with_columns(raw.str.split(sep).alias("__fields")).select(
-        pl.lit(path.name).alias("__file"),
+        pl.lit(text.path.name).alias("__file"),
         pl.lit(file_idx, dtype=pl.UInt64).alias("__file_idx"),
-        pl.col("__line").cast(pl.UInt64),
+        line.cast(pl.UInt64),
         raw,
         reject.alias("__reject"),
         pl.lit(sep).alias("__sep"),
@@ -160,7 +176,7 @@ def _scan_parquet(spec: DatasetSpec, path: Path) -> pl.LazyFrame:
     )
 
 
-def _scan_movielens(spec: DatasetSpec, inputs: list[Path]) -> pl.LazyFrame:
+def _scan_movielens(spec: DatasetSpec, inputs: list[Path], scratch: Path) -> pl.LazyFrame:
     """MovieLens-100K as CTR rows: u.data joined with u.user and u.item (found beside u.data)."""
     by_name = {p.name: p for p in inputs}
     data = by_name.get("u.data") or inputs[0]
@@ -171,7 +187,7 @@ def _scan_movielens(spec: DatasetSpec, inputs: list[Path]) -> pl.LazyFrame:
             raise InputError(f"{side}: MovieLens side file not found (expected beside {data.name})")
     rating_cols = ("user_id", "item_id", "rating", "timestamp")
     sep, header, cols = _resolve_layout(spec, data, rating_cols, delimiter="\t")
-    ratings = _split_lines(data, sep, header, cols, rating_cols, 0)
+    ratings = _split_lines(read_text(data, scratch, 0), sep, header, cols, rating_cols, 0)
     users = pl.read_csv(
         user,
         separator="|",

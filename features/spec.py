@@ -11,6 +11,7 @@ datasets are specs like any other; a custom dataset is a YAML file of the same s
     label: {column: click}     # 0/1, or {column: rating, threshold: 4} for rating >= 4
     dense:
       - {name: price, transform: log1p, fill_null: 0}
+      - {name: views, max_abs: 1.0e+12, clip: true}   # bound on |value| (default 1e9): reject or clip
     categorical:
       - {name: site, min_count: 2}
       - {name: tags, separator: "|"}          # multi-valued
@@ -47,6 +48,9 @@ Transform = Literal["none", "log1p", "log_square"]
 TimePart = Literal["hour_of_day", "weekday", "is_weekend", "month", "year"]
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+
+
 class InputError(ValueError):
     """Raw input that cannot be processed at all (missing, empty, wrongly shaped file)."""
 
@@ -67,6 +71,13 @@ class DenseSpec:
     otherwise (the Criteo discretisation used by OptEmbed, PEP and AutoDim). ``encode``: ``dense`` keeps a
     float; ``categorical`` sends the transformed value through a vocabulary; ``quantile`` buckets it by
     ``buckets`` training quantiles. Nulls become ``fill_null`` for ``dense`` and the missing id otherwise.
+
+    ``max_abs`` bounds the raw value: a row whose value exceeds it in magnitude is rejected with its line, or,
+    with ``clip``, the value is clipped to ``[-max_abs, max_abs]``. The default, 1e9, is far above the counts
+    of Criteo's integer features (well below 1e8; the largest in the DeepCTR sample is 5e5) yet low enough that one
+    stray value cannot swamp a column's mean and standard deviation; it can be at most the largest float32
+    (3.4e38), so every kept value stays finite in the float32 shards. Non-numbers, ``nan`` and ``inf`` are
+    unparseable, clipped or not.
     """
 
     name: str
@@ -75,10 +86,16 @@ class DenseSpec:
     encode: Literal["dense", "categorical", "quantile"] = "dense"
     buckets: int = 10
     min_count: int | None = None
+    max_abs: float = 1e9
+    clip: bool = False
 
     def __post_init__(self) -> None:
         if self.buckets < 2:
             raise ConfigError(f"dense field {self.name!r}: buckets must be >= 2, got {self.buckets}")
+        if not (0 < self.max_abs <= FLOAT32_MAX):
+            raise ConfigError(
+                f"dense field {self.name!r}: max_abs must be > 0 and <= {FLOAT32_MAX:.8g} (float32), got {self.max_abs}"
+            )
 
 
 @dataclass(frozen=True)

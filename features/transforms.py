@@ -53,9 +53,11 @@ def parse_time(col: pl.Expr, fmt: str | None) -> pl.Expr:
 def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
     """Parse the label, dense values and time, and put the first problem's code into ``__reject``.
 
-    Codes are cheap literals (``label:<col>``, ``number:<col>``, ``time:<col>``, or the source's
-    ``columns`` / ``empty``); ``reject_reason`` turns them into messages with the offending value, on the
-    rejected rows only. Empty dense values are missing, not errors.
+    Codes are cheap literals (``label:<col>``, ``number:<col>``, ``range:<col>``, ``time:<col>``, or the
+    source's ``columns`` / ``empty line`` / ``encoding``); ``reject_reason`` turns them into messages with the
+    offending value, on the rejected rows only. Empty dense values are missing, not errors. A dense value beyond
+    its field's ``max_abs`` is rejected (``range``), or clipped when the field says ``clip``; ``nan`` and
+    ``inf`` are unparseable either way.
     """
     label_raw = pl.col(spec.label.column)
     label_num = label_raw.cast(pl.Float64, strict=False)
@@ -71,6 +73,10 @@ def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
         raw = pl.col(d.name)
         value = raw.cast(pl.Float64, strict=False)
         checks.append(((raw != "") & value.is_finite().not_().fill_null(True), f"number:{d.name}"))
+        if d.clip:
+            value = value.clip(-d.max_abs, d.max_abs)
+        else:
+            checks.append(((value.abs() > d.max_abs).fill_null(False), f"range:{d.name}"))
         parsed_cols.append(value.alias(parsed(d.name)))
     for column, fmt in time_columns(spec).items():
         value = parse_time(pl.col(column), fmt)
@@ -106,9 +112,17 @@ def reject_reason(spec: DatasetSpec) -> pl.Expr:
             .then(pl.format("unparseable time in {}: '{}'", pl.lit(name), value))
             .otherwise(reason)
         )
+    for d in spec.dense:
+        limit = pl.lit(f"{d.max_abs:g}")
+        reason = (
+            pl.when(code == f"range:{d.name}")
+            .then(pl.format("number out of range in {}: '{}' (max_abs {})", pl.lit(d.name), pl.col(d.name), limit))
+            .otherwise(reason)
+        )
     n_fields = pl.col("__raw").str.split(pl.col("__sep")).list.len()
     columns = pl.format("expected {} columns, got {}", pl.col("__ncols"), n_fields)
-    return pl.when(code == "columns").then(columns).otherwise(reason)
+    encoding = pl.lit("invalid UTF-8 (raw shows the bytes as \\xNN)")
+    return pl.when(code == "columns").then(columns).when(code == "encoding").then(encoding).otherwise(reason)
 
 
 def rejected_reasons(spec: DatasetSpec) -> pl.Expr:

@@ -110,6 +110,18 @@ def test_unknown_spec_key_names_it_and_suggests(tmp_path: Path) -> None:
         ("hash_buckets: 10", "hash_buckets: 0", "hash_buckets must be >= 1"),
         ("buckets: 4", "buckets: four", "expected an integer"),
         ("- {name: site}", "- {name: price}", "fields defined twice"),
+        (
+            "fill_null: 0}",
+            "fill_null: 0, max_abs: 0}",
+            r"'price': max_abs must be > 0 and <= 3.4028235e\+38 .*got 0.0$",
+        ),
+        (
+            "fill_null: 0}",
+            "fill_null: 0, max_abs: 1.0e+39}",
+            r"max_abs must be .* \(float32\), got 1e\+39",
+        ),
+        ("fill_null: 0}", "fill_null: 0, max_abs: 1e12}", r"dense\[0\].max_abs: expected a number, got '1e12'"),
+        ("fill_null: 0}", "fill_null: 0, clip: yes please}", r"dense\[0\].clip: expected true/false, got 'yes please'"),
     ],
 )
 def test_invalid_spec_values_are_rejected(tmp_path: Path, old: str, new: str, message: str) -> None:

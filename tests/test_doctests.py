@@ -12,6 +12,7 @@ MODULES = [
     "features.strict",
     "features.spec",
     "features.transforms",
+    "features.textfile",
     "features.encode",
     "features.outputs",
     "ctr.metrics",
