@@ -18,6 +18,7 @@ MODULES = [
     "ctr.supernet",
     "ctr.plan",
     "ctr.pruned",
+    "ctr.manifest",
     "ctr.variants",
     "ctr.quantize",
     "ctr.config",
