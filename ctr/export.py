@@ -5,13 +5,19 @@ An artifact directory holds everything serving needs, and nothing it must guess:
 ==================  =====================================================================================
 ``feature_map.json`` the fitted feature map (with ``vocab/``): encodes raw logs (``ctr apply``)
 ``plan.json``        per-field dims and kept rows; ``masks.npz`` the kept rows (the id remap)
-``model.json``       :class:`ExportSpec`: model config, both feature-map hashes, int8 or not, weights digest
+``model.json``       :class:`ExportSpec`: model config, both feature-map hashes, rows per table, int8 or not,
+                     and the SHA-256 of every other file of the artifact (``files``)
 ``weights.pt``       the state dict (plain tensors; int8 tables as uint8 rows through TorchRec/FBGEMM)
 ==================  =====================================================================================
 
-:func:`load_exported` checks the spec strictly (unknown keys, format version), the feature map's content hash,
-the weights' SHA-256 and every state-dict key before it returns an :class:`ExportedModel`; weights load with
-``weights_only=True``.
+:func:`load_exported` checks the spec strictly (unknown keys, format version), then that the directory holds
+exactly the files ``model.json`` lists with the same SHA-256 (vocabularies included: a swapped id would
+silently re-encode rows), the feature map's content hash, the plan against ``model.json`` and the feature map
+field by field, and every state-dict key before it returns an :class:`ExportedModel`; weights load with
+``weights_only=True``. A corrupt file is refused in one line naming it (:class:`~features.strict.ConfigError`).
+
+Format 2 added the file manifest; an artifact of format 1 (only the weights hashed) is refused: export the run
+again.
 
 Example:
     >>> info = export_run("runs/optembed/retrain", "runs/optembed/export", int8=True)  # doctest: +SKIP
@@ -21,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -34,6 +39,7 @@ import torch
 from ctr.config import ModelConfig
 from ctr.data import ColumnarSplit
 from ctr.embedding import embedding_params
+from ctr.manifest import first_line, manifest, verify
 from ctr.models import CTRModel, build_model
 from ctr.pruned import MASKS_FILE, PLAN_FILE, PrunedTables
 from ctr.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
@@ -44,7 +50,7 @@ from features.strict import ConfigError, from_dict, load_json, to_dict
 
 __all__ = ["EXPORT_FORMAT", "ExportSpec", "ExportedModel", "export_run", "load_exported"]
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: every file hashed in ``files``, rows per table in ``table_rows``; 1: weights only
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -56,9 +62,10 @@ class ExportSpec:
     feature_map_hash: str  # the fitted feature map's
     table_hash: str  # the reduced feature map's (cardinalities = kept rows)
     int8: bool
-    weights_sha256: str
+    table_rows: dict[str, int]  # per field: rows of the exported table (kept rows plus the OOV row)
     embedding_params: int
     embedding_bytes: int
+    files: dict[str, str]  # every other file of the artifact (relative path, ``/``-separated) -> its SHA-256
 
 
 @dataclass(frozen=True)
@@ -81,14 +88,6 @@ class ExportedModel:
             for start in range(0, len(data), batch_size):
                 out.append(torch.sigmoid(self.model(data.batch(np.arange(start, min(start + batch_size, len(data)))))))
         return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_run(run: str | Path, out: str | Path, *, int8: bool = False, overwrite: bool = False) -> dict[str, object]:
@@ -129,9 +128,10 @@ def _export(run: str | Path, out: Path, *, int8: bool) -> dict[str, object]:
         feature_map_hash=fm.content_hash,
         table_hash=reduced.content_hash,
         int8=int8,
-        weights_sha256=_sha256(out / WEIGHTS_FILE),
+        table_rows={f.name: f.cardinality for f in reduced.categorical},
         embedding_params=embedding_params(reduced, tables.model_config(config.model)),
         embedding_bytes=embedding_bytes(model),
+        files=manifest(out, exclude=SPEC_FILE),
     )
     (out / SPEC_FILE).write_text(json.dumps(to_dict(spec), indent=2) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -146,30 +146,65 @@ def _export(run: str | Path, out: Path, *, int8: bool) -> dict[str, object]:
 
 
 def load_exported(path: str | Path) -> ExportedModel:
-    """Load an artifact strictly: spec, feature map, plan and weights must all agree."""
+    """Load an artifact strictly: its files, spec, feature map, plan and weights must all agree."""
     root = Path(path)
     spec_path = root / SPEC_FILE
     raw = load_json(spec_path, "model spec", missing="missing (not an exported model)")
+    version = raw.get("format") if isinstance(raw, dict) else None
+    if version != EXPORT_FORMAT:
+        raise ConfigError(
+            f"{spec_path}: export format {version!r}, this version reads {EXPORT_FORMAT} only "
+            "(format 1 did not hash every file): export the run again with `ctr export`"
+        )
     spec = from_dict(ExportSpec, raw, where=str(spec_path))
-    if spec.format != EXPORT_FORMAT:
-        raise ConfigError(f"{spec_path}: export format {spec.format}, this version reads {EXPORT_FORMAT}")
+    verify(root, spec.files, exclude=SPEC_FILE)
     fm = FeatureMap.load(root)
     if fm.content_hash != spec.feature_map_hash:
         raise ConfigError(
             f"{root}: feature map {fm.content_hash[:12]} is not the exported {spec.feature_map_hash[:12]}"
         )
     tables = PrunedTables.load(root, fm.content_hash)
+    _check_plan(root / PLAN_FILE, spec, tables, fm)
     reduced = tables.feature_map(fm)
     if reduced.content_hash != spec.table_hash:
         raise ConfigError(f"{root}: {PLAN_FILE}/{MASKS_FILE} do not give the exported tables")
     weights = root / WEIGHTS_FILE
-    if not weights.is_file() or _sha256(weights) != spec.weights_sha256:
-        raise ConfigError(f"{weights}: missing or corrupt (SHA-256 differs from {SPEC_FILE})")
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or truncated file: any decoder error
+        raise ConfigError(f"{weights}: corrupt weights ({first_line(e)})") from e
     skeleton = build_model(reduced, spec.model)
-    if spec.int8:
-        model = load_quantized(skeleton, state)
-    else:
-        skeleton.load_state_dict(state, strict=True)
-        model = skeleton
+    try:
+        if spec.int8:
+            model = load_quantized(skeleton, state)
+        else:
+            skeleton.load_state_dict(state, strict=True)
+            model = skeleton
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"{weights}: does not fit the model of {SPEC_FILE} ({first_line(e)})") from e
     return ExportedModel(spec, fm, tables, model.eval())
+
+
+def _check_plan(plan_path: Path, spec: ExportSpec, tables: PrunedTables, fm: FeatureMap) -> None:
+    """Refuse a plan that contradicts ``model.json`` or the feature map, naming the first field that does."""
+    try:
+        tables.check(fm)
+        tables.model_config(spec.model)  # full_dim against model.embedding_dim
+    except ConfigError as e:
+        raise ConfigError(f"{plan_path}: {e}") from e
+    if spec.model.pad_to != tables.plan.full_dim:
+        raise ConfigError(f"{plan_path}: full_dim {tables.plan.full_dim}, {SPEC_FILE} pads to {spec.model.pad_to}")
+    dims = {f.name: f.dim for f in tables.plan.fields}
+    rows = {f.name: int(tables.kept_ids(f.name).shape[0]) for f in tables.plan.fields}
+    for name in sorted(set(dims) | set(spec.model.field_dims)):
+        if dims.get(name) != spec.model.field_dims.get(name):
+            raise ConfigError(
+                f"{plan_path}: field {name!r} has dim {dims.get(name)}, "
+                f"{SPEC_FILE} says {spec.model.field_dims.get(name)}"
+            )
+    for name in sorted(set(rows) | set(spec.table_rows)):
+        if rows.get(name) != spec.table_rows.get(name):
+            raise ConfigError(
+                f"{plan_path}: field {name!r} keeps {rows.get(name)} rows (with {MASKS_FILE}), "
+                f"{SPEC_FILE} says {spec.table_rows.get(name)}"
+            )

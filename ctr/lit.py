@@ -47,7 +47,16 @@ from ctr.strategy import CheckpointError
 from features.schema import FeatureMap
 from features.strict import ConfigError, to_dict
 
-__all__ = ["CTRModule", "CpuRowWiseSharder", "NonFiniteLossError"]
+__all__ = ["RESUME_FIXED", "CTRModule", "CpuRowWiseSharder", "NonFiniteLossError"]
+
+# What decides which rows form each training batch, and in which order (with the world size and the feature map,
+# which the spec also holds): the data loader resumes at a batch *index* of the checkpoint's order, so another
+# value would skip or repeat samples. trainer.seed seeds the weights and every random stream of the run. A resume
+# that changes one of them is refused by name. Everything else may change on resume: trainer.max_epochs,
+# patience, progress_bar, threads, log_every_n_steps, checkpoint_every_n_steps, keep_freed_memory, precision,
+# gradient_clip, sharding, column_shard_dim, group_field; data.eval_batch_size, data.num_workers, data.path (to
+# data with the same feature map); optim.* but the sparse optimiser (its state is in the checkpoint).
+RESUME_FIXED = ("data.batch_size", "data.seed", "data.shuffle", "trainer.limit_train_batches", "trainer.seed")
 
 
 class CpuRowWiseSharder(EmbeddingBagCollectionSharder):  # type: ignore[misc]
@@ -222,7 +231,7 @@ class CTRModule(pl.LightningModule):
         self._finish("test_")
 
     # ------------------------------------------------------------------ checkpoints (see ctr.strategy)
-    def _spec(self, *, world_size: bool = True) -> dict[str, Any]:
+    def _spec(self, *, resuming: bool = True) -> dict[str, Any]:
         model = to_dict(self.config.model)
         if model["table_dtype"] == "float32":  # the default: checkpoints written before the option still match
             del model["table_dtype"]
@@ -240,8 +249,10 @@ class CTRModule(pl.LightningModule):
             # checkpoints written before the Linear layers before BatchNorm lost their (redundant) bias lack this
             # key: refused by name, not by a missing-key error
             spec["linear_bias_before_batch_norm"] = False
-        if world_size:
+        if resuming:
             spec["world_size"] = self.trainer.world_size
+            settings = _flatten(to_dict(self.config))
+            spec |= {key: settings[key] for key in RESUME_FIXED}
         return spec
 
     @functools.cached_property
@@ -251,21 +262,22 @@ class CTRModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ctr_spec"] = self._spec()
 
-    def check_checkpoint_spec(self, meta: dict[str, Any], path: str, *, world_size: bool = True) -> None:
-        """Refuse a checkpoint of another model config, optimiser, feature map or (resuming) world size."""
+    def check_checkpoint_spec(self, meta: dict[str, Any], path: str, *, resuming: bool = True) -> None:
+        """Refuse a checkpoint of another model config, optimiser or feature map; resuming, also of another world
+        size or sample order (:data:`RESUME_FIXED`). ``resuming=False``: the weights are read for inference."""
         saved = meta.get("ctr_spec")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{path}: checkpoint carries no spec (not written by this platform)")
-        if not world_size:
-            saved = {k: v for k, v in saved.items() if k != "world_size"}
-        want, have = _flatten(saved), _flatten(self._spec(world_size=world_size))
-        diff = [
-            f"{k}: checkpoint {want.get(k)!r}, this run {have.get(k)!r}"
-            for k in sorted(set(want) | set(have))
-            if want.get(k) != have.get(k)
-        ]
-        if diff:
-            raise CheckpointError(f"{path}: checkpoint does not match this run: " + "; ".join(diff))
+        if not resuming:
+            saved = {k: v for k, v in saved.items() if k not in ("world_size", *RESUME_FIXED)}
+        want, have = _flatten(saved), _flatten(self._spec(resuming=resuming))
+        keys = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+        if keys:
+            diff = "; ".join(f"{k}: checkpoint {want.get(k)!r}, this run {have.get(k)!r}" for k in keys)
+            order = [k for k in keys if k in RESUME_FIXED]
+            fixed = f" ({', '.join(order)}: fixed for a resumed run, train into a new --out to change it)"
+            hint = fixed if order else ""
+            raise CheckpointError(f"{path}: checkpoint does not match this run: {diff}{hint}")
 
     def fused_optimizer_state(self) -> dict[str, Any]:
         state: dict[str, Any] = self._dmp().fused_optimizer.state_dict()

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ctr.config import ModelConfig
+from ctr.manifest import first_line
 from ctr.plan import EmbeddingPlan, FieldPlan
 from features.schema import OOV_ID, FeatureMap
 from features.strict import ConfigError
@@ -136,8 +136,8 @@ class PrunedTables:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 masks: dict[str, Any] = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise ConfigError(f"{path}: corrupt row masks ({e})") from e
+        except Exception as e:  # a corrupt or truncated file: any decoder error (BadZipFile, zlib.error, EOFError...)
+            raise ConfigError(f"{path}: corrupt row masks ({first_line(e)})") from e
         try:
             return cls(plan, masks)
         except ConfigError as e:

@@ -72,7 +72,7 @@ def load_run(run: str | Path, checkpoint: str | None = None, feature_map: Featur
         meta = torch.load(ckpt / META_FILE, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{ckpt / META_FILE}: corrupt checkpoint metadata ({type(e).__name__}: {e})") from e
-    module.check_checkpoint_spec(meta, str(ckpt), world_size=False)  # any world size reads into one process
+    module.check_checkpoint_spec(meta, str(ckpt), resuming=False)  # any world size reads into one process
     model = module.build_unsharded(torch.device("cpu"))
     state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
     saved = {k for k in FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata if k.startswith("state_dict.")}

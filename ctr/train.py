@@ -9,7 +9,9 @@ Layout of a run directory::
                              embedding_params, samples_per_sec, world_size, device ("cpu" or "cuda")
 
 ``resume=True`` continues from ``RUN/checkpoints/last.ckpt`` exactly where it stopped: the weights, both
-optimisers' state, the loop counters and the data loader's position within the epoch.
+optimisers' state, the loop counters and the data loader's position within the epoch. A config that changes the
+model or the order of the training samples is refused by name (``CTRModule.check_checkpoint_spec``); the resumed
+run's ``config.yaml`` is written only once its checkpoint was accepted, so a refused resume leaves it as it was.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from features.outputs import owned_dir
 from features.schema import FeatureMap
 from features.strict import to_dict
 
-__all__ = ["LoaderProgress", "Throughput", "command_of", "train"]
+__all__ = ["LoaderProgress", "SaveConfig", "Throughput", "command_of", "train"]
 
 # Known-harmless noise: metrics are computed on predictions gathered from every rank (so no sync_dist), DCP
 # still saves TorchRec's ShardedTensors, and the planner warns about a Topology built by hand.
@@ -62,6 +64,21 @@ class LoaderProgress(Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         self.on_train_batch_end(trainer)
+
+
+class SaveConfig(Callback):
+    """Writes ``RUN/config.yaml`` as training starts: on resume, after the checkpoint (and its spec) was accepted."""
+
+    def __init__(self, config: RunConfig, out: Path) -> None:
+        self.config = config
+        self.out = out
+
+    def write(self) -> None:
+        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.is_global_zero:
+            self.write()
 
 
 class Throughput(Callback):
@@ -181,7 +198,9 @@ def _fit(
         raise CheckpointError(f"{last}: nothing to resume (no complete checkpoint in {ckpt_dir})")
     if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise CheckpointError(f"{ckpt_dir}: the run directory has checkpoints; pass --resume or use a new --out")
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    save_config = SaveConfig(config, out)
+    if not resume:
+        save_config.write()
 
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1)
     last_checkpoint = ModelCheckpoint(  # last.ckpt at every epoch end and every N steps (for resume)
@@ -189,6 +208,7 @@ def _fit(
     )
     throughput = Throughput()
     own: list[Callback] = [
+        save_config,
         LoaderProgress(),
         throughput,
         EarlyStopping(monitor="val_auc", mode="max", patience=config.trainer.patience),

@@ -20,6 +20,7 @@ MODULES = [
     "ctr.supernet",
     "ctr.plan",
     "ctr.pruned",
+    "ctr.manifest",
     "ctr.variants",
     "ctr.quantize",
     "ctr.config",

@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -21,6 +24,7 @@ from ctr.data import load_split
 from ctr.embedding import LINEAR_DIM
 from ctr.export import export_run, load_exported
 from ctr.init import table_init
+from ctr.manifest import manifest
 from ctr.metrics import auc
 from ctr.plan import EmbeddingPlan, FieldPlan
 from ctr.pruned import PrunedTables
@@ -247,12 +251,110 @@ def test_export_loads_strictly_and_predicts_like_the_run(data: Path, supernet: P
     assert np.abs(p8 - model.predict(test)).max() < 0.01
     weights = tmp_path / "float" / "weights.pt"
     weights.write_bytes(weights.read_bytes()[:-10])
-    with pytest.raises(ConfigError, match="missing or corrupt"):
+    with pytest.raises(ConfigError, match=r"weights\.pt: sha256 mismatch"):
         load_exported(tmp_path / "float")
     spec = json.loads((tmp_path / "int8" / "model.json").read_text())
     (tmp_path / "int8" / "model.json").write_text(json.dumps({**spec, "int9": True}))
     with pytest.raises(ConfigError, match="unknown key 'int9'"):
         load_exported(tmp_path / "int8")
+
+
+@pytest.fixture(scope="module")
+def artifact(data: Path, supernet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A float artifact of a rows-only plan (every dim 8), retrained two steps."""
+    root = tmp_path_factory.mktemp("export")
+    search_stage(supernet, root / "plan", VARIANTS["optembed-e"], SearchConfig(), progress=False)
+    _retrain(data, supernet, root / "plan", root / "rt", "inherit", ["trainer.limit_train_batches=2"])
+    export_run(root / "rt", root / "artifact")
+    return root / "artifact"
+
+
+def _copy(artifact: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(artifact, tmp_path / "artifact"))
+
+
+def _rehash(root: Path) -> None:
+    """Rewrite model.json's file hashes for the files as they are now (a tampered artifact that hides it)."""
+    spec = json.loads((root / "model.json").read_text())
+    (root / "model.json").write_text(json.dumps({**spec, "files": manifest(root, exclude="model.json")}))
+
+
+def _refused(root: Path, pattern: str) -> str:
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_exported(root)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_export_hashes_every_file_and_a_swapped_vocab_id_is_refused(artifact: Path, tmp_path: Path) -> None:
+    files = json.loads((artifact / "model.json").read_text())["files"]
+    on_disk = {p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file()} - {"model.json"}
+    assert set(files) == on_disk and {"feature_map.json", "plan.json", "masks.npz", "weights.pt"} <= on_disk
+    vocabs = sorted(n for n in files if n.startswith("vocab/"))
+    assert vocabs, "the artifact carries the vocabularies"
+    root = _copy(artifact, tmp_path)
+    vocab = pl.read_parquet(root / vocabs[0])
+    ids = vocab["id"].to_list()
+    vocab.with_columns(pl.Series("id", [ids[1], ids[0], *ids[2:]], dtype=vocab["id"].dtype)).write_parquet(
+        root / vocabs[0]
+    )
+    _refused(root, rf"{re.escape(str(root / vocabs[0]))}: sha256 mismatch \(model\.json lists {files[vocabs[0]][:12]}")
+
+
+def test_a_missing_or_an_extra_artifact_file_is_refused_by_name(artifact: Path, tmp_path: Path) -> None:
+    root = _copy(artifact, tmp_path)
+    vocab = sorted((root / "vocab").iterdir())[0]
+    vocab.unlink()
+    _refused(root, rf"{re.escape(str(vocab))}: missing \(listed in model\.json\)")
+    shutil.copy(artifact / "vocab" / vocab.name, vocab)
+    load_exported(root)
+    (root / "notes.txt").write_text("hello")
+    _refused(root, rf"{re.escape(str(root / 'notes.txt'))}: not part of the artifact")
+
+
+def test_an_artifact_of_export_format_1_is_refused(artifact: Path, tmp_path: Path) -> None:
+    root = _copy(artifact, tmp_path)
+    spec = json.loads((root / "model.json").read_text())
+    old = {k: v for k, v in spec.items() if k not in ("files", "table_rows")} | {"format": 1, "weights_sha256": "0"}
+    (root / "model.json").write_text(json.dumps(old))
+    _refused(root, r"model\.json: export format 1, this version reads 2 only .*export the run again")
+
+
+def test_a_plan_contradicting_model_json_is_refused_naming_the_field(artifact: Path, tmp_path: Path) -> None:
+    root = _copy(artifact, tmp_path)
+    plan = json.loads((root / "plan.json").read_text())
+    name = plan["fields"][2]["name"]
+    plan["fields"][2]["dim"] = 4  # model.json's model has it at 8
+    (root / "plan.json").write_text(json.dumps(plan))
+    _rehash(root)
+    _refused(root, rf"plan\.json: field '{name}' has dim 4, model\.json says 8$")
+    shutil.copy(artifact / "plan.json", root / "plan.json")
+    spec = json.loads((root / "model.json").read_text())
+    rows = spec["table_rows"][name]
+    spec["table_rows"][name] = rows + 1
+    (root / "model.json").write_text(json.dumps(spec))
+    _rehash(root)
+    _refused(root, rf"plan\.json: field '{name}' keeps {rows} rows \(with masks\.npz\), model\.json says {rows + 1}$")
+
+
+def test_corrupt_masks_or_weights_give_one_line_naming_the_file(artifact: Path, tmp_path: Path) -> None:
+    import struct
+    import zipfile
+
+    root = _copy(artifact, tmp_path)
+    with zipfile.ZipFile(root / "masks.npz") as z:
+        first = z.infolist()[0]
+    raw = bytearray((root / "masks.npz").read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[first.header_offset + 26 : first.header_offset + 30])
+    start = first.header_offset + 30 + name_len + extra_len  # the first member's deflate stream
+    raw[start] = 0xFF  # block type 3: reserved, so zlib fails ("invalid block type")
+    (root / "masks.npz").write_bytes(bytes(raw))
+    _rehash(root)
+    _refused(root, rf"{re.escape(str(root / 'masks.npz'))}: corrupt row masks \(error: .*invalid block type\)$")
+    shutil.copy(artifact / "masks.npz", root / "masks.npz")
+    (root / "weights.pt").write_bytes((artifact / "weights.pt").read_bytes()[:-100])
+    _rehash(root)
+    _refused(root, rf"{re.escape(str(root / 'weights.pt'))}: corrupt weights \(")
 
 
 # ---------------------------------------------------------------------- the pipeline

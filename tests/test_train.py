@@ -24,6 +24,7 @@ from ctr.run_config import load_run_config
 from ctr.strategy import CheckpointError
 from ctr.train import train
 from features.synth import Truth
+from pipelines.cli import main
 
 FAST = ["trainer.progress_bar=false", "model.mlp=[64, 64]", "model.embedding_dim=8"]
 
@@ -162,6 +163,64 @@ def test_checkpoint_of_another_config_is_refused(small: Path, tmp_path: Path) ->
     torch.save(meta, meta_file)
     with pytest.raises(CheckpointError, match=r"first_order_columns: checkpoint None, this run 4"):
         train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run", resume=True)
+
+
+RESUMABLE = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.batch_size=256"]
+
+
+@pytest.fixture(scope="module")
+def resumable(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An FM run of one 3-step epoch: a checkpoint to resume."""
+    out = tmp_path_factory.mktemp("resumable") / "run"
+    train(load_run_config(None, RESUMABLE, data=str(small), model="fm"), out)
+    return out
+
+
+def _resume_args(small: Path, run: Path, extra: list[str]) -> list[str]:
+    sets = [*RESUMABLE, *extra]
+    return ["train", "--data", str(small), "--model", "fm", "--out", str(run), "--resume"] + [
+        x for s in sets for x in ("--set", s)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "saved"),
+    [
+        ("data.seed", "5", "0"),
+        ("data.batch_size", "128", "256"),
+        ("data.shuffle", "false", "True"),
+        ("trainer.limit_train_batches", "2", "3"),
+        ("trainer.seed", "7", "0"),
+    ],
+)
+def test_resume_refuses_a_change_of_the_sample_order(
+    small: Path, resumable: Path, key: str, value: str, saved: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = (resumable / "config.yaml").read_text()
+    meta = (resumable / "checkpoints" / "last.ckpt" / "lightning_meta.pt").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(_resume_args(small, resumable, [f"{key}={value}"]))
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ctr train: error:")]
+    ckpt = resumable / "checkpoints" / "last.ckpt"
+    shown = value.capitalize() if value == "false" else value
+    assert errors == [
+        f"ctr train: error: {ckpt}: checkpoint does not match this run: {key}: checkpoint {saved}, this run {shown} "
+        f"({key}: fixed for a resumed run, train into a new --out to change it)"
+    ]
+    # A refused resume changes nothing in the run.
+    assert (resumable / "config.yaml").read_text() == config
+    assert (resumable / "checkpoints" / "last.ckpt" / "lightning_meta.pt").read_bytes() == meta
+
+
+def test_resume_allows_more_epochs_and_other_evaluation_and_logging_settings(small: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(load_run_config(None, RESUMABLE, data=str(small), model="fm"), run)
+    main(_resume_args(small, run, ["trainer.max_epochs=2", "trainer.log_every_n_steps=1", "data.eval_batch_size=1000"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 6 and metrics["epochs"] == 2  # 3 more steps: the second epoch
+    assert "max_epochs: 2" in (run / "config.yaml").read_text()
 
 
 def test_a_checkpoint_with_a_bias_before_batch_norm_is_refused_by_name(small: Path, tmp_path: Path) -> None:
