@@ -120,6 +120,7 @@ def test_invalid_utf8_line_is_rejected_and_the_other_rows_kept(tmp_path: Path) -
     raw = pl.read_parquet(tmp_path / "out" / "rejects.parquet").sort("line")["raw"][0]
     assert raw == bad.decode("utf-8", "backslashreplace") and "caf\\xe9" in raw
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".ctr-output.json",  # the platform's marker (features.outputs)
         "feature_map.json",
         "rejects.parquet",
         "report.json",

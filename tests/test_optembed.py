@@ -33,6 +33,7 @@ from ctr.run_config import RetrainConfig, SearchConfig, load_run_config
 from ctr.supernet_module import find_pruning, model_row_masks
 from ctr.train import train
 from ctr.variants import VARIANTS
+from features.outputs import MARKER
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec
@@ -288,7 +289,7 @@ def _refused(root: Path, pattern: str) -> str:
 
 def test_export_hashes_every_file_and_a_swapped_vocab_id_is_refused(artifact: Path, tmp_path: Path) -> None:
     files = json.loads((artifact / "model.json").read_text())["files"]
-    on_disk = {p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file()} - {"model.json"}
+    on_disk = {p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file()} - {"model.json", MARKER}
     assert set(files) == on_disk and {"feature_map.json", "plan.json", "masks.npz", "weights.pt"} <= on_disk
     vocabs = sorted(n for n in files if n.startswith("vocab/"))
     assert vocabs, "the artifact carries the vocabularies"
