@@ -33,7 +33,7 @@ from ctr.run_config import RetrainConfig, SearchConfig, load_run_config
 from ctr.supernet_module import find_pruning, model_row_masks
 from ctr.train import train
 from ctr.variants import VARIANTS
-from features.outputs import MARKER
+from features.outputs import LOCK, MARKER, owned_dir
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec
@@ -229,6 +229,19 @@ def test_retrain_builds_the_physical_table_and_initialises_as_asked(data: Path, 
     assert metrics["embedding_params"] == sum(
         reduced.kept_ids(f.name).shape[0] * (f.dim + 4) for f in reduced.plan.fields
     )  # the embeddings at their dims plus the 4 first-order columns, over the kept rows
+
+
+def test_a_second_search_on_the_same_folder_is_refused_and_the_first_goes_on(supernet: Path, tmp_path: Path) -> None:
+    """Issue #18, item 5: a second `ctr search` on the same folder made the first die."""
+    out = tmp_path / "plan"
+    with owned_dir(out, "ctr search"):  # the first search, in this process
+        cmd = [sys.executable, "-m", "pipelines.cli", "search", "--supernet", str(supernet), "--out", str(out)]
+        proc = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        assert proc.stderr.strip().startswith(f"ctr search: error: {out}: in use by pid {os.getpid()}")
+        assert sorted(p.name for p in out.iterdir()) == [LOCK, MARKER]  # the second wrote nothing
+        summary = search_stage(supernet, out, VARIANTS["optembed-e"], SearchConfig(), progress=False)
+    assert (out / "search.json").is_file() and summary["dims"]
 
 
 def test_export_loads_strictly_and_predicts_like_the_run(data: Path, supernet: Path, tmp_path: Path) -> None:
