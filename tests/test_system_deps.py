@@ -26,7 +26,7 @@ def _tool(path: Path, body: str) -> Path:
 
 
 def _run(
-    tmp: Path, *groups: str, uid: int, sudo: bool = True, apt_get: str = "", **env: str
+    tmp: Path, *groups: str, uid: int, env: dict[str, str], sudo: bool = True, apt_get: str = ""
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Runs the script with only bash, env, a recording ``apt-get`` (then running ``apt_get``), an ``id``
     answering ``uid`` and, if ``sudo``, a recording ``sudo`` on PATH; returns the recorded calls."""
@@ -58,13 +58,13 @@ def _present(tmp: Path) -> dict[str, str]:
 
 
 def test_everything_present_installs_nothing_and_says_nothing(tmp_path: Path) -> None:
-    proc, calls = _run(tmp_path, "venv", "test", uid=1000, **_present(tmp_path))
+    proc, calls = _run(tmp_path, "venv", "test", uid=1000, env=_present(tmp_path))
     assert (proc.returncode, proc.stdout, proc.stderr, calls) == (0, "", "", [])
 
 
 def test_missing_browser_is_installed_as_root_without_sudo(tmp_path: Path) -> None:
     env = _present(tmp_path) | {"CHROMIUM": str(tmp_path / "absent"), "CHROMEDRIVER": str(tmp_path / "absent")}
-    proc, calls = _run(tmp_path, "venv", "test", uid=0, **env)
+    proc, calls = _run(tmp_path, "venv", "test", uid=0, env=env)
     assert proc.returncode == 0, proc.stderr
     assert calls == ["apt-get update -q", "apt-get install -y -q chromium chromium-driver"]
     assert "installing chromium chromium-driver" in proc.stderr
@@ -72,14 +72,14 @@ def test_missing_browser_is_installed_as_root_without_sudo(tmp_path: Path) -> No
 
 def test_missing_packages_are_installed_through_sudo_when_not_root(tmp_path: Path) -> None:
     env = _present(tmp_path) | {"CHROMEDRIVER": str(tmp_path / "absent"), "CTR_PG_BINDIR": str(tmp_path / "none")}
-    proc, calls = _run(tmp_path, "test", uid=1000, **env)
+    proc, calls = _run(tmp_path, "test", uid=1000, env=env)
     assert proc.returncode == 0, proc.stderr
     wanted = "chromium-driver postgresql" if not POSTGRES_HERE else "chromium-driver"
     assert calls == ["sudo", "apt-get update -q", "sudo", f"apt-get install -y -q {wanted}"]
 
 
 def test_a_python_without_venv_gets_python3_venv(tmp_path: Path) -> None:
-    proc, calls = _run(tmp_path, "venv", uid=0, PYTHON=str(tmp_path / "no-python"))
+    proc, calls = _run(tmp_path, "venv", uid=0, env={"PYTHON": str(tmp_path / "no-python")})
     assert proc.returncode == 0, proc.stderr
     assert calls == ["apt-get update -q", "apt-get install -y -q python3 python3-venv"]
 
@@ -87,7 +87,7 @@ def test_a_python_without_venv_gets_python3_venv(tmp_path: Path) -> None:
 def test_a_failed_install_fails_the_script(tmp_path: Path) -> None:
     env = _present(tmp_path) | {"CHROMIUM": str(tmp_path / "absent")}
     fail = 'case "$1" in install) echo "E: Unable to locate package chromium" >&2; exit 100;; esac'
-    proc, calls = _run(tmp_path, "test", uid=0, apt_get=fail, **env)
+    proc, calls = _run(tmp_path, "test", uid=0, apt_get=fail, env=env)
     assert proc.returncode == 100
     assert calls == ["apt-get update -q", "apt-get install -y -q chromium"]
     assert "Unable to locate package chromium" in proc.stderr
@@ -95,7 +95,7 @@ def test_a_failed_install_fails_the_script(tmp_path: Path) -> None:
 
 def test_not_root_without_sudo_fails_naming_the_packages(tmp_path: Path) -> None:
     env = _present(tmp_path) | {"CHROMIUM": str(tmp_path / "absent")}
-    proc, calls = _run(tmp_path, "test", uid=1000, sudo=False, **env)
+    proc, calls = _run(tmp_path, "test", uid=1000, sudo=False, env=env)
     assert (proc.returncode, calls) == (1, [])
     assert proc.stderr == (
         "scripts/system-deps.sh: error: not root and no sudo: run as root: apt-get install -y chromium\n"
