@@ -113,8 +113,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The README's commands up to `ray start`, run in a home where an earlier local ``ray.init()`` left
     ``~/.ray/auth_token`` (the state in which the README's commands used to fail), on free ports and with a
-    temp dir of its own. The README's `ray stop` stops every Ray process of the machine; the test stops only
-    this cluster's, since other Ray users may share the machine."""
+    temp dir of its own (another Ray on the machine holding Ray's default ports, the job agent's 52365 among
+    them, makes `ray job submit` fail with "No available agent"). The README's `ray stop` stops every Ray
+    process of the machine; the test stops only this cluster's, since other Ray users may share the machine."""
     home = tmp_path_factory.mktemp("home")
     env = _env(home)
     local = "import ray; ray.init(address='local', include_dashboard=False, _node_ip_address='127.0.0.1', "
@@ -137,7 +138,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     prefix = _substitute("\n".join(commands[:2]), ACTIVATE, f"export PATH={shlex.quote(str(Path(RAY).parent))}:$PATH")
     temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
     start = f"{commands[3]} --port={port} --dashboard-port={dash} --num-cpus=2 --disable-usage-stats"
-    start += f" --temp-dir={temp}"
+    start += f" --dashboard-agent-listen-port={_free_port()} --ray-client-server-port={_free_port()} --temp-dir={temp}"
     up = Cluster(f"http://127.0.0.1:{dash}", prefix, env)
     started = up.run(f"{commands[2]}\n{start}", timeout=180)
     try:
@@ -159,7 +160,7 @@ def _stop_cluster(temp: Path) -> None:
         except (OSError, IndexError, ValueError):
             continue  # gone already
         procs[int(entry.name)] = (ppid, cmdline)
-    ours = {pid for pid, (_, cmdline) in procs.items() if str(temp) in cmdline}
+    ours = {pid for pid, (_, cmdline) in procs.items() if str(temp) in cmdline} - {os.getpid()}
     while grown := {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours:
         ours |= grown
     for sig in (signal.SIGTERM, signal.SIGKILL):
