@@ -6,9 +6,19 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_ROWS ?= 200000
 
-.PHONY: install demo test test-gpu lint bench clean
+.PHONY: install demo test test-gpu lint bench clean system-deps system-deps-venv
 
-$(STAMP): pyproject.toml requirements-cpu.txt shims/fbgemm-gpu/pyproject.toml
+# Debian packages outside .venv/ (scripts/system-deps.sh): python3-venv to create .venv/, and for the tests
+# chromium, chromium-driver and postgresql. Phony, with no stamp: the check takes milliseconds and runs
+# apt-get only for what is missing, so a package removed later comes back. Order-only (`|`) below, so that
+# running the check never makes the .venv/ stamp out of date.
+system-deps-venv:
+	PYTHON=$(PYTHON) scripts/system-deps.sh venv
+
+system-deps: system-deps-venv
+	scripts/system-deps.sh test
+
+$(STAMP): pyproject.toml requirements-cpu.txt shims/fbgemm-gpu/pyproject.toml | system-deps-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements-cpu.txt
 	touch $(STAMP)
@@ -18,7 +28,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) DEMO_ROWS=$(DEMO_ROWS) $(BIN)/python -m pipelines.demo
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # On a CUDA machine (an environment with the CUDA builds, see README "GPU install"): the GPU tests, then the

@@ -34,7 +34,9 @@ def _find_shared_data() -> Path:
 
 SHARED_DATA = _find_shared_data()
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The tests' local Ray clusters run without Ray's token authentication, whatever the shell exported, so they
+# never write ~/.ray/auth_token (tests/test_ray_cluster.py sets up the README's token auth in a home of its own).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")

@@ -55,9 +55,17 @@ def _kubectl() -> str:
 @functools.cache
 def _build(path: str) -> tuple[Resource, ...]:
     """``kubectl kustomize k8s/<path>``: render only (no cluster is contacted)."""
-    out = subprocess.run([_kubectl(), "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, f"kustomize build of k8s/{path} failed:\n{out.stderr}"
+    return _kustomize(K8S / path)
+
+
+def _kustomize(directory: Path) -> tuple[Resource, ...]:
+    out = subprocess.run([_kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"kustomize build of {directory} failed:\n{out.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
+
+
+def _images(resources: tuple[Resource, ...]) -> set[str]:
+    return {c["image"] for r in resources for c in _containers(r)}
 
 
 @pytest.fixture(scope="module")
@@ -400,6 +408,33 @@ def test_docs_name_the_objects_the_build_creates(resources: tuple[Resource, ...]
 
 
 # ---------------------------------------------------------------- the image
+
+
+def _one_match(pattern: str, text: str, where: str, flags: int = re.MULTILINE) -> str:
+    found = re.findall(pattern, text, flags=flags)
+    assert len(found) == 1, f"{where}: expected one {pattern!r}, found {found}"
+    return str(found[0])
+
+
+def test_docs_build_load_and_push_the_image_the_manifests_use(resources: tuple[Resource, ...], tmp_path: Path) -> None:
+    """docs/kubernetes.md step 1: the tag built is the one run, loaded into kind and used by every container;
+    the registry path tags that build, pushes it and points the kustomization at exactly what was pushed."""
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    built = _one_match(r"^docker build -t (\S+) \.$", docs, "docs/kubernetes.md")
+    assert _one_match(r"^#\s+docker build -t (\S+) \.$", (ROOT / "Dockerfile").read_text(), "Dockerfile") == built
+    assert _one_match(r"^docker run --rm (\S+) --help", docs, "docs/kubernetes.md") == built
+    assert _one_match(r"kind load docker-image (\S+?)`?$", docs, "docs/kubernetes.md") == built
+    assert _images(resources) == {built}
+
+    tagged, pushed = _one_match(r"^docker tag (\S+ \S+)$", docs, "docs/kubernetes.md").split()
+    assert tagged == built
+    assert _one_match(r"^docker push (\S+)$", docs, "docs/kubernetes.md") == pushed
+    snippet = yaml.safe_load(_one_match(r"^```yaml\n(images:\n.*?)^```$", docs, "docs", re.MULTILINE | re.DOTALL))
+    work = tmp_path / "k8s"
+    shutil.copytree(K8S, work)
+    common = work / "common" / "kustomization.yaml"
+    common.write_text(yaml.safe_dump(yaml.safe_load(common.read_text()) | snippet))
+    assert _images(_kustomize(work)) == {pushed}
 
 
 def test_dockerfile_installs_the_project_as_the_readme_does() -> None:

@@ -1,20 +1,28 @@
-"""Ray end to end: a real local cluster (``ray start --head`` on 127.0.0.1), pipelines submitted as Ray jobs,
-distributed training through Ray Train, and a search that survives a killed evaluator.
+"""Ray end to end: README.md's "Run on a Ray cluster" commands run as written (a real local cluster on
+127.0.0.1 with token authentication, `ctr optembed` and `ctr train --ray-workers 2` submitted as Ray jobs, `ray
+stop`), only on free ports and small data, in a home where an earlier local Ray left its token; distributed
+training through Ray Train; and a search that survives a killed evaluator.
 
 Data: 8,000 planted rows (min-count 3), small DeepFM (dim 8, MLP [32]), one epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,20 +43,62 @@ RAY = str(Path(sys.executable).parent / "ray")
 SMALL = ["trainer.progress_bar=false", "model.mlp=[32]", "model.embedding_dim=8", "trainer.threads=1"]
 SMALL += ["trainer.max_epochs=1", "data.batch_size=512"]
 DIST_VARS = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
+# The README's block, run as written but for these (each must occur, so an edited README fails here first):
+ACTIVATE = ". .venv/bin/activate"  # -> this interpreter's bin/ first on PATH
+DASHBOARD = "http://127.0.0.1:8265"  # -> the test cluster's dashboard port
+DATA, RUNS = "$PWD/demo/prepared", "$PWD/runs/"  # -> the planted data, the test's tmp_path
 
 pytestmark = pytest.mark.dist
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in DIST_VARS and k != "RAY_ADDRESS"} | {
-        "RAY_AUTH_MODE": "disabled"
-    }
+def _env(home: Path) -> dict[str, str]:
+    """This environment with a home of its own and without RAY_AUTH_MODE (which conftest sets): what the
+    README's commands find in a new shell."""
+    drop = DIST_VARS | {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+    return {k: v for k, v in os.environ.items() if k not in drop} | {"HOME": str(home)}
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _readme_commands() -> list[str]:
+    """The shell commands of README.md's "Run on a Ray cluster" block: continuations joined, comments dropped."""
+    section = (REPO / "README.md").read_text().split("### Run on a Ray cluster\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands, pending = [], ""
+    for line in block.splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        pending += line
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+        elif pending:
+            commands.append(re.sub(r"\s+", " ", pending))
+            pending = ""
+    return commands
+
+
+def _substitute(command: str, old: str, new: str) -> str:
+    assert old in command, f"README.md's Ray block changed: {old!r} not in {command!r}"
+    return command.replace(old, new)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The README's cluster: its dashboard address, the shell prefix every later command runs after (the
+    README's activate and export lines) and the environment it was started in."""
+
+    dashboard: str
+    prefix: str
+    env: dict[str, str]
+
+    def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        script = f"set -e\n{self.prefix}\n{command}"
+        return subprocess.run(
+            ["bash", "-c", script], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
 
 @pytest.fixture(scope="module")
@@ -60,52 +110,124 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """A real single-node Ray cluster on 127.0.0.1 (head with the job server); yields its dashboard address."""
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The README's commands up to `ray start`, run in a home where an earlier local ``ray.init()`` left
+    ``~/.ray/auth_token`` (the state in which the README's commands used to fail), on free ports and with a
+    temp dir of its own (another Ray on the machine holding Ray's default ports, the job agent's 52365 among
+    them, makes `ray job submit` fail with "No available agent"). The README's `ray stop` stops every Ray
+    process of the machine; the test stops only this cluster's, since other Ray users may share the machine."""
+    home = tmp_path_factory.mktemp("home")
+    env = _env(home)
+    local = "import ray; ray.init(address='local', include_dashboard=False, _node_ip_address='127.0.0.1', "
+    local += "num_cpus=1); "
+    local += "ray.shutdown()"
+    subprocess.run([sys.executable, "-c", local], env=env, check=True, capture_output=True, timeout=300)
+    assert (home / ".ray" / "auth_token").is_file(), "a local ray.init() no longer leaves a token"
+
+    commands = _readme_commands()
+    assert [c.split()[:2] for c in commands] == [
+        [".", ".venv/bin/activate"],
+        ["export", "RAY_AUTH_MODE=token"],
+        ["ray", "get-auth-token"],
+        ["ray", "start"],
+        ["ray", "job"],
+        ["ray", "job"],
+        ["ray", "stop"],
+    ], commands
     port, dash = _free_port(), _free_port()
-    start = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2"]
-    start += [
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        "--disable-usage-stats",
-    ]
-    subprocess.run(start, check=True, env=_env(), capture_output=True, text=True, timeout=120)
+    prefix = _substitute("\n".join(commands[:2]), ACTIVATE, f"export PATH={shlex.quote(str(Path(RAY).parent))}:$PATH")
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
+    start = f"{commands[3]} --port={port} --dashboard-port={dash} --num-cpus=2 --disable-usage-stats"
+    start += f" --dashboard-agent-listen-port={_free_port()} --ray-client-server-port={_free_port()} --temp-dir={temp}"
+    up = Cluster(f"http://127.0.0.1:{dash}", prefix, env)
+    started = up.run(f"{commands[2]}\n{start}", timeout=180)
     try:
-        yield f"http://127.0.0.1:{dash}"
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        yield up
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+        _stop_cluster(temp)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
-def _submit(cluster: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-    args = [RAY, "job", "submit", "--address", cluster, "--working-dir", str(REPO), "--", sys.executable, *cmd]
-    return subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=900)
+def _stop_cluster(temp: Path) -> None:
+    """SIGTERM, then after 15 s SIGKILL, the processes that name ``temp`` on their command line (GCS, raylet,
+    dashboard, ...) and their descendants (the workers)."""
+    procs: dict[int, tuple[int, str]] = {}  # pid -> (parent pid, command line)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # gone already
+        procs[int(entry.name)] = (ppid, cmdline)
+    ours = {pid for pid, (_, cmdline) in procs.items() if str(temp) in cmdline} - {os.getpid()}
+    while grown := {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours:
+        ours |= grown
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + 15
+        while time.time() < deadline and (ours := {p for p in ours if Path(f"/proc/{p}").exists()}):
+            time.sleep(0.2)
 
 
-def test_optembed_runs_as_a_ray_job_with_search_actors_on_the_cluster(cluster: str, data: Path, tmp_path: Path) -> None:
+def _submit(cluster: Cluster, stage: str, data: Path, runs: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The README's `ray job submit` of ``stage`` on ``data``, its outputs under ``runs``, ``args`` appended."""
+    (command,) = [c for c in _readme_commands() if c.startswith("ray job submit") and f"cli {stage} " in c]
+    command = _substitute(command, DASHBOARD, cluster.dashboard)
+    command = _substitute(command, DATA, shlex.quote(str(data)))
+    command = _substitute(command, RUNS, f"{shlex.quote(str(runs))}/")
+    return cluster.run(" ".join([command, *map(shlex.quote, args)]))
+
+
+def _sets(sets: list[str]) -> list[str]:
+    return [x for s in sets for x in ("--set", s)]
+
+
+def test_the_documented_cluster_refuses_a_client_without_the_token(cluster: Cluster) -> None:
+    """The README's old failure, kept as the proof that authentication is on: a shell without
+    RAY_AUTH_MODE sends no token."""
+    bare = subprocess.run(
+        [RAY, "job", "list", "--address", cluster.dashboard],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bare.returncode != 0
+    assert "Missing authentication token" in bare.stdout + bare.stderr
+    listed = cluster.run(f"ray job list --address {cluster.dashboard}", timeout=120)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+
+
+def test_optembed_runs_as_a_ray_job_with_search_actors_on_the_cluster(
+    cluster: Cluster, data: Path, tmp_path: Path
+) -> None:
     sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.population=6", "search.n_mutation=3"]
     sets += ["search.n_crossover=3", "search.generations=2", "search.top_k=4"]
-    out = tmp_path / "oe"
-    cmd = ["-m", "pipelines.cli", "optembed", "--data", str(data), "--model", "deepfm", "--out", str(out)]
-    cmd += ["--search-workers", "2", "--quiet", *[x for s in sets for x in ("--set", s)]]
-    proc = _submit(cluster, *cmd)
+    proc = _submit(cluster, "optembed", data, tmp_path, ["--quiet", *_sets(sets)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
+    out = tmp_path / "oe"
     result = json.loads((out / "result.json").read_text())
     assert result["search"]["trials"] == json.loads((out / "search" / "search.json").read_text())["trials"] > 0
     assert result["final"]["embedding_params"] < result["baseline"]["embedding_params"]
 
 
-def test_ray_train_on_the_cluster_matches_two_local_processes(cluster: str, data: Path, tmp_path: Path) -> None:
-    sets = [x for s in [*SMALL, "trainer.max_epochs=2"] for x in ("--set", s)]
-    common = ["-m", "pipelines.cli", "train", "--data", str(data), "--model", "deepfm", *sets]
-    proc = _submit(cluster, *common, "--out", str(tmp_path / "ray"), "--ray-workers", "2")
+def test_ray_train_on_the_cluster_matches_two_local_processes(cluster: Cluster, data: Path, tmp_path: Path) -> None:
+    sets = [*SMALL, "trainer.max_epochs=2"]
+    proc = _submit(cluster, "train", data, tmp_path, _sets(sets))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    common = ["-m", "pipelines.cli", "train", "--data", str(data), "--model", "deepfm", *_sets(sets)]
     local = subprocess.run(
-        [sys.executable, *common, "--out", str(tmp_path / "local"), "--nproc", "2"], env=_env(), capture_output=True
+        [sys.executable, *common, "--out", str(tmp_path / "local"), "--nproc", "2"],
+        env=cluster.env | {"RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        timeout=900,
     )
     assert local.returncode == 0, local.stderr[-3000:]
-    ray_m = json.loads((tmp_path / "ray" / "metrics.json").read_text())
+    ray_m = json.loads((tmp_path / "deepfm" / "metrics.json").read_text())
     local_m = json.loads((tmp_path / "local" / "metrics.json").read_text())
     assert ray_m["world_size"] == local_m["world_size"] == 2
     assert ray_m["global_step"] == local_m["global_step"]
