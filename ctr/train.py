@@ -17,11 +17,9 @@ run's ``config.yaml`` is written only once its checkpoint was accepted, so a ref
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ctr.allocator import keep_freed_memory
+from ctr.console import EpochLine, quiet_libraries
 from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
 from ctr.retrain_module import RetrainModule
@@ -45,11 +44,7 @@ from features.strict import to_dict
 
 __all__ = ["LoaderProgress", "SaveConfig", "Throughput", "command_of", "train"]
 
-# Known-harmless noise: metrics are computed on predictions gathered from every rank (so no sync_dist), DCP
-# still saves TorchRec's ShardedTensors, and the planner warns about a Topology built by hand.
-warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\(.*sync_dist=True")
-warnings.filterwarnings("ignore", message=r".*Please use DTensor instead and we are deprecating ShardedTensor")
-logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+quiet_libraries()  # every rank and Ray worker imports this module
 
 
 class LoaderProgress(Callback):
@@ -128,7 +123,7 @@ def _trainer(
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=True,  # EpochLine: one line per epoch (and a bar over its batches if asked)
         log_every_n_steps=t.log_every_n_steps,
         logger=[CSVLogger(out, name="logs"), TensorBoardLogger(out, name="tb")] if fitting else False,
         callbacks=callbacks,
@@ -215,8 +210,7 @@ def _fit(
         checkpoint,
         last_checkpoint,
     ]
-    if config.trainer.progress_bar:
-        own.append(TQDMProgressBar(refresh_rate=10))
+    own.append(EpochLine(bar=config.trainer.progress_bar))
     module = build_module(config, fm)
     data = CTRDataModule(config.data, transform=module.transform_split)
     trainer = _trainer(config, out, nproc, [*own, *callbacks], fitting=True, on_ray=on_ray)
@@ -226,7 +220,9 @@ def _fit(
 
     best = checkpoint.best_model_path or str(last)
     module.final_metrics = {}
+    loggers, trainer.loggers = trainer.loggers, []  # the best epoch's validation is already in the logs
     trainer.validate(module, data, ckpt_path=best, verbose=False)
+    trainer.loggers = loggers
     trainer.test(module, data, ckpt_path=best, verbose=False)
     m = module.final_metrics
     metrics: dict[str, Any] = {

@@ -276,6 +276,7 @@ def _run(
     base = dataclasses.replace(config, supernet=None, search=None, retrain=None)
 
     def timed(name: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        print(f"== {name} ==", flush=True)  # each stage's own lines (epochs, search progress) follow
         started = time.perf_counter()
         value = fn(*args, **kw)
         seconds[name] = time.perf_counter() - started
