@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ctr.config import ModelConfig
 from ctr.data import DataConfig
 from ctr.layouts import TablesConfig
 from features.strict import ConfigError, from_dict, load_yaml
+from search.evolution import EvolutionConfig
 
 __all__ = [
     "OptimConfig",
@@ -122,6 +124,11 @@ class SupernetConfig:
             raise ConfigError(
                 f"SupernetConfig: need alpha >= 0 and threshold_lr > 0, got {self.alpha}, {self.threshold_lr}"
             )
+        if self.candidates is not None and (not self.candidates or any(c < 0 or c % 4 for c in self.candidates)):
+            raise ConfigError(
+                f"SupernetConfig.candidates: need multiples of 4 >= 0 (FBGEMM tables; 0 drops a field), "
+                f"got {list(self.candidates)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,12 @@ class SearchConfig:
     shrink: bool = True
 
     def __post_init__(self) -> None:
+        try:  # population, n_mutation + n_crossover, top_k, ...: checked here, before any stage trains
+            self.evolution()
+        except ConfigError as e:
+            raise ConfigError(f"SearchConfig{str(e).removeprefix('EvolutionConfig')}") from None
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"SearchConfig.eval_batch_size: must be >= 1, got {self.eval_batch_size}")
         if self.pick_tolerance < 0:
             raise ConfigError(f"SearchConfig.pick_tolerance: must be >= 0, got {self.pick_tolerance}")
         if self.workers < 0:
@@ -165,6 +178,11 @@ class SearchConfig:
             raise ConfigError(f"SearchConfig.budget: a fraction in (0, 1] of the full table, got {self.budget}")
         if self.val_rows is not None and self.val_rows < 1:
             raise ConfigError(f"SearchConfig.val_rows: must be >= 1 or null, got {self.val_rows}")
+
+    def evolution(self) -> EvolutionConfig:
+        """The evolutionary search's own settings (``population``, ``n_mutation``, ...)."""
+        names = {f.name for f in dataclasses.fields(EvolutionConfig)} & {f.name for f in dataclasses.fields(self)}
+        return EvolutionConfig(**{name: getattr(self, name) for name in sorted(names)})
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,13 @@ class RunConfig:
     search: SearchConfig | None = None
     retrain: RetrainConfig | None = None
     tables: TablesConfig | None = None  # a table strategy (hashing, QR, MDE, Unified Embedding); None: full
+
+    def __post_init__(self) -> None:  # across sections: what would otherwise fail only when a stage starts
+        candidates = self.supernet.candidates if self.supernet is not None else None
+        if candidates is not None and max(candidates) > self.model.embedding_dim:
+            raise ConfigError(
+                f"SupernetConfig.candidates: {list(candidates)} exceed model.embedding_dim={self.model.embedding_dim}"
+            )
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,34 @@ def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path) -> None:
     again = run_optembed(config, tmp_path / "run", VARIANTS["optembed"], progress=False)
     assert again["final"] == result["final"] and again["search"]["trials"] == result["search"]["trials"]
     assert (tmp_path / "run" / "baseline" / "metrics.json").read_text() == baseline_metrics
+
+
+def test_a_bad_search_section_fails_in_one_line_before_anything_trains(data: Path, tmp_path: Path) -> None:
+    # population 6 with the default n_mutation + n_crossover = 10 + 10 used to fail after two trainings
+    args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
+    args += ["--set", "search.population=6"]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == (
+        "ctr optembed: error: SearchConfig: n_mutation + n_crossover must be in [1, population=6], got 10 + 10 = 20\n"
+    )
+    assert time.monotonic() - started < 60  # seconds: no stage ran
+    assert not (tmp_path / "run").exists()  # no stage folder, nothing trained
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["search.top_k=0"], "SearchConfig.top_k: must be >= 1, got 0"),
+        (["search.eval_batch_size=0"], "SearchConfig.eval_batch_size: must be >= 1, got 0"),
+        (["supernet.candidates=[4, 6]"], "SupernetConfig.candidates: need multiples of 4 >= 0"),
+        (["supernet.candidates=[4, 16]", "model.embedding_dim=8"], r"\[4, 16\] exceed model.embedding_dim=8"),
+    ],
+)
+def test_every_section_is_checked_when_the_config_loads(sets: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, sets, data="x", model="deepfm", sections=("supernet", "search", "retrain"))
 
 
 def test_optembed_over_a_multiplexed_table_searches_probes(data: Path, tmp_path: Path) -> None:
