@@ -114,6 +114,61 @@ def test_ray_train_on_the_cluster_matches_two_local_processes(cluster: str, data
         assert ray_m[key] == pytest.approx(local_m[key], abs=1e-4), key
 
 
+_TWO_CPUS = """
+import sys
+
+import ray
+
+from ctr.run_config import SearchConfig
+from features.strict import ConfigError
+from search.driver import SearchSpace, run_search
+from search.evaluators import RayEvaluator
+
+
+class Scorer:  # a stand-in for CandidateScorer: what run_search needs of it
+    fields = ("C0", "C1", "C2")
+
+    def score(self, dims):
+        return 0.5 + sum(dims) / 1000
+
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+space = SearchSpace(Scorer.fields, ((4, 8),) * 3, (10, 20, 30))
+config = SearchConfig(population=4, n_mutation=2, n_crossover=2, generations=2, top_k=2, workers=4)
+outcome = run_search(Scorer(), space, config, sys.argv[1], "two_cpus", progress=False)
+print("trials", outcome.trials, outcome.evaluated)
+ray.shutdown()
+ray.init(num_cpus=0, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+try:
+    RayEvaluator(Scorer(), workers=1)
+except ConfigError as e:
+    print("error", e)
+"""
+
+
+def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: Path) -> None:
+    # 4 actors on 2 CPUs used to wait forever for the 2 that can never be placed (0/2 gen, no message)
+    script = tmp_path / "two_cpus.py"
+    script.write_text(_TWO_CPUS)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.run(
+        [sys.executable, str(script), storage],
+        cwd=REPO,
+        env=_env() | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials, error = proc.stdout.splitlines()
+    assert trials.split()[0] == "trials" and trials.split()[1] == trials.split()[2] != "0"
+    notices = [line for line in proc.stderr.splitlines() if "notice" in line]
+    assert notices == [
+        "search: notice: search.workers=4: the Ray cluster has 2 free CPUs; scoring on 2 evaluator actors"
+    ]
+    assert error == "error search.workers=1: the Ray cluster has no free CPU for an evaluator (of 0)"
+
+
 def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(data: Path, tmp_path: Path) -> None:
     import optuna
     from optuna.trial import TrialState
