@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -173,6 +174,28 @@ def test_multi_objective_and_budget_modes(scorer: CandidateScorer, tmp_path: Pat
     trials = optuna.load_study(study_name="budget", storage=storage).trials
     assert trials and all(t.user_attrs["embedding_params"] <= 0.7 * space.full_cost for t in trials)
     assert budget.best.embedding_params <= 0.7 * space.full_cost
+
+
+def test_the_study_note_describes_the_plan_written(supernet: Path, tmp_path: Path) -> None:
+    import optuna
+    from optuna_dashboard import get_note
+
+    # The note used to show the highest-scoring trial, not the plan picked within pick_tolerance and shrunk.
+    sets = [*TINY_SEARCH, "search.pick_tolerance=0.01", "search.val_rows=800"]
+    config = load_run_config(None, sets, data="x", model="deepfm", sections=("search",)).search
+    assert config is not None
+    summary = search_stage(supernet, tmp_path / "search", VARIANTS["optembed"], config, progress=False)
+    assert summary["dims"] != summary["best"]["dims"]  # the case: the plan is not the best candidate
+    tables = PrunedTables.load(tmp_path / "search")
+    plan_dims = {f.name: f.dim for f in tables.plan.fields}
+    # DeepFM's retrained tables: the kept rows (with the OOV row) at the plan's dim plus the first-order columns
+    plan_params = sum(tables.kept_ids(f.name).shape[0] * (f.dim + LINEAR_DIM) for f in tables.plan.fields)
+    note = get_note(optuna.load_study(study_name="optembed", storage=summary["storage"]))
+    params = re.search(r"Plan written to `plan.json`: \*\*([\d,]+) embedding parameters\*\*", note)
+    assert params is not None, note
+    assert int(params.group(1).replace(",", "")) == plan_params == summary["embedding_params"]
+    assert dict(re.findall(r"^\| (\w+) \| (\d+) \|$", note, re.MULTILINE)) == {k: str(v) for k, v in plan_dims.items()}
+    assert f"validation AUC **{summary['final_val_auc']:.6f}** on the supernet" in note
 
 
 @pytest.mark.dist
