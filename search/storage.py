@@ -6,7 +6,8 @@ Storage URLs are SQLAlchemy URLs: ``sqlite:///runs/x/search/study.db`` (a file) 
 
 Plots (``dims.png``, ``generations.png``, ``pareto.png`` of ``ctr search``) become Optuna artifacts of the study,
 kept in a :class:`~optuna.artifacts.FileSystemArtifactStore` directory, and the study's dashboard note describes
-the best candidate and shows the plots; ``ctr dashboard --artifact-dir DIR`` serves them.
+the plan written and shows the plots. The study records the directory (user attribute ``artifact_dir``), so
+``ctr dashboard`` serves them without ``--artifact-dir`` wherever that path is readable.
 
 Example:
     >>> attach_plots("sqlite:///runs/x/search/study.db", "optembed", sorted(Path("runs/x/search/plots").glob("*.png")),
@@ -31,7 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from features.strict import ConfigError
 
-__all__ = ["PlanNote", "attach_plots", "best_candidate_note", "open_storage", "redact"]
+ARTIFACT_DIR_KEY = "artifact_dir"
+"""The study user attribute holding the absolute directory of the study's artifact store."""
+
+__all__ = ["ARTIFACT_DIR_KEY", "PlanNote", "attach_plots", "best_candidate_note", "open_storage", "redact"]
 
 
 def redact(url: str) -> str:
@@ -166,6 +170,7 @@ def attach_plots(
     study = optuna.load_study(
         study_name=study_name, storage=open_storage(storage) if isinstance(storage, str) else storage
     )
+    study.set_user_attr(ARTIFACT_DIR_KEY, str(artifact_dir.resolve()))  # where `ctr dashboard` finds them
     existing: dict[tuple[str, str], ArtifactMeta] = {}
     for meta in get_all_artifact_meta(study):
         try:
