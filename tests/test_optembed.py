@@ -314,7 +314,7 @@ def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path) -> None:
 def test_a_bad_search_section_fails_in_one_line_before_anything_trains(data: Path, tmp_path: Path) -> None:
     # population 6 with the default n_mutation + n_crossover = 10 + 10 used to fail after two trainings
     args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
-    args += ["--set", "search.population=6"]
+    args += [x for s in [*SMALL, "search.population=6"] for x in ("--set", s)]  # small: a regression ends soon
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stdout) == (1, "")

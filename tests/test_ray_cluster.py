@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
@@ -132,13 +133,13 @@ class Scorer:  # a stand-in for CandidateScorer: what run_search needs of it
         return 0.5 + sum(dims) / 1000
 
 
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 space = SearchSpace(Scorer.fields, ((4, 8),) * 3, (10, 20, 30))
 config = SearchConfig(population=4, n_mutation=2, n_crossover=2, generations=2, top_k=2, workers=4)
 outcome = run_search(Scorer(), space, config, sys.argv[1], "two_cpus", progress=False)
 print("trials", outcome.trials, outcome.evaluated)
 ray.shutdown()
-ray.init(num_cpus=0, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+ray.init(address="local", num_cpus=0, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 try:
     RayEvaluator(Scorer(), workers=1)
 except ConfigError as e:
@@ -151,18 +152,20 @@ def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: 
     script = tmp_path / "two_cpus.py"
     script.write_text(_TWO_CPUS)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    proc = subprocess.run(
-        [sys.executable, str(script), storage],
-        cwd=REPO,
-        env=_env() | {"PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    trials, error = proc.stdout.splitlines()
+    command = [sys.executable, str(script), storage]
+    env = _env() | {"PYTHONPATH": str(REPO)}
+    # its own process group: a hang is killed with the Ray it started (a killed driver orphans Ray's agents)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=PIPE, stderr=PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the search with 4 workers on 2 CPUs did not finish in 300 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    trials, error = stdout.splitlines()
     assert trials.split()[0] == "trials" and trials.split()[1] == trials.split()[2] != "0"
-    notices = [line for line in proc.stderr.splitlines() if "notice" in line]
+    notices = [line for line in stderr.splitlines() if "notice" in line]
     assert notices == [
         "search: notice: search.workers=4: the Ray cluster has 2 free CPUs; scoring on 2 evaluator actors"
     ]
