@@ -124,10 +124,13 @@ class SupernetConfig:
             raise ConfigError(
                 f"SupernetConfig: need alpha >= 0 and threshold_lr > 0, got {self.alpha}, {self.threshold_lr}"
             )
-        if self.candidates is not None and (not self.candidates or any(c < 0 or c % 4 for c in self.candidates)):
+        bad = self.candidates is not None and (
+            not self.candidates or max(self.candidates) == 0 or any(c < 0 or c % 4 for c in self.candidates)
+        )
+        if bad:
             raise ConfigError(
-                f"SupernetConfig.candidates: need multiples of 4 >= 0 (FBGEMM tables; 0 drops a field), "
-                f"got {list(self.candidates)}"
+                f"SupernetConfig.candidates: need multiples of 4 >= 0, not all 0 (FBGEMM tables; 0 drops a field), "
+                f"got {list(self.candidates or ())}"
             )
 
 

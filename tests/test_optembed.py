@@ -330,7 +330,8 @@ def test_a_bad_search_section_fails_in_one_line_before_anything_trains(data: Pat
     [
         (["search.top_k=0"], "SearchConfig.top_k: must be >= 1, got 0"),
         (["search.eval_batch_size=0"], "SearchConfig.eval_batch_size: must be >= 1, got 0"),
-        (["supernet.candidates=[4, 6]"], "SupernetConfig.candidates: need multiples of 4 >= 0"),
+        (["supernet.candidates=[4, 6]"], r"SupernetConfig.candidates: need multiples of 4 >= 0, .*got \[4, 6\]"),
+        (["supernet.candidates=[0]"], r"SupernetConfig.candidates: need multiples of 4 >= 0, not all 0"),
         (["supernet.candidates=[4, 16]", "model.embedding_dim=8"], r"\[4, 16\] exceed model.embedding_dim=8"),
     ],
 )
