@@ -75,7 +75,10 @@ class RayEvaluator(_Context):
     """Scores on ``workers`` Ray actors: the local Ray by default, or the cluster at ``address``.
 
     Connects to a running cluster when ``address`` (or ``RAY_ADDRESS``) is set, else starts a local Ray bound
-    to 127.0.0.1 without the dashboard, and shuts down only a Ray it started.
+    to 127.0.0.1 without the dashboard, and shuts down only a Ray it started. The pool is as large as the cluster
+    can place (one CPU per actor): fewer free CPUs than ``workers`` means fewer actors and a one-line notice on
+    stderr, none is a :class:`~features.strict.ConfigError`; an actor not started within ``start_timeout`` seconds
+    is dropped.
     """
 
     def __init__(
