@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ctr.config import ModelConfig
 from ctr.data import DataConfig
 from ctr.layouts import TablesConfig
 from features.strict import ConfigError, from_dict, load_yaml
+from search.evolution import EvolutionConfig
 
 __all__ = [
     "OptimConfig",
@@ -148,6 +150,14 @@ class SupernetConfig:
 
     def __post_init__(self) -> None:
         _check(self, alpha=">= 0", threshold_lr="> 0")
+        bad = self.candidates is not None and (
+            not self.candidates or max(self.candidates) == 0 or any(c < 0 or c % 4 for c in self.candidates)
+        )
+        if bad:
+            raise ConfigError(
+                f"SupernetConfig.candidates: need multiples of 4 >= 0, not all 0 (FBGEMM tables; 0 drops a field), "
+                f"got {list(self.candidates or ())}"
+            )
 
 
 @dataclass(frozen=True)
@@ -198,6 +208,15 @@ class SearchConfig:
             eval_batch_size=">= 1",
             pick_tolerance=">= 0",
         )
+        try:  # population, n_mutation + n_crossover, top_k, ...: checked here, before any stage trains
+            self.evolution()
+        except ConfigError as e:
+            raise ConfigError(f"SearchConfig{str(e).removeprefix('EvolutionConfig')}") from None
+
+    def evolution(self) -> EvolutionConfig:
+        """The evolutionary search's own settings (``population``, ``n_mutation``, ...)."""
+        names = {f.name for f in dataclasses.fields(EvolutionConfig)} & {f.name for f in dataclasses.fields(self)}
+        return EvolutionConfig(**{name: getattr(self, name) for name in sorted(names)})
 
 
 @dataclass(frozen=True)
@@ -224,6 +243,13 @@ class RunConfig:
     search: SearchConfig | None = None
     retrain: RetrainConfig | None = None
     tables: TablesConfig | None = None  # a table strategy (hashing, QR, MDE, Unified Embedding); None: full
+
+    def __post_init__(self) -> None:  # across sections: what would otherwise fail only when a stage starts
+        candidates = self.supernet.candidates if self.supernet is not None else None
+        if candidates is not None and max(candidates) > self.model.embedding_dim:
+            raise ConfigError(
+                f"SupernetConfig.candidates: {list(candidates)} exceed model.embedding_dim={self.model.embedding_dim}"
+            )
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -3,7 +3,8 @@
 The server is optuna-dashboard's own (bottle on wsgiref, one thread), bound to ``127.0.0.1`` unless ``--host``
 says otherwise. It has no authentication and can change studies (notes, deletions): keep it on the loopback
 interface and reach it through an SSH tunnel (``ssh -L 8080:127.0.0.1:8080 HOST``) or ``kubectl port-forward``.
-With ``--artifact-dir`` it serves the study's artifacts (the plots of :func:`search.storage.attach_plots`).
+It serves the studies' artifacts (the plots of :func:`search.storage.attach_plots`) from the directories the
+studies recorded, or from ``--artifact-dir``.
 
 Usage::
 
@@ -14,16 +15,86 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-__all__ = ["add_parser", "main", "run_dashboard"]
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+__all__ = ["ArtifactDirs", "add_parser", "artifact_dirs", "main", "run_dashboard"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ArtifactDirs:
+    """Optuna's artifact store over several :class:`~optuna.artifacts.FileSystemArtifactStore` directories (one per
+    search, as each study records its own): an artifact is read from (or removed in) whichever holds it; uploads
+    from the dashboard go to the first."""
+
+    def __init__(self, dirs: Sequence[Path]) -> None:
+        from optuna.artifacts import FileSystemArtifactStore
+
+        self.dirs = tuple(dirs)
+        self._stores = [FileSystemArtifactStore(str(d)) for d in self.dirs]
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        for store in self._stores:
+            try:
+                return store.open_reader(artifact_id)
+            except ArtifactNotFound:
+                continue
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of {', '.join(map(str, self.dirs))}")
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self._stores[0].write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        for store in self._stores:
+            try:
+                return store.remove(artifact_id)
+            except ArtifactNotFound:
+                continue
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of {', '.join(map(str, self.dirs))}")
+
+
+def artifact_dirs(storage: str, rdb: BaseStorage) -> list[Path]:
+    """The artifact directories of the studies in ``storage`` that exist here: those the studies recorded
+    (:func:`search.storage.attach_plots`), else, for a SQLite file, an ``artifacts`` directory beside it."""
+    from sqlalchemy.engine import make_url
+
+    from search.storage import ARTIFACT_DIR_KEY
+
+    recorded = [s.user_attrs.get(ARTIFACT_DIR_KEY) for s in rdb.get_all_studies()]
+    dirs = [Path(d) for d in dict.fromkeys(d for d in recorded if isinstance(d, str))]
+    url = make_url(storage)
+    if url.get_backend_name() == "sqlite" and url.database:  # a search run before studies recorded theirs
+        dirs.append(Path(url.database).resolve().parent / "artifacts")
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` as the dashboard's server will (wsgiref, address reuse on) and let it go again, so a
+    busy port or a foreign address ends in one line before anything is printed."""
+    from features.strict import ConfigError
+
+    where = f"[{host}]" if ":" in host else host
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            option = f"--port {port}" if e.errno == errno.EADDRINUSE else f"--host {host}"
+            raise ConfigError(f"{option}: cannot listen on {where}:{port}: {e.strerror or e}") from None
 
 
 def run_dashboard(
@@ -32,31 +103,34 @@ def run_dashboard(
     """Serve optuna-dashboard for ``storage`` on ``host:port`` until interrupted (Ctrl-C).
 
     ``storage`` is a SQLAlchemy URL (a SQLite file must exist). ``artifact_dir`` is the
-    :class:`~optuna.artifacts.FileSystemArtifactStore` directory of the studies' artifacts (it must exist).
+    :class:`~optuna.artifacts.FileSystemArtifactStore` directory of the studies' artifacts (it must exist); by
+    default, the directories of :func:`artifact_dirs`.
     """
     import optuna_dashboard
-    from optuna.artifacts import FileSystemArtifactStore
 
     from features.strict import ConfigError
     from search.storage import open_storage, redact
 
     rdb = open_storage(storage)
-    store = None
     if artifact_dir is not None:
         if not Path(artifact_dir).is_dir():
             raise FileNotFoundError(f"{artifact_dir}: no such artifact directory")
-        store = FileSystemArtifactStore(str(artifact_dir))
+        dirs = [Path(artifact_dir)]
+    else:
+        dirs = artifact_dirs(storage, rdb)
+    _check_listen(host, port)
     if host not in _LOOPBACK:
         print(
             f"ctr dashboard: warning: listening on {host}; the dashboard has no authentication and can modify studies",
             file=sys.stderr,
         )
     where = f"[{host}]" if ":" in host else host
-    print(f"ctr dashboard: {redact(storage)} at http://{where}:{port}/dashboard", file=sys.stderr, flush=True)
+    served = f"; artifacts from {', '.join(map(str, dirs))}" if dirs else "; no artifact directory"
+    print(f"ctr dashboard: {redact(storage)} at http://{where}:{port}/dashboard{served}", file=sys.stderr, flush=True)
     try:
-        optuna_dashboard.run_server(rdb, host=host, port=port, artifact_store=store)
-    except OSError as e:  # the address is taken or not local
-        raise ConfigError(f"cannot listen on {where}:{port}: {e.strerror or e}") from None
+        optuna_dashboard.run_server(rdb, host=host, port=port, artifact_store=ArtifactDirs(dirs) if dirs else None)
+    except OSError as e:  # the address was taken since it was checked
+        raise ConfigError(f"--port {port}: cannot listen on {where}:{port}: {e.strerror or e}") from None
 
 
 def _dashboard(args: argparse.Namespace) -> None:
@@ -82,7 +156,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default=DEFAULT_HOST, metavar="HOST", help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, metavar="PORT", help=f"default {DEFAULT_PORT}")
-    p.add_argument("--artifact-dir", metavar="DIR", help="artifact store directory of the studies' plots")
+    p.add_argument(
+        "--artifact-dir",
+        metavar="DIR",
+        help="artifact store directory of the studies' plots (default: the directories the studies recorded)",
+    )
     p.set_defaults(func=_dashboard)
 
 

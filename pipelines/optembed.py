@@ -49,7 +49,7 @@ from features.strict import ConfigError
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.plots import plot_search
 from search.scorer import CandidateScorer
-from search.storage import attach_plots
+from search.storage import PlanNote, attach_plots
 
 __all__ = ["run_optembed", "search_stage", "train_stage"]
 
@@ -207,9 +207,11 @@ def _search(
     }
     plots = plot_search(outcome, scored, final.plan, out / "plots")
     summary["plots"] = [str(p) for p in plots]
-    if outcome is not None:  # the plots as study artifacts, and a note of the best candidate, for the dashboard
+    if outcome is not None:  # the plots as study artifacts, and a note of the plan written, for the dashboard
         summary["artifacts"] = str(out / "artifacts")
-        attach_plots(summary["storage"], study, plots, out / "artifacts")
+        shrunk = tuple(step["field"] for step in summary["shrink"] if step["kept"])
+        note = PlanNote(dims, summary["embedding_params"], summary["final_val_auc"], summary["chosen"]["trial"], shrunk)
+        attach_plots(summary["storage"], study, plots, out / "artifacts", plan=note)
     done.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

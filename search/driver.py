@@ -142,7 +142,7 @@ def run_search(
     """
     if tuple(scorer.fields) != space.fields:
         raise ConfigError(f"scorer fields {scorer.fields} differ from the search space's {space.fields}")
-    evo = EvolutionConfig(**{name: getattr(config, name) for name in _EVOLUTION_KEYS})
+    evo = config.evolution()
     if budget_params is None and config.budget is not None:
         budget_params = int(config.budget * space.full_cost)
     budget = budget_params

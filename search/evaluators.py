@@ -15,13 +15,17 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
+from features.strict import ConfigError
 from search.scorer import CandidateScorer
 
 __all__ = ["Evaluator", "LocalEvaluator", "RayEvaluator", "make_evaluator"]
+
+_ACTOR_CPUS = 1
 
 
 class Evaluator(Protocol):
@@ -71,11 +75,20 @@ class RayEvaluator(_Context):
     """Scores on ``workers`` Ray actors: the local Ray by default, or the cluster at ``address``.
 
     Connects to a running cluster when ``address`` (or ``RAY_ADDRESS``) is set, else starts a local Ray bound
-    to 127.0.0.1 without the dashboard, and shuts down only a Ray it started.
+    to 127.0.0.1 without the dashboard, and shuts down only a Ray it started. The pool is as large as the cluster
+    can place (one CPU per actor): fewer free CPUs than ``workers`` means fewer actors and a one-line notice on
+    stderr, none is a :class:`~features.strict.ConfigError`; an actor not started within ``start_timeout`` seconds
+    is dropped.
     """
 
     def __init__(
-        self, scorer: CandidateScorer, workers: int, address: str | None = None, *, max_restarts: int = 3
+        self,
+        scorer: CandidateScorer,
+        workers: int,
+        address: str | None = None,
+        *,
+        max_restarts: int = 3,
+        start_timeout: float = 300.0,
     ) -> None:
         import ray
 
@@ -83,16 +96,42 @@ class RayEvaluator(_Context):
             raise ValueError(f"RayEvaluator needs at least one worker, got {workers}")
         self._started = False
         if not ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or "local"  # "local": a new Ray, never a stray one
-            kwargs: dict[str, Any] = {"address": address, "log_to_driver": False}
+            address = address or os.environ.get("RAY_ADDRESS")
+            kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": False}  # never a stray Ray
             if address is None:
                 kwargs |= {"include_dashboard": False, "num_cpus": max(workers, os.cpu_count() or 1)}
                 kwargs["_node_ip_address"] = "127.0.0.1"
             ray.init(**kwargs)
             self._started = True
-        actor = ray.remote(num_cpus=1, max_restarts=max_restarts, max_task_retries=max_restarts)(_ScorerActor)
+        self.actors: list[Any] = []
+        try:
+            self.actors = self._start(scorer, workers, max_restarts, start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, scorer: CandidateScorer, workers: int, max_restarts: int, timeout: float) -> list[Any]:
+        """As many actors as the cluster can place (at most ``workers``), once started; those not started within
+        ``timeout`` seconds are dropped: an actor that is never placed would hold its candidates forever."""
+        import ray
+
+        count = _placeable(workers)
+        actor: Any = ray.remote(num_cpus=_ACTOR_CPUS, max_restarts=max_restarts, max_task_retries=max_restarts)(
+            _ScorerActor
+        )
         self._scorer_ref = ray.put(scorer)  # kept in scope: a restarted actor fetches it again
-        self.actors: list[Any] = [actor.remote(self._scorer_ref) for _ in range(workers)]
+        actors = [actor.remote(self._scorer_ref) for _ in range(count)]
+        pings = [a.pid.remote() for a in actors]
+        ready, _ = ray.wait(pings, num_returns=count, timeout=timeout)
+        started = [i for i, ping in enumerate(pings) if ping in ready]
+        for i in sorted(set(range(count)) - set(started)):
+            ray.kill(actors[i])
+        if not started:
+            raise ConfigError(f"search.workers={workers}: no evaluator actor started on Ray in {timeout:g}s")
+        if len(started) < count:
+            _notice(f"search.workers={workers}: {len(started)} of {count} evaluator actors started in {timeout:g}s")
+        ray.get([pings[i] for i in started])  # an actor whose constructor failed raises here
+        return [actors[i] for i in started]
 
     def pids(self) -> list[int]:
         import ray
@@ -115,6 +154,24 @@ class RayEvaluator(_Context):
         if self._started:
             ray.shutdown()
             self._started = False
+
+
+def _placeable(workers: int) -> int:
+    """``workers``, or fewer when the Ray cluster has fewer free CPUs (a notice says so): actors that can never
+    be placed would hold their share of the candidates forever."""
+    import ray
+
+    free = int(ray.available_resources().get("CPU", 0.0) // _ACTOR_CPUS)  # type: ignore[no-untyped-call]
+    if free < 1:
+        total = ray.cluster_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
+        raise ConfigError(f"search.workers={workers}: the Ray cluster has no free CPU for an evaluator (of {total:g})")
+    if free < workers:
+        _notice(f"search.workers={workers}: the Ray cluster has {free} free CPUs; scoring on {free} evaluator actors")
+    return min(workers, free)
+
+
+def _notice(text: str) -> None:
+    print(f"search: notice: {text}", file=sys.stderr, flush=True)
 
 
 def make_evaluator(scorer: CandidateScorer, workers: int, address: str | None = None) -> LocalEvaluator | RayEvaluator:

@@ -6,7 +6,8 @@ Storage URLs are SQLAlchemy URLs: ``sqlite:///runs/x/search/study.db`` (a file) 
 
 Plots (``dims.png``, ``generations.png``, ``pareto.png`` of ``ctr search``) become Optuna artifacts of the study,
 kept in a :class:`~optuna.artifacts.FileSystemArtifactStore` directory, and the study's dashboard note describes
-the best candidate and shows the plots; ``ctr dashboard --artifact-dir DIR`` serves them.
+the plan written and shows the plots. The study records the directory (user attribute ``artifact_dir``), so
+``ctr dashboard`` serves them without ``--artifact-dir`` wherever that path is readable.
 
 Example:
     >>> attach_plots("sqlite:///runs/x/search/study.db", "optembed", sorted(Path("runs/x/search/plots").glob("*.png")),
@@ -19,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.artifacts import ArtifactMeta, FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
@@ -29,7 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from features.strict import ConfigError
 
-__all__ = ["attach_plots", "best_candidate_note", "open_storage", "redact"]
+ARTIFACT_DIR_KEY = "artifact_dir"
+"""The study user attribute holding the absolute directory of the study's artifact store."""
+
+__all__ = ["ARTIFACT_DIR_KEY", "PlanNote", "attach_plots", "best_candidate_note", "open_storage", "redact"]
 
 
 def redact(url: str) -> str:
@@ -76,27 +82,57 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
     return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1], -t.number))
 
 
-def best_candidate_note(study: optuna.Study, artifacts: Sequence[ArtifactMeta] = ()) -> str:
-    """Markdown for the study's dashboard note: the best candidate, its dims per field, and the plots."""
+@dataclass(frozen=True)
+class PlanNote:
+    """What a search wrote to ``plan.json``, for the study's note: the dims per field, the embedding parameters of
+    the retrained tables, the validation AUC on the supernet, the trial it was picked from and the fields
+    ``search.shrink`` stepped down after that."""
+
+    dims: dict[str, int]
+    embedding_params: int
+    val_auc: float
+    trial: int
+    shrunk: tuple[str, ...] = ()
+
+
+def _dims_table(dims: dict[str, Any]) -> list[str]:
+    if not dims:
+        return []
+    return ["| field | dim |", "|---|---|", *(f"| {name} | {int(dim)} |" for name, dim in dims.items()), ""]
+
+
+def _trial_text(trial: FrozenTrial) -> str:
+    auc = trial.user_attrs.get("val_auc", trial.values[0])
+    params = trial.user_attrs.get("embedding_params")
+    generation = trial.user_attrs.get("generation")
+    text = f"**trial {trial.number}**" + (f" (generation {generation})" if generation is not None else "")
+    text += f", validation AUC **{float(auc):.6f}**"
+    return text + (f", {int(params):,} embedding parameters" if params is not None else "")
+
+
+def best_candidate_note(
+    study: optuna.Study, artifacts: Sequence[ArtifactMeta] = (), plan: PlanNote | None = None
+) -> str:
+    """Markdown for the study's dashboard note: the plan written (else the best candidate), its dims, the plots."""
     lines = [f"## OptEmbed search `{study.study_name}`", ""]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = _best(study)
-    if best is None:
+    if plan is not None:
+        shrunk = f", then `search.shrink` stepped down {', '.join(plan.shrunk)}" if plan.shrunk else ""
+        lines += [
+            f"Plan written to `plan.json`: **{plan.embedding_params:,} embedding parameters**, validation AUC "
+            f"**{plan.val_auc:.6f}** on the supernet; picked from trial {plan.trial}{shrunk}. "
+            f"{len(complete)} candidates scored.",
+            "",
+            *_dims_table(plan.dims),
+        ]
+        if best is not None:
+            lines += [f"Highest-scoring candidate: {_trial_text(best)}.", ""]
+    elif best is None:
         lines.append("No finished candidate yet.")
     else:
-        auc = best.user_attrs.get("val_auc", best.values[0])
-        params = best.user_attrs.get("embedding_params")
-        generation = best.user_attrs.get("generation")
-        text = f"Best candidate: **trial {best.number}**"
-        text += f" (generation {generation})" if generation is not None else ""
-        text += f", validation AUC **{float(auc):.6f}**"
-        text += f", {int(params):,} embedding parameters" if params is not None else ""
-        lines += [text + f"; {len(complete)} candidates scored.", ""]
-        dims = best.user_attrs.get("dims", best.params)
-        if dims:
-            lines += ["| field | dim |", "|---|---|"]
-            lines += [f"| {name} | {int(dim)} |" for name, dim in dims.items()]
-            lines.append("")
+        lines += [f"Best candidate: {_trial_text(best)}; {len(complete)} candidates scored.", ""]
+        lines += _dims_table(best.user_attrs.get("dims", best.params))
     if artifacts:
         lines += ["### Plots", ""]
         for meta in artifacts:
@@ -116,11 +152,13 @@ def attach_plots(
     artifact_dir: Path,
     *,
     note: bool = True,
+    plan: PlanNote | None = None,
 ) -> list[ArtifactMeta]:
     """Upload ``paths`` (PNG plots) as artifacts of study ``study_name``, kept under ``artifact_dir``.
 
     A file already attached with the same name and bytes is not uploaded again, so attaching after a resumed
-    search is idempotent. With ``note``, the study's dashboard note is (re)written by :func:`best_candidate_note`.
+    search is idempotent. With ``note``, the study's dashboard note is (re)written by :func:`best_candidate_note`
+    (describing ``plan``, the plan the search wrote, when given).
     Returns the study's artifacts for ``paths``, in their order.
     """
     files = [Path(p) for p in paths]
@@ -132,6 +170,7 @@ def attach_plots(
     study = optuna.load_study(
         study_name=study_name, storage=open_storage(storage) if isinstance(storage, str) else storage
     )
+    study.set_user_attr(ARTIFACT_DIR_KEY, str(artifact_dir.resolve()))  # where `ctr dashboard` finds them
     existing: dict[tuple[str, str], ArtifactMeta] = {}
     for meta in get_all_artifact_meta(study):
         try:
@@ -151,5 +190,5 @@ def attach_plots(
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            save_note(study, best_candidate_note(study, attached))
+            save_note(study, best_candidate_note(study, attached, plan))
     return attached

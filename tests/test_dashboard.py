@@ -8,6 +8,7 @@ study and drives Debian's chromium through selenium + chromedriver; its screensh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ import optuna
 import pytest
 from optuna.artifacts import ArtifactMeta, FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 
-from pipelines.dashboard import add_parser, main
+from pipelines.dashboard import add_parser, artifact_dirs, main
 from search.storage import attach_plots, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -147,13 +148,11 @@ def _listening(pid: int, port: int) -> set[str]:
     return addresses
 
 
-@pytest.fixture
-def dashboard(finished: FinishedStudy, tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """``python -m pipelines.dashboard`` on the finished study; yields (base URL, server pid)."""
+@contextlib.contextmanager
+def _serving(storage: str, log: Path, *options: str) -> Iterator[tuple[str, int]]:
+    """``python -m pipelines.dashboard --storage STORAGE`` on a free port; yields (base URL, server pid)."""
     port = _free_port()
-    log = tmp_path / "dashboard.log"
-    command = [sys.executable, "-m", "pipelines.dashboard", "--storage", finished.storage, "--port", str(port)]
-    command += ["--artifact-dir", str(finished.artifact_dir)]
+    command = [sys.executable, "-m", "pipelines.dashboard", "--storage", storage, "--port", str(port), *options]
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -176,6 +175,67 @@ def dashboard(finished: FinishedStudy, tmp_path: Path) -> Iterator[tuple[str, in
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def dashboard(finished: FinishedStudy, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """``python -m pipelines.dashboard`` on the finished study; yields (base URL, server pid)."""
+    with _serving(finished.storage, tmp_path / "dashboard.log", "--artifact-dir", str(finished.artifact_dir)) as served:
+        yield served
+
+
+def _study_ids(base: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as r:
+        return {s["study_name"]: s["study_id"] for s in json.load(r)["study_summaries"]}
+
+
+def test_dashboard_serves_each_studys_plots_without_artifact_dir(toy_search: Any, tmp_path: Path) -> None:
+    # `ctr dashboard --storage URL` as documented answered `400 Cannot access to the artifacts`
+    from search.plots import plot_generations, plot_pareto
+
+    storage = f"sqlite:///{tmp_path / 'db' / 'study.db'}"  # one storage, two searches with their own artifact dirs
+    (tmp_path / "db").mkdir()
+    plots: dict[str, tuple[Path, ArtifactMeta]] = {}
+    for name in ("first", "second"):
+        outcome = toy_search(storage, name)
+        (tmp_path / name).mkdir()
+        out = tmp_path / name / "plot.png"
+        plot = plot_generations(outcome, out) if name == "first" else plot_pareto(outcome.pareto, outcome, out)
+        (meta,) = attach_plots(storage, name, [plot], tmp_path / name / "artifacts")
+        plots[name] = (plot, meta)
+    assert plots["first"][0].read_bytes() != plots["second"][0].read_bytes()
+    with _serving(storage, tmp_path / "dashboard.log") as (base, _):
+        ids = _study_ids(base)
+        for name, (plot, meta) in plots.items():
+            with urllib.request.urlopen(f"{base}/artifacts/{ids[name]}/{meta.artifact_id}", timeout=30) as r:
+                assert (r.status, r.headers["Content-Type"]) == (200, "image/png")
+                assert r.read() == plot.read_bytes()
+    first_line = (tmp_path / "dashboard.log").read_text().splitlines()[0]
+    assert first_line.endswith(
+        f"; artifacts from {tmp_path / 'first' / 'artifacts'}, {tmp_path / 'second' / 'artifacts'}"
+    )
+
+
+def test_a_search_beside_its_sqlite_file_needs_no_recorded_artifact_dir(toy_search: Any, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    toy_search(storage, "optembed")  # a study that records no artifact directory
+    assert artifact_dirs(storage, open_storage(storage)) == []
+    (tmp_path / "artifacts").mkdir()
+    assert artifact_dirs(storage, open_storage(storage)) == [tmp_path.resolve() / "artifacts"]
+
+
+def test_a_busy_port_fails_in_one_line(finished: FinishedStudy) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "pipelines.dashboard", "--storage", finished.storage, "--port", str(port)]
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert (
+        proc.stderr
+        == f"ctr dashboard: error: --port {port}: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
 
 
 def _chrome() -> Any:
@@ -236,9 +296,7 @@ def test_dashboard_shows_the_study_in_headless_chromium(finished: FinishedStudy,
     base, pid = dashboard
     port = int(base.rsplit(":", 1)[1])
     assert _listening(pid, port) == {"127.0.0.1"}  # loopback only, by default
-    with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as r:
-        studies = {s["study_name"]: s["study_id"] for s in json.load(r)["study_summaries"]}
-    study_id = studies[finished.name]
+    study_id = _study_ids(base)[finished.name]
     for meta, plot in zip(finished.attached, finished.plots, strict=True):  # the artifact store is served
         with urllib.request.urlopen(f"{base}/artifacts/{study_id}/{meta.artifact_id}", timeout=30) as r:
             assert r.headers["Content-Type"] == "image/png" and r.read() == plot.read_bytes()

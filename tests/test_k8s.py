@@ -346,28 +346,46 @@ def test_optuna_dashboard_reads_the_secret_and_serves_on_all_interfaces(
     resources: tuple[Resource, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import optuna
-    from optuna_dashboard import _cli
+    import optuna_dashboard
     from sqlalchemy.engine import make_url
 
+    import pipelines.dashboard
+    from pipelines.cli import main
+    from search.storage import ARTIFACT_DIR_KEY
+
     deployment, service = _one(resources, "Deployment"), _one(resources, "Service")
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["optuna-dashboard"]
-    assert container["args"] == ["$(OPTUNA_STORAGE)", "--host", "0.0.0.0", "--port", "8080"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["ctr"]
+    assert container["args"] == ["dashboard", "--storage", "$(OPTUNA_STORAGE)", "--host", "0.0.0.0", "--port", "8080"]
     secret = yaml.safe_load(SECRET_TEMPLATE.read_text())
     ref = _env(container, "OPTUNA_STORAGE")["valueFrom"]["secretKeyRef"]
     assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "OPTUNA_STORAGE")
     assert make_url(secret["stringData"]["OPTUNA_STORAGE"]).drivername == "postgresql+psycopg2"
+    # the plots: the studies record their artifact directories as the driver on the Ray head wrote them, so the
+    # dashboard mounts the same claim at the same path (read-only)
+    head = _one(resources, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]
+    head_mounts = {m["name"]: m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    (mount,) = container["volumeMounts"]
+    assert (mount["mountPath"], mount["readOnly"]) == (head_mounts["data"], True)
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    assert claims[mount["name"]] == _one(resources, "PersistentVolumeClaim")["metadata"]["name"]
 
-    # the real CLI with these args (a SQLite file standing in for PostgreSQL): which address does it serve on?
-    served: list[tuple[str, int]] = []
-    monkeypatch.setattr(_cli, "run_wsgiref", lambda app, host, port, quiet: served.append((host, port)))
-    monkeypatch.setattr(_cli, "run_gunicorn", lambda app, host, port, quiet: served.append((host, port)))
+    # the real CLI with these args (a SQLite file standing in for PostgreSQL): which address, which artifacts?
+    served: list[tuple[str, int, Any]] = []
+
+    def run_server(rdb: Any, host: str, port: int, artifact_store: Any) -> None:
+        served.append((host, port, artifact_store))
+
+    monkeypatch.setattr(optuna_dashboard, "run_server", run_server)
+    monkeypatch.setattr(pipelines.dashboard, "_check_listen", lambda host, port: None)  # port 8080 of this machine
     url = f"sqlite:///{tmp_path}/study.db"
-    optuna.storages.RDBStorage(url)  # the dashboard reads an existing storage; it creates no tables
-    argv = [a.replace("$(OPTUNA_STORAGE)", url) for a in container["args"]]
-    monkeypatch.setattr(sys, "argv", ["optuna-dashboard", *argv])
-    _cli.main()
-    assert served == [("0.0.0.0", 8080)]
+    study = optuna.create_study(storage=url, study_name="optembed-deepfm")
+    (tmp_path / "run" / "artifacts").mkdir(parents=True)
+    study.set_user_attr(ARTIFACT_DIR_KEY, str(tmp_path / "run" / "artifacts"))  # as attach_plots records it
+    main([a.replace("$(OPTUNA_STORAGE)", url) for a in container["args"]])
+    ((host, port, store),) = served
+    assert (host, port, store.dirs) == ("0.0.0.0", 8080, (tmp_path / "run" / "artifacts",))
 
     assert service["spec"]["type"] == "ClusterIP"
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]

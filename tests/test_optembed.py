@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,28 @@ def test_multi_objective_and_budget_modes(scorer: CandidateScorer, tmp_path: Pat
     trials = optuna.load_study(study_name="budget", storage=storage).trials
     assert trials and all(t.user_attrs["embedding_params"] <= 0.7 * space.full_cost for t in trials)
     assert budget.best.embedding_params <= 0.7 * space.full_cost
+
+
+def test_the_study_note_describes_the_plan_written(supernet: Path, tmp_path: Path) -> None:
+    import optuna
+    from optuna_dashboard import get_note
+
+    # The note used to show the highest-scoring trial, not the plan picked within pick_tolerance and shrunk.
+    sets = [*TINY_SEARCH, "search.pick_tolerance=0.01", "search.val_rows=800"]
+    config = load_run_config(None, sets, data="x", model="deepfm", sections=("search",)).search
+    assert config is not None
+    summary = search_stage(supernet, tmp_path / "search", VARIANTS["optembed"], config, progress=False)
+    assert summary["dims"] != summary["best"]["dims"]  # the case: the plan is not the best candidate
+    tables = PrunedTables.load(tmp_path / "search")
+    plan_dims = {f.name: f.dim for f in tables.plan.fields}
+    # DeepFM's retrained tables: the kept rows (with the OOV row) at the plan's dim plus the first-order columns
+    plan_params = sum(tables.kept_ids(f.name).shape[0] * (f.dim + LINEAR_DIM) for f in tables.plan.fields)
+    note = get_note(optuna.load_study(study_name="optembed", storage=summary["storage"]))
+    params = re.search(r"Plan written to `plan.json`: \*\*([\d,]+) embedding parameters\*\*", note)
+    assert params is not None, note
+    assert int(params.group(1).replace(",", "")) == plan_params == summary["embedding_params"]
+    assert dict(re.findall(r"^\| (\w+) \| (\d+) \|$", note, re.MULTILINE)) == {k: str(v) for k, v in plan_dims.items()}
+    assert f"validation AUC **{summary['final_val_auc']:.6f}** on the supernet" in note
 
 
 @pytest.mark.dist
@@ -428,6 +451,35 @@ def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path, capsys: 
     again = run_optembed(config, tmp_path / "run", VARIANTS["optembed"], progress=False)
     assert again["final"] == result["final"] and again["search"]["trials"] == result["search"]["trials"]
     assert (tmp_path / "run" / "baseline" / "metrics.json").read_text() == baseline_metrics
+
+
+def test_a_bad_search_section_fails_in_one_line_before_anything_trains(data: Path, tmp_path: Path) -> None:
+    # population 6 with the default n_mutation + n_crossover = 10 + 10 used to fail after two trainings
+    args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
+    args += [x for s in [*SMALL, "search.population=6"] for x in ("--set", s)]  # small: a regression ends soon
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == (
+        "ctr optembed: error: SearchConfig: n_mutation + n_crossover must be in [1, population=6], got 10 + 10 = 20\n"
+    )
+    assert time.monotonic() - started < 60  # seconds: no stage ran
+    assert not (tmp_path / "run").exists()  # no stage folder, nothing trained
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["search.top_k=0"], "SearchConfig.top_k: must be >= 1, got 0"),
+        (["search.eval_batch_size=0"], "SearchConfig.eval_batch_size: must be >= 1, got 0"),
+        (["supernet.candidates=[4, 6]"], r"SupernetConfig.candidates: need multiples of 4 >= 0, .*got \[4, 6\]"),
+        (["supernet.candidates=[0]"], r"SupernetConfig.candidates: need multiples of 4 >= 0, not all 0"),
+        (["supernet.candidates=[4, 16]", "model.embedding_dim=8"], r"\[4, 16\] exceed model.embedding_dim=8"),
+    ],
+)
+def test_every_section_is_checked_when_the_config_loads(sets: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, sets, data="x", model="deepfm", sections=("supernet", "search", "retrain"))
 
 
 def test_optembed_over_a_multiplexed_table_searches_probes(data: Path, tmp_path: Path) -> None:

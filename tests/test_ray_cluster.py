@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
@@ -234,6 +235,63 @@ def test_ray_train_on_the_cluster_matches_two_local_processes(cluster: Cluster, 
     # Same seed, same global batches, same per-table init: the two launchers train the same model.
     for key in ("val_auc", "test_auc", "test_logloss"):
         assert ray_m[key] == pytest.approx(local_m[key], abs=1e-4), key
+
+
+_TWO_CPUS = """
+import sys
+
+import ray
+
+from ctr.run_config import SearchConfig
+from features.strict import ConfigError
+from search.driver import SearchSpace, run_search
+from search.evaluators import RayEvaluator
+
+
+class Scorer:  # a stand-in for CandidateScorer: what run_search needs of it
+    fields = ("C0", "C1", "C2")
+
+    def score(self, dims):
+        return 0.5 + sum(dims) / 1000
+
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+space = SearchSpace(Scorer.fields, ((4, 8),) * 3, (10, 20, 30))
+config = SearchConfig(population=4, n_mutation=2, n_crossover=2, generations=2, top_k=2, workers=4)
+outcome = run_search(Scorer(), space, config, sys.argv[1], "two_cpus", progress=False)
+print("trials", outcome.trials, outcome.evaluated)
+ray.shutdown()
+ray.init(address="local", num_cpus=0, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+try:
+    RayEvaluator(Scorer(), workers=1)
+except ConfigError as e:
+    print("error", e)
+"""
+
+
+def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: Path) -> None:
+    # 4 actors on 2 CPUs used to wait forever for the 2 that can never be placed (0/2 gen, no message)
+    script = tmp_path / "two_cpus.py"
+    script.write_text(_TWO_CPUS)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    command = [sys.executable, str(script), storage]
+    env = _env() | {"PYTHONPATH": str(REPO)}
+    # its own process group: a hang is killed with the Ray it started (a killed driver orphans Ray's agents)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=PIPE, stderr=PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the search with 4 workers on 2 CPUs did not finish in 300 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    trials, error = stdout.splitlines()
+    assert trials.split()[0] == "trials" and trials.split()[1] == trials.split()[2] != "0"
+    notices = [line for line in stderr.splitlines() if "notice" in line]
+    assert notices == [
+        "search: notice: search.workers=4: the Ray cluster has 2 free CPUs; scoring on 2 evaluator actors"
+    ]
+    assert error == "error search.workers=1: the Ray cluster has no free CPU for an evaluator (of 0)"
 
 
 def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(data: Path, tmp_path: Path) -> None:
