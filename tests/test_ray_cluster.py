@@ -275,7 +275,7 @@ def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: 
     script.write_text(_TWO_CPUS)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     command = [sys.executable, str(script), storage]
-    env = _env() | {"PYTHONPATH": str(REPO)}
+    env = _env(tmp_path) | {"PYTHONPATH": str(REPO)}
     # its own process group: a hang is killed with the Ray it started (a killed driver orphans Ray's agents)
     proc = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=PIPE, stderr=PIPE, start_new_session=True)
     try:
