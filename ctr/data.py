@@ -620,10 +620,12 @@ class CTRDataModule(lightning.LightningDataModule):
     """Train/valid/test loaders over a prepared directory, sharded by rank.
 
     Rank and world size come from the attached trainer (``global_rank``, ``world_size``), else 0 and 1.
-    Training is shuffled per epoch and, with ``world_size > 1``, drops the last partial batch. Evaluation is
-    not shuffled; with ``world_size > 1`` each rank evaluates ``n // world_size`` rows, so up to
-    ``world_size - 1`` trailing rows of the split are left out of evaluation (every rank must run the same
-    number of batches; padding would count rows twice).
+    Training is shuffled per epoch. The trailing partial global batch is split equally over the ranks, in
+    training as in evaluation, so a split smaller than one global batch (``batch_size * world_size`` rows)
+    still gives every rank one batch of ``n // world_size`` rows: the per-process batch shrinks, and N
+    processes take the same steps as one. (Dropping it left small splits with no training batch at all.)
+    Up to ``world_size - 1`` trailing rows of a split are left out (every rank must run the same number of
+    batches; padding would count rows twice). Evaluation is not shuffled.
 
     Multi-process training must use ``Trainer(use_distributed_sampler=False)``: the sampler already shards
     by rank, and Lightning would otherwise wrap it in a ``DistributedSampler``; :meth:`setup` refuses that.
@@ -682,7 +684,7 @@ class CTRDataModule(lightning.LightningDataModule):
             seed=self.config.seed,
             rank=self.rank,
             world_size=self.world_size,
-            drop_last=self.world_size > 1,
+            drop_last=False,
             num_workers=self.config.num_workers,
         )
 

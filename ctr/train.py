@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pyarrow.parquet as pq
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -40,7 +41,7 @@ from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint,
 from ctr.supernet_module import SupernetModule
 from features.outputs import owned_dir
 from features.schema import FeatureMap
-from features.strict import to_dict
+from features.strict import ConfigError, to_dict
 
 __all__ = ["LoaderProgress", "SaveConfig", "Throughput", "command_of", "train"]
 
@@ -136,6 +137,20 @@ def _trainer(
     return trainer
 
 
+def _check_rows_per_process(path: str, fm: FeatureMap, nproc: int) -> None:
+    """Every process needs at least one row of the training and validation splits (the per-process batch
+    shrinks down to ``rows // nproc``, see ``CTRDataModule``); refuse fewer before any process starts."""
+    if nproc == 1:
+        return
+    for split in ("train", "valid"):
+        rows = sum(pq.ParquetFile(Path(path) / p).metadata.num_rows for p in fm.splits.get(split, ()))
+        if rows < nproc:
+            raise ConfigError(
+                f"--nproc {nproc}: the {split} split of {path} has {rows} rows, fewer than one per process; "
+                f"use --nproc {max(rows, 1)} or more data"
+            )
+
+
 def build_module(config: RunConfig, fm: FeatureMap) -> CTRModule:
     """The LightningModule a config asks for: a supernet, a retraining of an OptEmbed plan, or a base model."""
     if config.supernet is not None:
@@ -186,6 +201,8 @@ def _fit(
     if config.trainer.keep_freed_memory:
         keep_freed_memory()
     fm = FeatureMap.load(config.data.path)
+    if not on_ray:
+        _check_rows_per_process(config.data.path, fm, nproc)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"

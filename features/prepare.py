@@ -34,7 +34,10 @@ import resource
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +53,7 @@ from features.spec import DatasetSpec, InputError
 from features.strict import ConfigError, from_dict, to_dict
 from features.transforms import (
     SPLITS,
+    TimeCut,
     assign_random_split,
     assign_time_split,
     derive_time_parts,
@@ -59,17 +63,19 @@ from features.transforms import (
     validate,
 )
 
-__all__ = ["PrepareOptions", "apply_feature_map", "prepare"]
+__all__ = ["GivenSplits", "PrepareOptions", "apply_feature_map", "prepare"]
 
 
 @dataclass(frozen=True)
 class PrepareOptions:
     """How to split and encode; ``min_count`` overrides the spec's default for fields without their own.
 
+    ``split``: ``random`` (seeded hash of each row's file and line), ``time`` (ordered by time, cut by position),
+    or ``given`` (the inputs come as :class:`GivenSplits`; ``seed`` and ``ratios`` are then unused).
     ``shard_rows``: at most this many rows per parquet shard (at least 1).
     """
 
-    split: Literal["random", "time"] = "random"
+    split: Literal["random", "time", "given"] = "random"
     seed: int = 0
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     min_count: int | None = None
@@ -86,6 +92,44 @@ class PrepareOptions:
             raise ConfigError(f"shard_rows must be >= 1, got {self.shard_rows}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class GivenSplits:
+    """Pre-split inputs, as BARS data sets ship them: every row of a file goes to that file's split.
+
+    The vocabularies, min-counts, dense statistics and quantiles are fitted on the ``train`` files alone.
+    Each split needs at least one file, and no file may be given twice (in one split or across splits).
+
+    Example:
+        >>> given = GivenSplits(train=(Path("train.csv"),), valid=(Path("valid.csv"),), test=(Path("test.csv"),))
+        >>> [p.name for p in given.files]
+        ['train.csv', 'valid.csv', 'test.csv']
+    """
+
+    train: tuple[Path, ...]
+    valid: tuple[Path, ...]
+    test: tuple[Path, ...]
+
+    def __post_init__(self) -> None:
+        for name in SPLITS:
+            if not getattr(self, name):
+                raise ConfigError(f"--{name}: pre-split inputs need at least one {name} file")
+
+    @property
+    def files(self) -> list[Path]:
+        """Every input, train files first, then valid, then test: ``__file_idx`` indexes this list."""
+        return [*self.train, *self.valid, *self.test]
+
+    def split_of_file(self) -> list[str]:
+        """The split of each of :attr:`files`, in order."""
+        return [name for name in SPLITS for _ in getattr(self, name)]
+
+
+def _assign_given_split(lf: pl.LazyFrame, given: GivenSplits) -> pl.LazyFrame:
+    """``__split`` from the input file's position in ``given.files``."""
+    by_file = dict(enumerate(given.split_of_file()))
+    return lf.with_columns(pl.col("__file_idx").replace_strict(by_file, return_dtype=pl.String).alias("__split"))
 
 
 class _Progress:
@@ -145,29 +189,35 @@ def _stage(
     inputs: list[Path],
     work: Path,
     codes: Codes,
-    options: PrepareOptions | None,
+    split: Callable[[pl.LazyFrame], pl.LazyFrame] | None,
     progress: _Progress,
+    *,
+    unlabelled: bool = False,
 ) -> _Stage:
     """Parse and validate ``inputs`` once into ``work/.staged``, the only pass over the input text.
 
-    With ``options`` and a random split, rows are staged by split (it depends only on the row's position),
-    so the fit reads the training rows alone and nothing filters. Single-valued vocabulary fields are staged
-    as ``codes``; the raw line is kept for rejected rows only, with the reason.
+    With a ``split`` that depends only on the row's file and position (random, given), rows are staged by
+    split, so the fit reads the training rows alone and nothing filters; without one they are all staged as
+    ``valid``. Single-valued vocabulary fields are staged as ``codes``; the raw line is kept for rejected rows
+    only, with the reason. ``unlabelled``: a file may lack the label column, whose rows then get a null label
+    (``ctr apply`` on serving data).
     """
     root = work / ".staged"
-    lf = scan_inputs(spec, inputs, root / "repaired")  # deleted with the staged files
+    optional = (spec.label.column,) if unlabelled else ()
+    lf = scan_inputs(spec, inputs, root / "repaired", optional=optional)  # deleted with the staged files
     if progress.enabled:
         lf = lf.with_columns(progress.hook(pl.col("__line"), pl.UInt64()))
-    lf = lf.pipe(validate, spec).pipe(derive_time_parts, spec)
+    lf = lf.pipe(validate, spec, unlabelled=unlabelled).pipe(derive_time_parts, spec)
     rejected = pl.col("__reject").is_not_null()
     part: pl.Expr = pl.lit("valid")
-    if options is not None and options.split == "random":
-        lf = lf.pipe(assign_random_split, options.seed, options.ratios)
+    if split is not None:
+        lf = lf.pipe(split)
         part = pl.col("__split")
     staged = lf.select(
         pl.when(rejected).then(pl.col("__file")).alias("__file"),
         pl.when(rejected).then(pl.col("__raw")).alias("__raw"),
         rejected_reasons(spec).alias("__reason"),
+        pl.col("__file_idx"),
         pl.col("__line"),
         pl.col("__label"),
         *(pl.col(parsed(d.name)) for d in spec.dense),
@@ -181,41 +231,79 @@ def _stage(
     return _Stage(root, staged.drop("__part").collect_schema())
 
 
-def _time_cuts(valid: pl.LazyFrame, column: str, ratios: tuple[float, float, float]) -> tuple[int, int]:
-    total = sum(ratios)
+def cut_positions(n: int, ratios: tuple[float, float, float]) -> tuple[int, int]:
+    """Rows before the two cuts of ``n`` rows: ``floor(n * r1 / sum)`` and ``floor(n * (r1 + r2) / sum)``,
+    in exact arithmetic on the ratios as written (``0.8`` is 4/5, not the float below it).
+
+    Example:
+        >>> cut_positions(10, (0.8, 0.1, 0.1)), cut_positions(7, (8, 1, 1))
+        ((8, 9), (5, 6))
+    """
+    r1, r2, r3 = (Fraction(repr(r)) for r in ratios)
+    total = r1 + r2 + r3
+    return int(n * r1 / total), int(n * (r1 + r2) / total)
+
+
+def _time_cuts(valid: pl.LazyFrame, column: str, ratios: tuple[float, float, float]) -> tuple[TimeCut, TimeCut]:
+    """The two cuts of the ``(time, file, line)`` order at :func:`cut_positions` (see ``assign_time_split``).
+
+    Reads the time column of every row (as the quantiles did before), then the file and line of the rows
+    that share the cut's timestamp."""
     t = pl.col(parsed(column)).dt.epoch("us")
-    q = valid.select(
-        t.quantile(ratios[0] / total, "lower").alias("c1"),
-        t.quantile((ratios[0] + ratios[1]) / total, "lower").alias("c2"),
-    ).collect(engine="streaming")
-    if q["c1"][0] is None:
-        raise InputError("time split: no valid rows with a time value")
-    # Rows at the cut time go to the later split, so no timestamp is shared between splits.
-    return int(q["c1"][0]), int(q["c2"][0])
+    times = valid.select(t.alias("t")).collect(engine="streaming")["t"].sort()
+    if times.len() == 0:
+        raise InputError("--split time: no valid rows with a time value")
+    k1, k2 = cut_positions(times.len(), ratios)
+    return _cut_at(valid, t, times, k1), _cut_at(valid, t, times, k2)
 
 
-def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOptions | None = None) -> dict[str, Any]:
-    """Fit and encode ``inputs`` into ``out``; returns the report (also written to ``out/report.json``)."""
+def _cut_at(valid: pl.LazyFrame, t: pl.Expr, times: pl.Series, k: int) -> TimeCut:
+    """The ``(time, file, line)`` of the row at position ``k`` of the order (None past the last row)."""
+    if k >= times.len():
+        return None
+    at = int(times[k])
+    earlier = int(times.search_sorted(at, side="left"))  # rows strictly before ``at``
+    ties = valid.filter(t == at).select("__file_idx", "__line").sort("__file_idx", "__line").collect()
+    file, line = ties.row(k - earlier)
+    return at, int(file), int(line)
+
+
+def prepare(
+    spec: DatasetSpec, inputs: list[Path] | GivenSplits, out: Path, options: PrepareOptions | None = None
+) -> dict[str, Any]:
+    """Fit and encode ``inputs`` into ``out``; returns the report (also written to ``out/report.json``).
+
+    ``inputs`` is a list of files that ``options.split`` splits, or :class:`GivenSplits` with
+    ``options.split == "given"``."""
     options = options or PrepareOptions()
+    if isinstance(inputs, GivenSplits) != (options.split == "given"):
+        raise ConfigError(f"split {options.split!r} does not fit the inputs: pre-split inputs go with split 'given'")
     if options.min_count is not None:
         spec = DatasetSpec(**{**spec.__dict__, "min_count": options.min_count})
     if options.split == "time" and spec.time is None:
         raise InputError(f"--split time needs a time column; dataset {spec.name!r} has none")
+    files = inputs.files if isinstance(inputs, GivenSplits) else inputs
+    if isinstance(inputs, GivenSplits) and spec.format == "movielens-100k":
+        raise InputError(f"{inputs.train[0]}: pre-split inputs are not supported for the MovieLens-100K format")
     started = time.perf_counter()
-    with replaced_dir(out, "ctr prepare", overwrite=options.overwrite, inputs=inputs) as work:
+    with replaced_dir(out, "ctr prepare", overwrite=options.overwrite, inputs=files) as work:
+        split: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None
+        if isinstance(inputs, GivenSplits):
+            split = partial(_assign_given_split, given=inputs)
+        elif options.split == "random":
+            split = partial(assign_random_split, seed=options.seed, ratios=options.ratios)
         with _Progress("read", options.progress) as bar:
             codes = Codes(spec)
-            stage = _stage(spec, inputs, work, codes, options, bar)
-        if options.split == "random":
+            stage = _stage(spec, files, work, codes, split, bar)
+        if split is not None:
             parts = {s: stage.scan(s) for s in SPLITS}
-            split_info: dict[str, Any] = {"ratios": list(options.ratios)}
         else:
             assert spec.time is not None
             valid = stage.scan("valid")
             cuts = _time_cuts(valid, spec.time.column, options.ratios)
             timed = valid.pipe(assign_time_split, spec.time.column, *cuts)
             parts = {s: timed.filter(pl.col("__split") == s) for s in SPLITS}
-            split_info = {"time_cuts_us": list(cuts)}
+        split_info = _split_info(inputs, options, stage, cuts if split is None else None)
         plan = fit_plan(spec, parts["train"], work, codes)
         rows_read = _count_and_quarantine(stage, work)
         with _Progress("encode", options.progress) as bar:
@@ -232,10 +320,50 @@ def prepare(spec: DatasetSpec, inputs: list[Path], out: Path, options: PrepareOp
             split_method=options.split,
         )
         fm.save(work / "feature_map.json")
-        report = _report(spec, inputs, work, fm, rows_read, started)
-        report["split"] = {"method": options.split, "seed": options.seed, **split_info}
+        report = _report(spec, files, work, fm, rows_read, started)
+        report["split"] = split_info
+        if isinstance(inputs, GivenSplits):
+            _check_given_rows(report)
         (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _split_info(
+    inputs: list[Path] | GivenSplits, options: PrepareOptions, stage: _Stage, cuts: tuple[TimeCut, TimeCut] | None
+) -> dict[str, Any]:
+    """``report.json``'s ``split``: the method and what decided it (seed and ratios, time cuts, or the files
+    with each split's staged and rejected rows, read before the staged files go)."""
+    if isinstance(inputs, GivenSplits):
+        rejected = dict(stage.scan(_REJECTED).group_by("__file_idx").len().collect().iter_rows())
+        of_file = inputs.split_of_file()
+        info: dict[str, Any] = {"method": "given"}
+        for name in SPLITS:
+            idx = [i for i, s in enumerate(of_file) if s == name]
+            staged = stage.scan(name).select(pl.len()).collect().item()
+            bad = sum(int(rejected.get(i, 0)) for i in idx)
+            info[name] = {
+                "files": [str(inputs.files[i]) for i in idx],
+                "rows_read": int(staged) + bad,
+                "rows_rejected": bad,
+            }
+        return info
+    if cuts is None:
+        return {"method": "random", "seed": options.seed, "ratios": list(options.ratios)}
+    return {
+        "method": "time",
+        "ratios": list(options.ratios),
+        # the time of each later split's first row (null: that split is empty)
+        "time_cuts_us": [None if c is None else c[0] for c in cuts],
+    }
+
+
+def _check_given_rows(report: dict[str, Any]) -> None:
+    """Per split, as for the whole: rows read = rows written + rows rejected."""
+    for name in SPLITS:
+        info = report["split"][name]
+        written = report["rows_written"][name]
+        if info["rows_read"] != written + info["rows_rejected"]:
+            raise RuntimeError(f"row accounting failed for split {name}: {info}, written {written}; output discarded")
 
 
 def apply_feature_map(
@@ -247,16 +375,22 @@ def apply_feature_map(
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Encode new rows (validation, test, serving) with a fitted map; unseen values get the OOV id."""
+    """Encode new rows (validation, test, serving) with a fitted map; unseen values get the OOV id.
+
+    Reads only the columns the map encodes, and the label: not the split's time column (unless a field
+    derives from it). A file without the label column (serving data, header or parquet) applies too: its rows
+    get a null ``label``. A file that has the label column has it checked as in ``prepare``.
+    """
     fm = FeatureMap.load(feature_map)
     root = feature_map if feature_map.is_dir() else feature_map.parent
     spec = from_dict(DatasetSpec, fm.source_spec, where=f"{feature_map}: source_spec")
     plan = EncodePlan.from_feature_map(spec, fm, root)
+    read = replace(spec, time=None)  # the split's time column is not encoded
     started = time.perf_counter()
     with replaced_dir(out, "ctr apply", overwrite=overwrite, inputs=[*inputs, feature_map]) as work:
         with _Progress("read", progress) as bar:
             codes = Codes(spec)
-            stage = _stage(spec, inputs, work, codes, None, bar)
+            stage = _stage(read, inputs, work, codes, None, bar, unlabelled=True)
         plan = plan.bind(codes)
         rows_read = _count_and_quarantine(stage, work)
         with _Progress("encode", progress) as bar:

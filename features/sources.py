@@ -31,11 +31,14 @@ __all__ = ["scan_inputs"]
 _SNIFF_LINES = 20
 
 
-def scan_inputs(spec: DatasetSpec, inputs: list[Path], scratch: Path) -> pl.LazyFrame:
+def scan_inputs(
+    spec: DatasetSpec, inputs: list[Path], scratch: Path, *, optional: tuple[str, ...] = ()
+) -> pl.LazyFrame:
     """One lazy frame over all input files (see module docstring for its columns).
 
     ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines, which the frame reads; the
-    caller deletes it after running the frame."""
+    caller deletes it after running the frame. ``optional``: required columns a file with a header (or a
+    parquet file) may lack; they are then null in its rows."""
     if not inputs:
         raise InputError("no input files given")
     for path in inputs:
@@ -48,11 +51,13 @@ def scan_inputs(spec: DatasetSpec, inputs: list[Path], scratch: Path) -> pl.Lazy
         check_not_packed(path)
     check_distinct(inputs)
     if spec.format == "parquet":
-        frames = [_scan_parquet(spec, p) for p in inputs]
+        frames = [_scan_parquet(spec, p, i, optional) for i, p in enumerate(inputs)]
     elif spec.format == "movielens-100k":
         frames = [_scan_movielens(spec, inputs, scratch)]
     else:
-        frames = [_scan_delimited(spec, read_text(p, scratch, i), spec.columns, i) for i, p in enumerate(inputs)]
+        frames = [
+            _scan_delimited(spec, read_text(p, scratch, i), spec.columns, i, optional) for i, p in enumerate(inputs)
+        ]
     return pl.concat(frames, how="vertical")
 
 
@@ -68,8 +73,10 @@ def _first_lines(path: Path, n: int) -> list[str]:
     return lines
 
 
-def _scan_delimited(spec: DatasetSpec, text: TextFile, columns: tuple[str, ...], file_idx: int) -> pl.LazyFrame:
-    sep, header, columns = _resolve_layout(spec, text.path, columns)
+def _scan_delimited(
+    spec: DatasetSpec, text: TextFile, columns: tuple[str, ...], file_idx: int, optional: tuple[str, ...]
+) -> pl.LazyFrame:
+    sep, header, columns = _resolve_layout(spec, text.path, columns, optional=optional)
     return _split_lines(text, sep, header, columns, spec.required_columns, file_idx)
 
 
@@ -83,7 +90,12 @@ def _sniff_delimiter(head: list[str], columns: tuple[str, ...]) -> str:
 
 
 def _resolve_layout(
-    spec: DatasetSpec, path: Path, columns: tuple[str, ...], delimiter: str | None = None
+    spec: DatasetSpec,
+    path: Path,
+    columns: tuple[str, ...],
+    delimiter: str | None = None,
+    *,
+    optional: tuple[str, ...] = (),
 ) -> tuple[str, bool, tuple[str, ...]]:
     """Delimiter, header and column names of one file; raises InputError when the file does not fit."""
     head = _first_lines(path, _SNIFF_LINES)
@@ -97,9 +109,11 @@ def _resolve_layout(
     header = spec.header if delimiter is None else False
     if header is None:
         header = first_fields == list(columns) if columns else spec.label.column in first_fields
+        if not header and optional and columns:  # a header of the spec's columns without optional ones
+            header = first_fields == [c for c in columns if c not in optional]
     if header:
         columns = tuple(first_fields)
-        missing = [c for c in spec.required_columns if c not in columns]
+        missing = [c for c in spec.required_columns if c not in columns and c not in optional]
         if missing:
             raise InputError(f"{path}: header lacks columns {missing} required by dataset {spec.name!r}")
     elif not columns:
@@ -147,17 +161,21 @@ def _split_lines(
         reject.alias("__reject"),
         pl.lit(sep).alias("__sep"),
         pl.lit(n, dtype=pl.Int64).alias("__ncols"),
-        # Only the columns the spec reads; a wrongly shaped row is rejected, so its values never matter.
-        *(fields.list.get(index[c], null_on_oob=True).alias(c) for c in wanted),
+        # Only the columns the spec reads; a wrongly shaped row is rejected, so its values never matter. A column
+        # the file lacks (only an optional one gets here) is null.
+        *(
+            fields.list.get(index[c], null_on_oob=True).alias(c) if c in index else pl.lit(None, pl.String).alias(c)
+            for c in wanted
+        ),
     )
 
 
-def _scan_parquet(spec: DatasetSpec, path: Path) -> pl.LazyFrame:
+def _scan_parquet(spec: DatasetSpec, path: Path, file_idx: int, optional: tuple[str, ...]) -> pl.LazyFrame:
     try:
         schema = pl.scan_parquet(path).collect_schema()
     except pl.exceptions.PolarsError as e:
         raise InputError(f"{path}: not a readable parquet file ({type(e).__name__})") from e
-    missing = [c for c in spec.required_columns if c not in schema]
+    missing = [c for c in spec.required_columns if c not in schema and c not in optional]
     if missing:
         raise InputError(f"{path}: parquet file lacks columns {missing} required by dataset {spec.name!r}")
     return (
@@ -165,13 +183,16 @@ def _scan_parquet(spec: DatasetSpec, path: Path) -> pl.LazyFrame:
         .with_row_index("__line", offset=1)
         .select(
             pl.lit(path.name).alias("__file"),
-            pl.lit(0, dtype=pl.UInt64).alias("__file_idx"),
+            pl.lit(file_idx, dtype=pl.UInt64).alias("__file_idx"),
             pl.col("__line").cast(pl.UInt64),
             pl.lit(None, dtype=pl.String).alias("__raw"),
             pl.lit(None, dtype=pl.String).alias("__reject"),
             pl.lit(None, dtype=pl.String).alias("__sep"),
             pl.lit(None, dtype=pl.Int64).alias("__ncols"),
-            *(pl.col(c).cast(pl.String) for c in spec.required_columns),
+            *(
+                pl.col(c).cast(pl.String) if c in schema else pl.lit(None, pl.String).alias(c)
+                for c in spec.required_columns
+            ),
         )
     )
 

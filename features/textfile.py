@@ -54,7 +54,7 @@ def check_distinct(paths: list[Path]) -> None:
     for path in paths:
         st = path.stat()
         first = seen.setdefault((st.st_dev, st.st_ino), path)
-        if first is not path:
+        if first is not path or paths.count(path) > 1:  # the same Path object twice is the same file too
             raise InputError(f"{path}: given twice (same file as {first})")
 
 

@@ -21,6 +21,7 @@ from features.spec import DatasetSpec, Transform
 
 __all__ = [
     "SPLITS",
+    "TimeCut",
     "assign_random_split",
     "assign_time_split",
     "dense_transform",
@@ -50,14 +51,15 @@ def parse_time(col: pl.Expr, fmt: str | None) -> pl.Expr:
     return value.str.strptime(pl.Datetime("us"), fmt, strict=False)
 
 
-def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
+def validate(lf: pl.LazyFrame, spec: DatasetSpec, *, unlabelled: bool = False) -> pl.LazyFrame:
     """Parse the label, dense values and time, and put the first problem's code into ``__reject``.
 
     Codes are cheap literals (``label:<col>``, ``number:<col>``, ``range:<col>``, ``time:<col>``, or the
     source's ``columns`` / ``empty line`` / ``encoding``); ``reject_reason`` turns them into messages with the
     offending value, on the rejected rows only. Empty dense values are missing, not errors. A dense value beyond
     its field's ``max_abs`` is rejected (``range``), or clipped when the field says ``clip``; ``nan`` and
-    ``inf`` are unparseable either way.
+    ``inf`` are unparseable either way. ``unlabelled``: a null label (a file without the label column) is
+    no problem: ``__label`` stays null.
     """
     label_raw = pl.col(spec.label.column)
     label_num = label_raw.cast(pl.Float64, strict=False)
@@ -67,7 +69,10 @@ def validate(lf: pl.LazyFrame, spec: DatasetSpec) -> pl.LazyFrame:
     else:
         label_ok = label_num.is_finite()
         label_value = (label_num >= spec.label.threshold).cast(pl.Float64)
-    checks = [(label_ok.not_().fill_null(True), f"label:{spec.label.column}")]
+    label_bad = label_ok.not_().fill_null(True)
+    if unlabelled:
+        label_bad = label_bad & label_raw.is_not_null()
+    checks = [(label_bad, f"label:{spec.label.column}")]
     parsed_cols = [label_value.cast(pl.Float32).alias("__label")]
     for d in spec.dense:
         raw = pl.col(d.name)
@@ -197,10 +202,43 @@ def assign_random_split(lf: pl.LazyFrame, seed: int, ratios: tuple[float, float,
     return lf.with_columns(_by_cut(_uniform(seed), c1, c2).alias("__split"))
 
 
-def assign_time_split(lf: pl.LazyFrame, column: str, cut1: int, cut2: int) -> pl.LazyFrame:
-    """``__split`` by time: before ``cut1`` (epoch microseconds) train, before ``cut2`` valid, else test."""
-    t = pl.col(parsed(column)).dt.epoch("us")
-    return lf.with_columns(_by_cut(t, cut1, cut2).alias("__split"))
+TimeCut = tuple[int, int, int] | None
+"""A position in the ``(time in epoch microseconds, __file_idx, __line)`` order of rows: the first row of the
+later split; None when the earlier split takes every row."""
+
+
+def _before(column: str, cut: TimeCut) -> pl.Expr:
+    """Whether a row comes before ``cut`` in the ``(time, file, line)`` order."""
+    if cut is None:
+        return pl.lit(True)
+    t, f, line = pl.col(parsed(column)).dt.epoch("us"), pl.col("__file_idx"), pl.col("__line")
+    time, file, first = cut
+    return (t < time) | ((t == time) & ((f < file) | ((f == file) & (line < first))))
+
+
+def assign_time_split(lf: pl.LazyFrame, column: str, cut1: TimeCut, cut2: TimeCut) -> pl.LazyFrame:
+    """``__split`` by time: rows before ``cut1`` train, before ``cut2`` valid, the rest test.
+
+    Rows are ordered by ``(time, __file_idx, __line)``, a total order, so cuts at row positions give exact
+    split sizes; rows sharing a timestamp at a cut go to the earlier split first by file and line.
+
+    Example:
+        Two rows at time 5: the first (line 1) goes to train, the second (line 3) to valid.
+
+        >>> import polars as pl
+        >>> lf = pl.LazyFrame({"__v_t": [5, 1, 5, 9], "__file_idx": [0] * 4, "__line": [1, 2, 3, 4]})
+        >>> lf = lf.with_columns(pl.col("__v_t").cast(pl.Datetime("us")))
+        >>> assign_time_split(lf, "t", (5, 0, 3), (9, 0, 4)).collect()["__split"].to_list()
+        ['train', 'train', 'valid', 'test']
+    """
+    split = (
+        pl.when(_before(column, cut1))
+        .then(pl.lit("train"))
+        .when(_before(column, cut2))
+        .then(pl.lit("valid"))
+        .otherwise(pl.lit("test"))
+    )
+    return lf.with_columns(split.alias("__split"))
 
 
 def dense_transform(value: pl.Expr, transform: Transform) -> pl.Expr:

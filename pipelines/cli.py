@@ -47,22 +47,33 @@ _NON_NEGATIVE = _int_at_least(0)
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from features.prepare import PrepareOptions, prepare
+    from features.prepare import GivenSplits, PrepareOptions, prepare
     from features.spec import builtin_spec, load_spec
     from features.strict import ConfigError
 
     if args.dataset == "custom" and args.spec is None:
         raise ConfigError("--spec: --dataset custom needs --spec FILE")
+    inputs: list[Path] | GivenSplits = [Path(p) for p in args.input or ()]
+    if args.train is None:
+        for name in ("valid", "test"):
+            if getattr(args, name) is not None:
+                raise ConfigError(f"--{name}: goes with --train (pre-split inputs), not with --input")
+    else:
+        for option in ("split", "seed"):
+            if getattr(args, option) is not None:
+                raise ConfigError(f"--{option}: the splits are given (--train/--valid/--test); drop --{option}")
+        files = {name: tuple(Path(p) for p in getattr(args, name) or ()) for name in ("train", "valid", "test")}
+        inputs = GivenSplits(**files)
     spec = load_spec(args.spec) if args.spec is not None else builtin_spec(args.dataset)
     options = PrepareOptions(
-        split=args.split,
-        seed=args.seed,
+        split="given" if args.train is not None else args.split or "random",
+        seed=args.seed or 0,
         min_count=args.min_count,
         shard_rows=args.shard_rows,
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
-    report = prepare(spec, [Path(p) for p in args.input], Path(args.out), options)
+    report = prepare(spec, inputs, Path(args.out), options)
     print(json.dumps({k: report[k] for k in ("rows_read", "rows_rejected", "rows_written", "seconds")}))
 
 
@@ -216,12 +227,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="raw CSV/TSV/parquet logs -> encoded parquet shards + feature_map.json")
     p.add_argument("--dataset", required=True, choices=["criteo", "avazu", "movielens", "custom"])
-    p.add_argument("--input", required=True, nargs="+", metavar="FILE", help="input files (MovieLens: u.data)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", metavar="FILE", help="input files to split (MovieLens: u.data)")
+    source.add_argument("--train", nargs="+", metavar="FILE", help="pre-split inputs: the training files (fitted on)")
+    p.add_argument("--valid", nargs="+", metavar="FILE", help="pre-split inputs: the validation files")
+    p.add_argument("--test", nargs="+", metavar="FILE", help="pre-split inputs: the test files")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--spec", metavar="FILE", help="dataset spec YAML (required for custom; overrides built-ins)")
     p.add_argument("--min-count", type=_POSITIVE, metavar="N", help="default vocabulary min-count (spec default: 1)")
-    p.add_argument("--split", choices=["random", "time"], default="random", help="8:1:1 random, or by time")
-    p.add_argument("--seed", type=_NON_NEGATIVE, default=0, metavar="S", help="seed of the random split")
+    p.add_argument("--split", choices=["random", "time"], help="8:1:1 random (default), or by time")
+    p.add_argument("--seed", type=_NON_NEGATIVE, metavar="S", help="seed of the random split (default 0)")
     p.add_argument("--shard-rows", type=_POSITIVE, default=1_000_000, metavar="N", help="rows per parquet shard")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset that `ctr prepare` wrote there")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

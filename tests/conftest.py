@@ -66,6 +66,12 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _prepared(tmp_path_factory.mktemp("small"), 20_000, seed=1)[0]
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3,000 planted rows: a training split (2,379 rows) smaller than the default batch of 4,096."""
+    return _prepared(tmp_path_factory.mktemp("tiny"), 3_000, seed=3)[0]
+
+
 # ---------------------------------------------------------------- search studies (test_postgres.py, test_dashboard.py)
 @pytest.fixture(scope="session")
 def toy_search() -> Any:

@@ -108,6 +108,47 @@ def test_two_processes_match_one_process(small: Path, tmp_path: Path) -> None:
     assert abs(restored - m2["test_auc"]) < 1e-4, (restored, m2["test_auc"])
 
 
+@pytest.mark.dist
+def test_two_processes_with_defaults_train_on_a_split_smaller_than_one_batch(tiny: Path, tmp_path: Path) -> None:
+    # Issue 16, item 5: with the default batch (4096 per process) two processes once had no training batch
+    # ("No training batches", then "last.ckpt: not a complete checkpoint"). Each now takes half the split.
+    common = ["train", "--data", str(tiny), "--model", "deepfm", "--set", "trainer.progress_bar=false"]
+    runs = {}
+    for n in (1, 2):
+        proc = _cli([*common, "--nproc", str(n), "--out", str(tmp_path / f"n{n}")], stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+        assert "No training batches" not in err
+        runs[n] = json.loads((tmp_path / f"n{n}" / "metrics.json").read_text())
+    one, two = runs[1], runs[2]
+    assert two["world_size"] == 2 and one["global_step"] == two["global_step"] == one["epochs"] > 0
+    assert abs(one["test_auc"] - two["test_auc"]) < 0.02, (one["test_auc"], two["test_auc"])
+    assert abs(one["test_logloss"] - two["test_logloss"]) < 0.02
+
+
+def test_fewer_training_rows_than_processes_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from features.prepare import GivenSplits, PrepareOptions, prepare
+    from features.spec import builtin_spec
+
+    row = "\t".join(["1", *["1"] * 13, *["a"] * 26])
+    files = {name: tmp_path / f"{name}.tsv" for name in ("train", "valid", "test")}
+    for name, path in files.items():
+        path.write_text("\n".join([row] * (1 if name == "train" else 3)) + "\n")
+    data = tmp_path / "data"
+    given = GivenSplits(train=(files["train"],), valid=(files["valid"],), test=(files["test"],))
+    prepare(builtin_spec("criteo"), given, data, PrepareOptions(split="given", progress=False))
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(data), "--model", "lr", "--out", str(run), "--nproc", "2"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"ctr train: error: --nproc 2: the train split of {data} has 1 rows, fewer than one per process; "
+        "use --nproc 1 or more data\n"
+    )
+    assert not (run / "checkpoints").exists()
+
+
 def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_path: Path) -> None:
     args = ["train", "--data", str(small), "--model", "deepfm"]
     sets = [*FAST, "data.batch_size=256", "trainer.max_epochs=1", "trainer.checkpoint_every_n_steps=10"]
