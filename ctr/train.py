@@ -35,6 +35,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from ctr.allocator import keep_freed_memory
 from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
+from ctr.plateau import PlateauDecay
 from ctr.retrain_module import RetrainModule
 from ctr.run_config import RunConfig
 from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint, ray_strategy
@@ -215,6 +216,8 @@ def _fit(
         checkpoint,
         last_checkpoint,
     ]
+    if config.optim.scheduler == "plateau":
+        own.append(PlateauDecay(config.optim.plateau_factor, config.optim.min_lr))
     if config.trainer.progress_bar:
         own.append(TQDMProgressBar(refresh_rate=10))
     module = build_module(config, fm)
