@@ -13,7 +13,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-import ctr.train
 from ctr.data import ColumnarSplit, load_split
 from ctr.init import table_init
 from ctr.metrics import auc
@@ -55,7 +54,8 @@ def _one_step_table(data: Path, run: Path, sets: list[str]) -> np.ndarray:
     train(load_run_config(None, [*one, *sets], data=str(data), model="lr"), run)
     model = load_run(run, "checkpoints/last.ckpt").model
     assert model.linear_arch is not None and model.linear_arch.ebc_linear is not None
-    return model.linear_arch.ebc_linear.embedding_bags["lin_c"].weight.detach().double().numpy()
+    table: np.ndarray = model.linear_arch.ebc_linear.embedding_bags["lin_c"].weight.detach().double().numpy()
+    return table
 
 
 def _reference(data: Path, sparse: str, lr: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +69,7 @@ def _reference(data: Path, sparse: str, lr: float, l2: float) -> tuple[np.ndarra
     np.add.at(grad, ids, ((1 / (1 + np.exp(-logits)) - labels) / len(ids) / 4)[:, None])
     seen = np.unique(ids)
     grad[seen] += l2 * w0[seen]  # each distinct looked-up row once, not divided by the batch size
+    # LR's 4 columns of a row get the same loss gradient, so only l2 > 0 tells adagrad from rowwise_adagrad
     eps = 1e-8
     w1 = w0.copy()
     if sparse == "sgd":
@@ -123,10 +124,8 @@ class _LearningRates(Callback):
 
 def _probed_train(monkeypatch: pytest.MonkeyPatch, sets: list[str], data: Path, run: Path, **kw: Any) -> Any:
     probe = _LearningRates()
-    trainer_cls = ctr.train.pl.Trainer
-    monkeypatch.setattr(
-        ctr.train.pl, "Trainer", lambda *a, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]})
-    )
+    trainer_cls = pl.Trainer  # what ctr.train builds its Trainer from
+    monkeypatch.setattr(pl, "Trainer", lambda *a, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]}))
     metrics = train(load_run_config(None, sets, data=str(data), model="lr"), run, **kw)
     monkeypatch.undo()
     return probe, metrics
