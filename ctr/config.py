@@ -8,10 +8,10 @@ Example:
     >>> cfg = from_dict(ModelConfig, {"name": "deepfm", "embedding_dim": 8, "field_dims": {"C1": 4}})
     >>> cfg.mlp, cfg.dim("C1"), cfg.dim("C2")
     ((400, 400, 400), 4, 8)
-    >>> from_dict(ModelConfig, {"name": "fm", "embedding_dim": 6})
+    >>> from_dict(ModelConfig, {"name": "fm", "embedding_dim": 0})
     Traceback (most recent call last):
     ...
-    features.strict.ConfigError: ModelConfig.embedding_dim: 6 is not a positive multiple of 4 (FBGEMM needs it)
+    features.strict.ConfigError: ModelConfig.embedding_dim: 0 is not a positive dim
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ class ModelConfig:
     """Which CTR model to build, and its sizes.
 
     * ``embedding_dim``: the default embedding dim of every categorical field; ``field_dims`` overrides it
-      per field (field name -> dim). Every dim must be a positive multiple of 4 (FBGEMM's TBE kernels need
-      it). Fields with different dims are zero-padded to the largest one before any interaction.
+      per field (field name -> dim). Any positive dim: FBGEMM's TBE kernels need a multiple of 4, so a table of
+      dim ``d`` is stored ``ceil(d / 4) * 4`` wide and its extra columns are zero and sliced off after the lookup
+      (:class:`ctr.embedding.SparseArch`); parameters are counted at ``d``. The OptEmbed supernet and the table
+      strategies (``tables``) need multiples of 4. Fields with different dims are zero-padded to the largest one
+      before any interaction.
     * ``mlp``: hidden sizes of the deep part (DeepFM, FNN, IPNN, DCN, DCNv2) or of DLRM's top MLP.
       ``dropout`` and ``batch_norm`` apply to every layer of it.
     * ``cross_layers``: number of cross layers (DCN, DCNv2); ``low_rank``: rank of DCNv2's ``W = U V``
@@ -96,11 +99,19 @@ class ModelConfig:
         if self.table_dtype != "float32":
             raise ConfigError(f"model.table_dtype: {self.table_dtype!r} is for ctr train; {stage} needs float32 tables")
 
+    def require_multiples_of_4(self, stage: str) -> None:
+        """Refuse ``stage`` (e.g. "the OptEmbed supernet") for a dim FBGEMM would need padded."""
+        dims = {"embedding_dim": self.embedding_dim} | {f"field_dims[{k!r}]": v for k, v in self.field_dims.items()}
+        bad = {k: v for k, v in dims.items() if v % 4}
+        if bad:
+            key, value = next(iter(bad.items()))
+            raise ConfigError(f"model.{key}: {value} is not a multiple of 4, which {stage} needs")
+
     def dim(self, field_name: str) -> int:
         """The embedding dim of categorical field ``field_name``: its override, else ``embedding_dim``."""
         return self.field_dims.get(field_name, self.embedding_dim)
 
 
 def _check_dim(where: str, dim: object) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 4:
-        raise ConfigError(f"{where}: {dim!r} is not a positive multiple of 4 (FBGEMM needs it)")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise ConfigError(f"{where}: {dim!r} is not a positive dim")

@@ -54,6 +54,7 @@ __all__ = [
     "SparseArch",
     "embedding_params",
     "field_dims",
+    "stored_dim",
 ]
 
 #: Models with a first-order term (a :class:`LinearArch`, whose tables count towards the embedding params).
@@ -67,6 +68,15 @@ LINEAR_DIM = 4
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 _DATA_TYPE = {"float32": DataType.FP32, "float16": DataType.FP16}
+
+
+def stored_dim(dim: int) -> int:
+    """The width FBGEMM stores a table of logical dim ``dim`` at: the next multiple of 4.
+
+    >>> [stored_dim(d) for d in (1, 4, 7, 10, 16)]
+    [4, 4, 8, 12, 16]
+    """
+    return -(-dim // 4) * 4
 
 
 def field_dims(fm: FeatureMap, config: ModelConfig) -> tuple[int, ...]:
@@ -137,7 +147,9 @@ class SparseArch(nn.Module):
 
     One ``EmbeddingBagConfig`` per categorical field (table ``t_<field>``, ``cardinality`` rows, the field's
     dim from ``config``), all in the single EBC ``self.ebc``. Fields come out in feature-map order; a field
-    of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros.
+    of dim ``d < D_max`` has zeros in columns ``d:``. An empty multi-valued list pools to zeros. A dim that is no
+    multiple of 4 is stored :func:`stored_dim` wide: the extra columns start at zero (:meth:`pad_columns`), are
+    sliced off after the lookup, so they never reach an output and get no gradient, and stay zero.
 
     With ``first_order`` (FM, DeepFM: :data:`FOLDED_MODELS`), every table has :data:`LINEAR_DIM` more columns,
     the ids' first-order weights, and the second output is ``sum_f w_f(ids_f)`` (an id's weight is the mean
@@ -176,9 +188,11 @@ class SparseArch(nn.Module):
                 raise ValueError("model.field_dims does not combine with a table strategy (the layout sets widths)")
             self.dims = tuple(s.width for s in layout.fields)
             tables = [_bag(t.name, t.dim + extra, t.rows, list(t.features), config) for t in layout.tables]
+            self.stored = self.dims
         else:
             self.dims = field_dims(fm, config)
-            tables = _tables(fm, "t_", self.dims, config, extra)
+            self.stored = tuple(stored_dim(d) for d in self.dims)
+            tables = _tables(fm, "t_", self.stored, config, extra)
         self.num_fields = len(self.dims)
         self.embedding_dim = max(*self.dims, config.pad_to or 0)
         # The EBC's output columns are its features' vectors in table order. When each field's slots are
@@ -190,10 +204,19 @@ class SparseArch(nn.Module):
             and all(s.combine == "concat" for s in layout.fields)
             and tuple(f for s in layout.fields for f in s.features) == layout.features
         )
-        self._uniform = self._side_by_side and set(self.dims) == {self.embedding_dim}
-        self._split_sizes = [d + extra for d in self.dims]
+        self._uniform = self._side_by_side and set(self.dims) == {self.embedding_dim} and self.stored == self.dims
+        self._split_sizes = [s + extra for s in self.stored]
         self.ebc = EmbeddingBagCollection(tables=tables, device=device)
         self._features = [f for t in tables for f in t.feature_names]  # table order, fixed before any sharding
+        self._tables = tables
+
+    def pad_columns(self) -> dict[str, tuple[int, int]]:
+        """Per table stored wider than its dim, the columns ``[start, stop)`` that must stay zero."""
+        return (
+            {t.name: (d, s) for t, d, s in zip(self._tables, self.dims, self.stored, strict=True) if d != s}
+            if self.layout is None
+            else {}
+        )
 
     def _assemble(self, pooled: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each field from its slots (probes concatenated, or QR parts multiplied), padded to ``embedding_dim``."""
@@ -243,7 +266,7 @@ class SparseArch(nn.Module):
         fields = [p[:, :d] for p, d in zip(pieces, self.dims, strict=True)]
         out = torch.stack([F.pad(p, (0, self.embedding_dim - p.shape[1])) for p in fields], dim=1)
         weights = (
-            _id_weights(torch.cat([p[:, d:] for p, d in zip(pieces, self.dims, strict=True)], dim=1))
+            _id_weights(torch.cat([p[:, s:] for p, s in zip(pieces, self.stored, strict=True)], dim=1))
             if self.first_order
             else None
         )

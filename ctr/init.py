@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -54,11 +55,18 @@ def is_table(key: str) -> bool:
 
 
 @torch.no_grad()
-def reinitialize(dmp: nn.Module, seed: int) -> None:
+def reinitialize(dmp: nn.Module, seed: int, zero_columns: Mapping[str, tuple[int, int]] | None = None) -> None:
+    """``zero_columns``: table name -> columns ``[start, stop)`` drawn as zeros (a padded dim's stored columns)."""
+    zero_columns = zero_columns or {}
     for key, value in dmp.state_dict().items():
         if is_table(key):
             rows, dim = value.size()
-            write_whole(value, table_init(key.split(".")[-2], rows, dim, seed))
+            name = key.split(".")[-2]
+            full = table_init(name, rows, dim, seed)
+            if name in zero_columns:
+                start, stop = zero_columns[name]
+                full[:, start:stop] = 0
+            write_whole(value, full)
     torch.manual_seed(seed)
     for _, module in dmp.named_modules():
         reset = getattr(module, "reset_parameters", None)

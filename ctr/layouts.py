@@ -200,6 +200,8 @@ def _field_probes(config: TablesConfig, fm: FeatureMap, dim: int) -> dict[str, i
 
 def build_layout(config: TablesConfig, fm: FeatureMap, dim: int) -> TableLayout:
     """The layout of ``config.method`` at ``config.budget`` for ``fm`` with full embedding dim ``dim``."""
+    if dim % 4:
+        raise ConfigError(f"model.embedding_dim: {dim} is not a multiple of 4, which table strategies need")
     r = config.budget
     cards = {f.name: f.cardinality for f in fm.categorical}
     total = sum(cards.values())

@@ -33,7 +33,6 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.optimizers import in_backward_optimizer_filter
-from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from ctr.data import ColumnarSplit
 from ctr.dmp import shard
@@ -42,8 +41,10 @@ from ctr.init import reinitialize
 from ctr.layouts import TableLayout, build_layout
 from ctr.metrics import all_metrics
 from ctr.models import CTRModel, build_model
+from ctr.row_l2 import RowL2
 from ctr.run_config import RunConfig
 from ctr.strategy import CheckpointError
+from ctr.table_optim import check_device, table_optimizer
 from features.schema import FeatureMap
 from features.strict import ConfigError, to_dict
 
@@ -73,13 +74,6 @@ class CpuRowWiseSharder(EmbeddingBagCollectionSharder):  # type: ignore[misc]
         return types + [t for t in extra if t not in types]
 
 
-_SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "rowwise_adagrad": RowWiseAdagrad,
-    "adagrad": torch.optim.Adagrad,
-    "sgd": torch.optim.SGD,
-}
-
-
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
@@ -100,6 +94,7 @@ class CTRModule(pl.LightningModule):
         self.feature_map = feature_map
         self.save_hyperparameters({"config": to_dict(config), "feature_map_hash": feature_map.content_hash})
         self.model: nn.Module | None = None
+        self._row_l2: RowL2 | None = None
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.final_metrics: dict[str, float] = {}
         tables = config.tables
@@ -129,12 +124,16 @@ class CTRModule(pl.LightningModule):
             return
         model = self.build_unsharded(torch.device("meta"))
         optim = self.config.optim
-        sparse_cls = _SPARSE_OPTIMIZERS[optim.sparse]
-        tables: list[str] = []
-        for ebc in model.embedding_modules():
-            apply_optimizer_in_backward(sparse_cls, ebc.parameters(), {"lr": optim.sparse_lr})
-            tables += [t.name for t in ebc.embedding_bag_configs()]
         device = self.trainer.strategy.root_device
+        check_device(optim, device)
+        sparse_cls, sparse_kwargs = table_optimizer(optim)
+        tables: list[str] = []
+        single = self._single_valued_features()
+        regularised: dict[str, list[str]] = {}
+        for ebc in model.embedding_modules():
+            apply_optimizer_in_backward(sparse_cls, ebc.parameters(), dict(sparse_kwargs))
+            tables += [t.name for t in ebc.embedding_bag_configs()]
+            regularised |= {t.name: [f for f in t.feature_names if f in single] for t in ebc.embedding_bag_configs()}
         world = dist.get_world_size() if dist.is_initialized() else 1
         sharding = self.config.trainer.sharding
         split = self.config.trainer.column_shard_dim
@@ -147,7 +146,16 @@ class CTRModule(pl.LightningModule):
         assert pg is not None, "TorchRecStrategy sets up the process group before configure_model"
         plan = planner.collective_plan(model, sharders, pg)
         self.model = shard(model, device, plan, sharders, world)  # no DDP around the dense modules for one process
-        reinitialize(self.model, self.config.trainer.seed)  # same start for any world size or plan
+        pads = model.sparse_arch.pad_columns() if model.sparse_arch is not None else {}
+        reinitialize(self.model, self.config.trainer.seed, pads)  # same start for any world size or plan
+        if optim.embedding_l2 > 0:
+            self._row_l2 = RowL2(optim.embedding_l2, regularised)
+            self._row_l2.attach(self.model)
+
+    def _single_valued_features(self) -> set[str]:
+        """The features the EBCs read whose bags hold exactly one id (the ones :class:`RowL2` regularises)."""
+        fm = self.layout.feature_map(self.feature_map) if self.layout is not None else self.feature_map
+        return {f.name for f in fm.categorical if not f.multi_valued}
 
     def _dmp(self) -> DistributedModelParallel:
         if not isinstance(self.model, DistributedModelParallel):
@@ -162,6 +170,10 @@ class CTRModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        penalty = self._row_l2.pop() if self._row_l2 is not None else None
+        if penalty is not None:
+            self.log("embedding_l2_loss", penalty, batch_size=batch.labels.numel())
+            loss = loss + penalty
         bad = not bool(torch.isfinite(loss))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise NonFiniteLossError(
@@ -183,7 +195,7 @@ class CTRModule(pl.LightningModule):
         # with gradient clipping: under bf16-mixed, Lightning refuses to clip for an optimiser that unscales itself.
         fused = self.config.trainer.gradient_clip is None
         opt = cls(self.dense_parameters(), lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
-        if optim.scheduler == "none":
+        if optim.scheduler in ("none", "plateau"):  # plateau: ctr.plateau.PlateauDecay, a callback, sets the lrs
             return opt
         sched: torch.optim.lr_scheduler.LRScheduler
         if optim.scheduler == "step":
@@ -278,6 +290,21 @@ class CTRModule(pl.LightningModule):
             fixed = f" ({', '.join(order)}: fixed for a resumed run, train into a new --out to change it)"
             hint = fixed if order else ""
             raise CheckpointError(f"{path}: checkpoint does not match this run: {diff}{hint}")
+
+    @property
+    def table_lr(self) -> float:
+        """The fused table optimiser's learning rate now."""
+        lrs = {float(g["lr"]) for g in self._dmp().fused_optimizer.param_groups}
+        if len(lrs) != 1:
+            raise RuntimeError(f"the fused table optimisers disagree on the learning rate: {sorted(lrs)}")
+        return lrs.pop()
+
+    def set_table_lr(self, lr: float) -> None:
+        """Set every fused table optimiser's learning rate (TorchRec passes it to FBGEMM on ``zero_grad``)."""
+        fused = self._dmp().fused_optimizer
+        for group in fused.param_groups:
+            group["lr"] = lr
+        fused.zero_grad()
 
     def fused_optimizer_state(self) -> dict[str, Any]:
         state: dict[str, Any] = self._dmp().fused_optimizer.state_dict()

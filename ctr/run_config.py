@@ -72,8 +72,17 @@ def _check(config: object, **rules: str) -> None:
 class OptimConfig:
     """Dense weights: Adam/AdamW with ``lr``. Embedding tables: a fused FBGEMM optimiser applied in backward.
 
-    ``scheduler``: ``none``, ``step`` (lr x ``gamma`` every epoch) or ``cosine`` (to 0 over ``max_epochs``);
-    it applies to the dense optimiser (fused embedding optimisers keep ``sparse_lr``).
+    ``sparse``: the tables' optimiser (:mod:`ctr.table_optim`): ``rowwise_adagrad``, ``adagrad`` or ``sgd``, the
+    three FBGEMM 1.8.0 runs on CPU (its Adam, partial row-wise Adam and LAMB kernels are CUDA-only).
+    ``embedding_l2``: FuxiCTR's ``embedding_regularizer``, ``embedding_l2 / 2 * ||w_r||^2`` for each table row
+    ``r`` a batch looks up (once per distinct row), added to the loss: each looked-up row's gradient gains
+    ``embedding_l2 * w_r`` (:mod:`ctr.row_l2`). ``sparse_weight_decay`` with ``sparse_weight_decay_mode`` (``l2``
+    or ``decoupled``): FBGEMM's own weight decay, honoured by its CUDA row-wise Adagrad only (its CPU kernels
+    ignore it, so a CPU run refuses it: use ``embedding_l2``).
+    ``scheduler``: ``none``, ``step`` (lr x ``gamma`` every epoch), ``cosine`` (to 0 over ``max_epochs``), both
+    for the dense optimiser only (the tables keep ``sparse_lr``), or ``plateau`` (FuxiCTR's
+    ``reduce_lr_on_plateau``, :mod:`ctr.plateau`): after every epoch whose validation AUC is not a new best, the
+    dense and the table learning rates are multiplied by ``plateau_factor``, down to ``min_lr``.
     """
 
     dense: Literal["adam", "adamw"] = "adam"
@@ -81,11 +90,31 @@ class OptimConfig:
     weight_decay: float = 0.0
     sparse: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
     sparse_lr: float = 0.01
-    scheduler: Literal["none", "step", "cosine"] = "none"
+    embedding_l2: float = 0.0
+    sparse_weight_decay: float = 0.0
+    sparse_weight_decay_mode: Literal["l2", "decoupled"] = "l2"
+    scheduler: Literal["none", "step", "cosine", "plateau"] = "none"
     gamma: float = 0.5
+    plateau_factor: float = 0.1
+    min_lr: float = 1e-6
 
     def __post_init__(self) -> None:
-        _check(self, lr="> 0", sparse_lr="> 0", weight_decay=">= 0", gamma="in (0, 1]")
+        _check(
+            self,
+            lr="> 0",
+            sparse_lr="> 0",
+            weight_decay=">= 0",
+            gamma="in (0, 1]",
+            embedding_l2=">= 0",
+            sparse_weight_decay=">= 0",
+            plateau_factor="in (0, 1]",
+            min_lr=">= 0",
+        )
+        if self.sparse_weight_decay > 0 and self.sparse != "rowwise_adagrad":
+            raise ConfigError(
+                f"OptimConfig.sparse_weight_decay: FBGEMM's {self.sparse} ignores weight decay (only rowwise_adagrad, "
+                f"on CUDA, honours it); use optim.embedding_l2, got {self.sparse_weight_decay}"
+            )
 
 
 @dataclass(frozen=True)

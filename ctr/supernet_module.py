@@ -39,6 +39,7 @@ class SupernetModule(CTRModule):
         if config.model.name == "lr":
             raise ConfigError("the OptEmbed supernet needs field embeddings; model 'lr' has none")
         config.model.require_float32_tables("the OptEmbed supernet")
+        config.model.require_multiples_of_4("the OptEmbed supernet")
         super().__init__(config, feature_map)
         self.supernet_config: SupernetConfig = config.supernet
         # found once in the sharded model; a plain list so that nn.Module does not register it a second time

@@ -35,6 +35,7 @@ from ctr.allocator import keep_freed_memory
 from ctr.console import EpochLine, quiet_libraries
 from ctr.data import CTRDataModule, ResumableLoader
 from ctr.lit import CTRModule
+from ctr.plateau import PlateauDecay
 from ctr.retrain_module import RetrainModule
 from ctr.run_config import RunConfig
 from ctr.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint, ray_strategy
@@ -227,6 +228,8 @@ def _fit(
         checkpoint,
         last_checkpoint,
     ]
+    if config.optim.scheduler == "plateau":
+        own.append(PlateauDecay(config.optim.plateau_factor, config.optim.min_lr))
     own.append(EpochLine(bar=config.trainer.progress_bar))
     module = build_module(config, fm)
     data = CTRDataModule(config.data, transform=module.transform_split)

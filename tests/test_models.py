@@ -98,9 +98,9 @@ def test_config_defaults_and_strict_loading() -> None:
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"embedding_dim": 6}, r"ModelConfig\.embedding_dim: 6 is not a positive multiple of 4"),
+        ({"embedding_dim": -4}, r"ModelConfig\.embedding_dim: -4 is not a positive dim"),
         ({"embedding_dim": 0}, r"embedding_dim: 0 "),
-        ({"field_dims": {"c1": 6}}, r"ModelConfig\.field_dims\['c1'\]: 6 is not a positive multiple of 4"),
+        ({"field_dims": {"c1": 0}}, r"ModelConfig\.field_dims\['c1'\]: 0 is not a positive dim"),
         ({"mlp": (16, 0)}, r"ModelConfig\.mlp\[1\]: 0 "),
         ({"dropout": 1.0}, r"dropout: 1\.0 "),
         ({"cross_layers": 0}, r"cross_layers: 0 "),
