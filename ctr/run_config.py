@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
 import yaml
 
 from ctr.config import ModelConfig
 from ctr.data import DataConfig
+from ctr.defaults import data_aware_defaults, train_rows
 from ctr.layouts import TablesConfig
+from features.schema import FeatureMapError
 from features.strict import ConfigError, from_dict, load_yaml
 from search.evolution import EvolutionConfig
 
@@ -313,7 +316,8 @@ def load_run_config(
     model: str | None = None,
     sections: Sequence[str] = (),
 ) -> RunConfig:
-    """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly.
+    """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly; the training
+    settings left unset are chosen from the training split's size (:func:`ctr.defaults.data_aware_defaults`).
 
     ``sections`` are optional sections to create with their defaults when absent (``ctr supernet``).
     """
@@ -335,4 +339,30 @@ def load_run_config(
         _set(tree, "data.path", data)
     if model is not None:
         _set(tree, "model.name", model)
+    _fill_data_aware_defaults(tree)
     return from_dict(RunConfig, tree)
+
+
+def _has(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _fill_data_aware_defaults(tree: dict[str, Any]) -> None:
+    """Fill the keys the config leaves unset from the training split's size (:mod:`ctr.defaults`).
+
+    Without readable prepared data nothing is filled: the stage that reads the data reports the problem."""
+    path = tree.get("data", {}).get("path") if isinstance(tree.get("data"), dict) else None
+    if not isinstance(path, str):
+        return
+    try:
+        rows = train_rows(path)
+    except (FeatureMapError, OSError, ValueError, pa.ArrowException):
+        return
+    for key, value in data_aware_defaults(rows).items():
+        if not _has(tree, key):
+            _set(tree, key, value)

@@ -175,7 +175,7 @@ def test_a_dim_that_is_no_multiple_of_4_trains_counts_logical_params_and_restore
     model: str, dim: int, synth: Path, tmp_path: Path
 ) -> None:
     sets = [*QUIET, f"model.embedding_dim={dim}", "model.mlp=[16]", "trainer.max_epochs=2", "data.batch_size=256"]
-    sets += ["optim.embedding_l2=0.01"]
+    sets += ["optim.embedding_l2=0.01", "optim.sparse_lr=0.01", "optim.scheduler=none"]  # not the data-aware ones
     metrics = train(load_run_config(None, sets, data=str(synth), model=model), tmp_path / "run")
     fm = FeatureMap.load(synth)
     first_order = 4 if model == "deepfm" else 0

@@ -1,0 +1,67 @@
+"""Data-aware defaults: the training settings a run's config leaves unset, chosen from the training split's size.
+
+Fixed defaults cannot suit both 8,000 and 1,000,000 training rows: a batch of 4096 gives an 8k split 2 optimiser
+steps an epoch, and 5 epochs with patience 1 stop a run while its validation AUC still rises. These rules follow
+FuxiCTR's training loop (early stopping on validation AUC with patience 2, the learning rates divided by 10
+after an epoch without a new best, the best epoch's weights kept) and size the batch so that every split gets
+enough steps an epoch to reach its plateau. docs/defaults.md holds the measurements behind each value.
+
+=====================  ==========================================================================================
+``data.batch_size``    a power of two near ``rows / STEPS_PER_EPOCH``, within [``MIN_BATCH``, ``MAX_BATCH``]
+``trainer.max_epochs``  ``MAX_EPOCHS``: a bound, not a target; early stopping ends the run at its plateau
+``trainer.patience``   2 (FuxiCTR's ``early_stop_patience``)
+``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best)
+``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables)
+``optim.embedding_l2`` ``EMBEDDING_L2`` (L2 on the rows a batch looks up: FuxiCTR's ``embedding_regularizer``)
+=====================  ==========================================================================================
+
+Only keys absent from the YAML and the ``--set`` overrides are filled; the run writes the values it used into
+``RUN/config.yaml``. A config built in code (``RunConfig(...)``) keeps the dataclasses' fixed defaults.
+
+Example:
+    >>> chosen = data_aware_defaults(6_400)
+    >>> chosen["data.batch_size"], chosen["trainer.patience"], chosen["optim.scheduler"]
+    (128, 2, 'plateau')
+    >>> data_aware_defaults(1_000_000)["data.batch_size"]
+    4096
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from features.schema import FeatureMap
+
+__all__ = ["data_aware_defaults", "train_rows"]
+
+STEPS_PER_EPOCH = 250  # optimiser steps an epoch the batch size aims at
+MIN_BATCH = 128
+MAX_BATCH = 4096
+MAX_EPOCHS = 50
+SPARSE_LR = 0.05
+EMBEDDING_L2 = 0.01
+
+
+def data_aware_defaults(rows: int) -> dict[str, Any]:
+    """The settings for a training split of ``rows`` rows, as dotted config keys."""
+    target = max(rows / STEPS_PER_EPOCH, 1.0)
+    batch = 2 ** round(math.log2(target))
+    return {
+        "data.batch_size": min(max(batch, MIN_BATCH), MAX_BATCH),
+        "trainer.max_epochs": MAX_EPOCHS,
+        "trainer.patience": 2,
+        "optim.scheduler": "plateau",
+        "optim.sparse_lr": SPARSE_LR,
+        "optim.embedding_l2": EMBEDDING_L2,
+    }
+
+
+def train_rows(data: str | Path) -> int:
+    """Rows of the prepared data's training split, from the shards' parquet footers (no data is read)."""
+    root = Path(data)
+    fm = FeatureMap.load(root)
+    return sum(int(pq.ParquetFile(root / rel).metadata.num_rows) for rel in fm.splits.get("train", ()))
