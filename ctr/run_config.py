@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,7 @@ import yaml
 from ctr.config import ModelConfig
 from ctr.data import DataConfig
 from ctr.layouts import TablesConfig
-from features.strict import ConfigError, from_dict, load_yaml
+from features.strict import ConfigError, from_dict, load_yaml, to_dict
 
 __all__ = [
     "OptimConfig",
@@ -36,6 +36,7 @@ __all__ = [
     "SupernetConfig",
     "TrainerConfig",
     "load_run_config",
+    "with_values",
 ]
 
 Sharding = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
@@ -280,4 +281,21 @@ def load_run_config(
         _set(tree, "data.path", data)
     if model is not None:
         _set(tree, "model.name", model)
+    return from_dict(RunConfig, tree)
+
+
+def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """``config`` with dotted keys set to new values, checked as strictly as ``--set`` overrides.
+
+    >>> base = load_run_config(None, data="prepared", model="fm")
+    >>> with_values(base, {"optim.sparse_lr": 0.1, "model.mlp": [64]}).optim.sparse_lr
+    0.1
+    >>> with_values(base, {"optim.sparse_lrr": 0.1})
+    Traceback (most recent call last):
+    ...
+    features.strict.ConfigError: RunConfig.optim: unknown key 'sparse_lrr' (did you mean 'sparse_lr'?)
+    """
+    tree = to_dict(config)
+    for key, value in values.items():
+        _set(tree, key, value)
     return from_dict(RunConfig, tree)
