@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -57,13 +58,25 @@ class LocalRunner:
             return handle, e
 
 
+# Set by a launcher (a Kubeflow pod, an earlier Lightning fit in the driver) and inherited by Ray's workers: a trial
+# is one process, and with these its Lightning fit would rendezvous on a port another process holds.
+_DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE")
+
+
+def _ray_trial(job: TrialJob) -> str:
+    """A Ray task: one trial, as a single process of its own."""
+    for name in _DIST_VARS:
+        os.environ.pop(name, None)
+    return run_trial(job)
+
+
 class RayRunner:
     """Runs each job as a Ray task of one CPU on the session's Ray (local, or the cluster at ``--address``)."""
 
     def __init__(self) -> None:
         import ray
 
-        self._task = ray.remote(num_cpus=1, max_retries=0)(run_trial)
+        self._task = ray.remote(num_cpus=1, max_retries=0)(_ray_trial)
 
     def submit(self, job: TrialJob) -> Any:
         return self._task.remote(job)
