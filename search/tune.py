@@ -11,8 +11,8 @@ and grouped); each trial trains in ``DIR/trials/<number>/`` (:mod:`search.tune_t
 
 Resumable: run again, the study goes on until it holds ``trials`` COMPLETE + PRUNED trials. A trial left
 RUNNING (its tuner was killed) is marked FAIL and its parameters are asked again, as is a trial whose Ray worker
-died; a trial whose settings cannot train (non-finite loss) stays FAIL, and the tuner gives up after ``trials``
-failures in one run. The study records its model, base run config, space and ``DIR``: resuming it with others
+died; a trial whose settings cannot train (non-finite loss) stays FAIL, and the tuner gives up after
+``max(trials, 3)`` failures in one run. The study records its model, base run config, space and ``DIR``: resuming it with others
 is refused by name. ``timeout``: no new trial starts after that many seconds (running ones finish).
 
 Example:
@@ -95,7 +95,7 @@ def _tune(base: RunConfig, space: TuneSpace, out: Path, options: TuneOptions) ->
                 while (
                     len(inflight) < max(options.workers, 1)
                     and _counted(study) + len(inflight) < options.trials
-                    and failed < options.trials
+                    and failed < max(options.trials, 3)
                     and (options.timeout is None or time.monotonic() - started < options.timeout)
                 ):
                     trial = study.ask(space.distributions())

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -190,3 +192,38 @@ def test_a_bad_space_file_from_the_command_line(data: Path, tmp_path: Path) -> N
     assert proc.stderr.strip().splitlines() == [
         f"ctr tune: error: {bad}: params.model.dropot: RunConfig.model: unknown key 'dropot' (did you mean 'dropout'?)"
     ]
+
+
+def test_a_trial_whose_ray_worker_is_killed_is_failed_and_retried(data: Path, space: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tune"
+    args = ["tune", "--data", str(data), "--model", "lr", "--out", str(out), "--space", str(space), *BASE]
+    args += ["--trials", "1", "--workers", "1", "--set", "trainer.max_epochs=8", "--set", "trainer.patience=8"]
+    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    tuner = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        worker = None
+        while worker is None and time.monotonic() < deadline and tuner.poll() is None:
+            time.sleep(0.2)
+            if (out / "trials" / "0").is_dir():  # the trial is training (the study is created, read it now)
+                worker = _study(out).get_trials()[0].user_attrs["worker"]
+        assert worker is not None, tuner.communicate(timeout=60)
+        os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGKILL)  # the trial's Ray worker dies mid-training
+        _, err = tuner.communicate(timeout=180)
+    finally:
+        if tuner.poll() is None:
+            tuner.kill()
+            tuner.wait(timeout=60)
+    assert tuner.returncode == 0, err[-3000:]
+    trials = _study(out).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], err[-3000:]
+    assert "WorkerCrashedError" in trials[0].user_attrs["error"]
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert trials[1].user_attrs["worker"] != worker
