@@ -25,6 +25,7 @@ from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
 from pipelines.cli import main
+from search.storage import open_storage, redact
 from search.tune_space import load_space
 
 PLANTED_SPACE = """\
@@ -227,3 +228,17 @@ def test_a_trial_whose_ray_worker_is_killed_is_failed_and_retried(data: Path, sp
     assert "WorkerCrashedError" in trials[0].user_attrs["error"]
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
     assert trials[1].user_attrs["worker"] != worker
+
+
+def test_tune_on_postgresql_storage_is_readable_by_the_dashboard_loader(
+    data: Path, space: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    out = tmp_path / "tune"
+    args = ["--trials", "2", "--workers", "0", "--storage", postgres_url, "--study", "pg-tune"]
+    summary = _tune(data, out, space, *args, "--set", "trainer.max_epochs=1")
+    assert not (out / "study.db").exists() and summary["storage"] == redact(postgres_url)
+    study = optuna.load_study(study_name="pg-tune", storage=open_storage(postgres_url))  # as `ctr dashboard` opens it
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert {"run_dir", "val_auc", "test_auc", "epochs"} <= set(trials[0].user_attrs)
+    assert summary["best_val_auc"] == study.best_value
