@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,7 @@ from ctr.data import DataConfig
 from ctr.defaults import data_aware_defaults, train_rows
 from ctr.layouts import TablesConfig
 from features.schema import FeatureMapError
-from features.strict import ConfigError, from_dict, load_yaml
+from features.strict import ConfigError, from_dict, load_yaml, to_dict
 from search.evolution import EvolutionConfig
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SupernetConfig",
     "TrainerConfig",
     "load_run_config",
+    "with_values",
 ]
 
 Sharding = Literal["table_wise", "column_wise", "row_wise", "table_row_wise"]
@@ -366,3 +367,20 @@ def _fill_data_aware_defaults(tree: dict[str, Any]) -> None:
     for key, value in data_aware_defaults(rows).items():
         if not _has(tree, key):
             _set(tree, key, value)
+
+
+def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """``config`` with dotted keys set to new values, checked as strictly as ``--set`` overrides.
+
+    >>> base = load_run_config(None, data="prepared", model="fm")
+    >>> with_values(base, {"optim.sparse_lr": 0.1, "model.mlp": [64]}).optim.sparse_lr
+    0.1
+    >>> with_values(base, {"optim.sparse_lrr": 0.1})
+    Traceback (most recent call last):
+    ...
+    features.strict.ConfigError: RunConfig.optim: unknown key 'sparse_lrr' (did you mean 'sparse_lr'?)
+    """
+    tree = to_dict(config)
+    for key, value in values.items():
+        _set(tree, key, value)
+    return from_dict(RunConfig, tree)

@@ -181,6 +181,26 @@ def _retrain(args: argparse.Namespace) -> None:
     print(json.dumps(train(config, Path(args.out), nproc=args.nproc, resume=args.resume)))
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from search.tune import TuneOptions, run_tune
+    from search.tune_space import load_space
+
+    config = _run_config(args)
+    config = dataclasses.replace(config, supernet=None, search=None, retrain=None)
+    space = load_space(args.space, config)
+    options = TuneOptions(
+        trials=args.trials,
+        timeout=args.timeout,
+        workers=args.workers,
+        storage=args.storage,
+        address=args.address,
+        study=args.study,
+    )
+    summary = run_tune(config, space, Path(args.out), options)
+    keys = ("best_trial", "best_val_auc", "best_test_auc", "best_params", "states")
+    print(json.dumps({k: summary.get(k) for k in keys}))
+
+
 def _export(args: argparse.Namespace) -> None:
     from ctr.export import export_run
 
@@ -316,6 +336,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=_retrain)
 
+    p = sub.add_parser("tune", help="tune the training knobs: an Optuna study, trials pruned per epoch, run on Ray")
+    p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
+    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--out", required=True, metavar="DIR", help="best.yaml, tune.json, study.db, trials/N/")
+    p.add_argument("--trials", type=_POSITIVE, default=20, metavar="N", help="COMPLETE+PRUNED trials (default 20)")
+    p.add_argument("--timeout", type=_POSITIVE, metavar="S", help="start no trial after S seconds")
+    p.add_argument("--workers", type=_NON_NEGATIVE, default=1, metavar="W", help="Ray tasks at once (0: no Ray)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite file DIR/study.db)")
+    p.add_argument("--study", default="tune", metavar="NAME", help="Optuna study name")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument("--config", metavar="FILE", help="YAML run config: the trials' settings before tuning")
+    p.add_argument("--space", metavar="FILE", help="search space YAML (default: configs/tune/MODEL.yaml)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. trainer.max_epochs=5"
+    )
+    p.set_defaults(func=_tune)
+
     p = sub.add_parser("export", help="export a retrained model as one strictly loading artifact")
     p.add_argument("--run", required=True, metavar="RUN", help="run directory of `ctr retrain`")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -396,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError)
-    if args.command in ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench"):
+    if args.command in ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench", "tune"):
         from ctr.lit import NonFiniteLossError
         from ctr.strategy import CheckpointError
 

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from search.evaluators import make_evaluator
 from search.evolution import EvolutionConfig
 from search.sampler import EvolutionarySampler
 from search.scorer import CandidateScorer
+from search.storage import claim_spec
 
 __all__ = ["Scored", "SearchOutcome", "SearchSpace", "run_search", "scored_trials"]
 
@@ -104,15 +104,11 @@ def _open_study(storage: str, name: str, directions: list[str], spec: dict[str, 
         sampler=sampler,
         load_if_exists=True,
     )
-    saved = study.user_attrs.get("search_spec")
-    if saved is None:
-        study.set_user_attr("search_spec", spec)
+    if "search_spec" not in study.user_attrs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["val_auc", "embedding_params"][: len(directions)])
-    elif json.loads(json.dumps(saved)) != json.loads(json.dumps(spec)):
-        diff = sorted(k for k in set(saved) | set(spec) if saved.get(k) != spec.get(k))
-        raise ConfigError(f"study {name!r} in {storage} belongs to another search (differs in: {', '.join(diff)})")
+    claim_spec(study, "search_spec", spec, storage=storage, what="search")
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {name!r} has directions {study.directions}, this search needs {directions}")
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,15 @@ from features.strict import ConfigError
 ARTIFACT_DIR_KEY = "artifact_dir"
 """The study user attribute holding the absolute directory of the study's artifact store."""
 
-__all__ = ["ARTIFACT_DIR_KEY", "PlanNote", "attach_plots", "best_candidate_note", "open_storage", "redact"]
+__all__ = [
+    "ARTIFACT_DIR_KEY",
+    "PlanNote",
+    "attach_plots",
+    "best_candidate_note",
+    "claim_spec",
+    "open_storage",
+    "redact",
+]
 
 
 def redact(url: str) -> str:
@@ -49,8 +58,11 @@ def redact(url: str) -> str:
         return url
 
 
-def open_storage(url: str) -> RDBStorage:
-    """The RDB storage at ``url``; a SQLite file must exist. Failures raise :class:`ConfigError` with one line."""
+def open_storage(url: str, *, create: bool = False) -> RDBStorage:
+    """The RDB storage at ``url``; a SQLite file must exist unless ``create`` (then its folder must).
+
+    Failures raise :class:`ConfigError` (or :class:`FileNotFoundError`) with one line.
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -60,8 +72,10 @@ def open_storage(url: str) -> RDBStorage:
         raise ConfigError(f"{url!r} is not a storage URL (sqlite:///FILE or postgresql+psycopg2://...)") from None
     if parsed.get_backend_name() == "sqlite":
         path = parsed.database
-        if not path or path == ":memory:" or not Path(path).is_file():
-            raise FileNotFoundError(f"{url}: no such SQLite study file")
+        if not path or path == ":memory:":
+            raise ConfigError(f"{url}: not a SQLite study file (sqlite:///FILE)")
+        if not (Path(path).parent.is_dir() if create else Path(path).is_file()):
+            raise FileNotFoundError(f"{url}: no such SQLite study {'folder' if create else 'file'}")
     try:
         return RDBStorage(url)
     except ImportError as e:  # optuna re-raises a missing driver module as ImportError
@@ -70,6 +84,19 @@ def open_storage(url: str) -> RDBStorage:
         orig = getattr(e, "orig", None)  # the driver's own error, without SQLAlchemy's SQL and links
         reason = (str(orig if orig is not None else e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"cannot open storage {redact(url)}: {reason}") from None
+
+
+def claim_spec(study: optuna.Study, key: str, spec: dict[str, Any], *, storage: str, what: str) -> None:
+    """Record ``spec`` (JSON data: what the study searches) in user attribute ``key`` of a new study; refuse, by
+    the names of the differing entries, a study that recorded another one (``what``: "search", "tune")."""
+    saved = study.user_attrs.get(key)
+    if saved is None:
+        study.set_user_attr(key, spec)
+        return
+    if json.loads(json.dumps(saved)) != json.loads(json.dumps(spec)):
+        diff = sorted(k for k in set(saved) | set(spec) if saved.get(k) != spec.get(k))
+        name, where = study.study_name, redact(storage)
+        raise ConfigError(f"study {name!r} in {where} belongs to another {what} (differs in: {', '.join(diff)})")
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:

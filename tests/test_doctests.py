@@ -28,6 +28,7 @@ MODULES = [
     "ctr.dmp",
     "ctr.writes",
     "search.evolution",
+    "search.tune_space",
 ]
 
 
