@@ -31,7 +31,7 @@ def _dataset_line(name: str, info: dict[str, Any]) -> str:
     rows = info["rows"]
     line = f"- **{name}**: {rows['train']:,} / {rows['valid']:,} / {rows['test']:,} rows (train / valid / test)"
     if info.get("bayes_auc") is not None:
-        line += f"; Bayes AUC of the test split {info['bayes_auc']:.4f} (the truth file's, on all rows)"
+        line += f"; Bayes AUC {info['bayes_auc']:.4f} (the truth file's, all rows)"
     return line + "."
 
 
@@ -52,13 +52,18 @@ def render(results: dict[str, Any], models: Sequence[str] = ()) -> str:
         "| data | system | model | test AUC | test logloss | epochs | seconds |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
+    failures: list[str] = []
     for row in sorted(results["results"], key=lambda r: _sort_key(r, datasets, models)):
         epochs = "—" if row.get("epochs") is None else str(row["epochs"])
+        model = row["model"]
+        if row.get("error"):
+            failures.append(f"Note {len(failures) + 1}: {row['data']}, {row['system']} {model}: {row['error']}")
+            model += f" (failed, note {len(failures)})"
         lines.append(
-            f"| {row['data']} | {row['system']} | {row['model']} | {_number(row['test_auc'], 4)} "
+            f"| {row['data']} | {row['system']} | {model} | {_number(row['test_auc'], 4)} "
             f"| {_number(row['test_logloss'], 4)} | {epochs} | {_number(row['seconds'], 1)} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + (["", *failures] if failures else []))
 
 
 def write_section(doc: Path, text: str) -> None:

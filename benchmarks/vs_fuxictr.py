@@ -168,19 +168,50 @@ def run_peers(name: str, work: Path, peer_python: Path, batch_sizes: Sequence[in
 
 
 def run_ctr(name: str, work: Path, models: Sequence[str]) -> list[dict[str, Any]]:
-    """``ctr train --model M`` with no other flag, for each model, on the prepared data of ``name``."""
+    """``ctr train --model M`` with no other flag, for each model, on the prepared data of ``name``.
+
+    A model that fails (DLRM on data without a dense field) gets a row with its error and no metrics.
+    """
     folder = work / name
     rows = []
     for model in models:
         run = _fresh(folder / "ctr" / model)
         cmd = _ctr("train", "--data", str(folder / "prepared"), "--model", model, "--out", str(run))
-        wall = _run(cmd, folder / "ctr" / f"{model}.log")
+        log = folder / "ctr" / f"{model}.log"
+        try:
+            wall = _run(cmd, log)
+        except BenchError:
+            rows.append(_failed(name, "ctr", model, _last_error(log)))
+            continue
         metrics = json.loads((run / "metrics.json").read_text())
         used = yaml.safe_load((run / "config.yaml").read_text())
         config = {k: used[k] for k in ("data", "model", "optim", "trainer") if k in used}
         config["data"].pop("path", None)
         rows.append(_row(name, "ctr", model, metrics, metrics["epochs"], metrics["fit_seconds"], wall, config))
     return rows
+
+
+def _last_error(log: Path) -> str:
+    """The last line of ``log`` that names an error (the exception's message), else its last line."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "error:" in ln]
+    line = (errors or lines or ["no output"])[-1]
+    return line.removeprefix("[rank0]:").strip()
+
+
+def _failed(data: str, system: str, model: str, error: str) -> dict[str, Any]:
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "data": data,
+        "system": system,
+        "model": model,
+        "test_auc": None,
+        "test_logloss": None,
+        "val_auc": None,
+        "epochs": None,
+        "seconds": None,
+        "error": error,
+    }
 
 
 def _row(
