@@ -97,6 +97,8 @@ RESULTS: dict[str, Any] = {
          "epochs": 6, "seconds": 20.0},
         {"data": "avazu", "system": "fuxictr", "model": "deepfm", "test_auc": 0.53, "test_logloss": 0.61,
          "epochs": 4, "seconds": 10.9},
+        {"data": "avazu", "system": "ctr", "model": "dlrm", "test_auc": None, "test_logloss": None, "epochs": None,
+         "seconds": None, "error": "ValueError: DLRM needs at least one dense field"},
         {"data": "planted", "system": "sklearn", "model": "lr", "test_auc": 0.75, "test_logloss": 0.52,
          "epochs": None, "seconds": 3.0},
     ],
@@ -104,7 +106,7 @@ RESULTS: dict[str, Any] = {
 
 
 def test_render_orders_rows_and_formats_exactly() -> None:
-    assert render(RESULTS, ("lr", "fm", "deepfm")).splitlines() == [
+    assert render(RESULTS, ("lr", "fm", "deepfm", "dlrm")).splitlines() == [
         "Measured on test box, 2026-12-07 05:00 UTC.",
         "",
         "- **planted**: 800 / 100 / 100 rows (train / valid / test); Bayes AUC 0.8000 (the truth file's, all rows).",
@@ -117,6 +119,9 @@ def test_render_orders_rows_and_formats_exactly() -> None:
         "| avazu | fuxictr | deepfm@512 | 0.6600 | 0.4400 | 6 | 20.0 |",
         "| avazu | ctr | lr | 0.7000 | 0.4500 | 3 | 1.0 |",
         "| avazu | ctr | deepfm | 0.6100 | 0.5000 | 5 | 1.2 |",
+        "| avazu | ctr | dlrm (failed, note 1) | — | — | — | — |",
+        "",
+        "Note 1: avazu, ctr dlrm: ValueError: DLRM needs at least one dense field",
     ]
 
 
