@@ -28,6 +28,7 @@ MODULES = [
     "ctr.dmp",
     "ctr.writes",
     "search.evolution",
+    "benchmarks.peer_table",
 ]
 
 
