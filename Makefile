@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_ROWS ?= 200000
 
-.PHONY: install demo test test-gpu lint bench clean system-deps system-deps-venv
+.PHONY: install demo test test-gpu lint bench bench-peer clean system-deps system-deps-venv
 
 # Debian packages outside .venv/ (scripts/system-deps.sh): python3-venv to create .venv/, and for the tests
 # chromium, chromium-driver and postgresql. Phony, with no stamp: the check takes milliseconds and runs
@@ -51,5 +51,20 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/search_speed.py
 	$(BIN)/python benchmarks/multiplex.py
 
+# The peer benchmark (docs/quality.md): FuxiCTR 2.3.10 and scikit-learn in their own environment, .venv-peer/
+# (FuxiCTR needs polars<2, the platform polars 2). torch first, alone: the local CPU wheel, not PyPI's CUDA build.
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+BENCH_PEER_ARGS ?=
+
+$(PEER_STAMP): benchmarks/requirements-peer.txt | system-deps-venv
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet torch==2.13.0
+	$(PEER_VENV)/bin/pip install --quiet -r benchmarks/requirements-peer.txt
+	touch $(PEER_STAMP)
+
+bench-peer: $(STAMP) $(PEER_STAMP)
+	$(BIN)/python benchmarks/vs_fuxictr.py $(BENCH_PEER_ARGS)
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) $(PEER_VENV) $(DEMO_DIR)

@@ -29,6 +29,7 @@ MODULES = [
     "ctr.writes",
     "search.evolution",
     "search.tune_space",
+    "benchmarks.peer_table",
 ]
 
 
