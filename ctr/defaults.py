@@ -7,7 +7,8 @@ after an epoch without a new best, the best epoch's weights kept) and size the b
 enough steps an epoch to reach its plateau. docs/defaults.md holds the measurements behind each value.
 
 =====================  ==========================================================================================
-``data.batch_size``    a power of two near ``rows / STEPS_PER_EPOCH``, within [``MIN_BATCH``, ``MAX_BATCH``]
+``data.batch_size``    a power of two near ``rows / STEPS_PER_EPOCH``, within [``MIN_BATCH``, ``MAX_BATCH``], shared
+                       by the processes (each takes its part: N processes take the steps of one)
 ``trainer.max_epochs``  ``MAX_EPOCHS``: a bound, not a target; early stopping ends the run at its plateau
 ``trainer.patience``   2 (FuxiCTR's ``early_stop_patience``)
 ``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best)
@@ -22,6 +23,8 @@ Example:
     >>> chosen = data_aware_defaults(6_400)
     >>> chosen["data.batch_size"], chosen["trainer.patience"], chosen["optim.scheduler"]
     (128, 2, 'plateau')
+    >>> data_aware_defaults(80_000)["data.batch_size"], data_aware_defaults(80_000, processes=2)["data.batch_size"]
+    (1024, 512)
     >>> data_aware_defaults(1_000_000)["data.batch_size"]
     4096
 """
@@ -38,20 +41,20 @@ from features.schema import FeatureMap
 
 __all__ = ["data_aware_defaults", "train_rows"]
 
-STEPS_PER_EPOCH = 250  # optimiser steps an epoch the batch size aims at
+STEPS_PER_EPOCH = 100  # optimiser steps an epoch the batch size aims at
 MIN_BATCH = 128
 MAX_BATCH = 4096
 MAX_EPOCHS = 50
 SPARSE_LR = 0.05
-EMBEDDING_L2 = 0.01
+EMBEDDING_L2 = 0.0
 
 
-def data_aware_defaults(rows: int) -> dict[str, Any]:
-    """The settings for a training split of ``rows`` rows, as dotted config keys."""
+def data_aware_defaults(rows: int, processes: int = 1) -> dict[str, Any]:
+    """The settings for a training split of ``rows`` rows trained by ``processes`` processes, as dotted keys."""
     target = max(rows / STEPS_PER_EPOCH, 1.0)
-    batch = 2 ** round(math.log2(target))
+    batch = min(max(2 ** round(math.log2(target)), MIN_BATCH), MAX_BATCH)
     return {
-        "data.batch_size": min(max(batch, MIN_BATCH), MAX_BATCH),
+        "data.batch_size": max(batch // processes, 1),  # per process
         "trainer.max_epochs": MAX_EPOCHS,
         "trainer.patience": 2,
         "optim.scheduler": "plateau",

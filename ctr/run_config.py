@@ -316,11 +316,13 @@ def load_run_config(
     data: str | None = None,
     model: str | None = None,
     sections: Sequence[str] = (),
+    processes: int = 1,
 ) -> RunConfig:
     """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly; the training
     settings left unset are chosen from the training split's size (:func:`ctr.defaults.data_aware_defaults`).
 
     ``sections`` are optional sections to create with their defaults when absent (``ctr supernet``).
+    ``processes``: how many processes will train (the data-aware batch is shared by them).
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -340,7 +342,7 @@ def load_run_config(
         _set(tree, "data.path", data)
     if model is not None:
         _set(tree, "model.name", model)
-    _fill_data_aware_defaults(tree)
+    _fill_data_aware_defaults(tree, processes)
     return from_dict(RunConfig, tree)
 
 
@@ -353,7 +355,7 @@ def _has(tree: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-def _fill_data_aware_defaults(tree: dict[str, Any]) -> None:
+def _fill_data_aware_defaults(tree: dict[str, Any], processes: int) -> None:
     """Fill the keys the config leaves unset from the training split's size (:mod:`ctr.defaults`).
 
     Without readable prepared data nothing is filled: the stage that reads the data reports the problem."""
@@ -364,7 +366,7 @@ def _fill_data_aware_defaults(tree: dict[str, Any]) -> None:
         rows = train_rows(path)
     except (FeatureMapError, OSError, ValueError, pa.ArrowException):
         return
-    for key, value in data_aware_defaults(rows).items():
+    for key, value in data_aware_defaults(rows, max(processes, 1)).items():
         if not _has(tree, key):
             _set(tree, key, value)
 

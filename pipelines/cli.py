@@ -96,7 +96,10 @@ def _train(args: argparse.Namespace) -> None:
     from ctr.train import train
 
     sections = ("supernet",) if args.command == "supernet" else ()
-    config = load_run_config(args.config, args.set, data=args.data, model=args.model, sections=sections)
+    processes = args.ray_workers if args.ray_workers is not None else args.nproc
+    config = load_run_config(
+        args.config, args.set, data=args.data, model=args.model, sections=sections, processes=processes
+    )
     # One config file may serve the whole OptEmbed pipeline: each command reads only its own sections.
     config = dataclasses.replace(config, search=None, retrain=None)
     if args.command == "train":
@@ -120,7 +123,8 @@ def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
         sets.append(f"search.workers={args.search_workers}")
     if getattr(args, "multi_objective", False):
         sets.append("search.multi_objective=true")
-    return load_run_config(args.config, sets, data=getattr(args, "data", None), model=args.model, sections=sections)
+    data, processes = getattr(args, "data", None), getattr(args, "nproc", 1)
+    return load_run_config(args.config, sets, data=data, model=args.model, sections=sections, processes=processes)
 
 
 def _optembed(args: argparse.Namespace) -> None:
@@ -176,7 +180,7 @@ def _retrain(args: argparse.Namespace) -> None:
     sets += [f"retrain.init={args.init}"] if args.init else []
     # Default: the supernet's own settings (model, optimiser, trainer), without its supernet section.
     source = args.config if args.config is not None else str(Path(args.supernet) / "config.yaml")
-    config = load_run_config(source, sets, data=args.data, model=None)
+    config = load_run_config(source, sets, data=args.data, model=None, processes=args.nproc)
     config = dataclasses.replace(config, supernet=None, search=None)
     print(json.dumps(train(config, Path(args.out), nproc=args.nproc, resume=args.resume)))
 

@@ -68,7 +68,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3,000 planted rows: a training split (2,379 rows) smaller than the default batch of 4,096."""
+    """3,000 planted rows: a training split of 2,379 rows."""
     return _prepared(tmp_path_factory.mktemp("tiny"), 3_000, seed=3)[0]
 
 

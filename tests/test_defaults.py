@@ -1,0 +1,69 @@
+"""Data-aware defaults (issue #16, item 2): what a run uses for the settings its config leaves unset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctr.defaults import data_aware_defaults, train_rows
+from ctr.run_config import load_run_config
+
+
+@pytest.mark.parametrize(
+    ("rows", "processes", "batch"),
+    [
+        (200, 1, 128),  # 2 rows a step would be noise: at least 128
+        (6_400, 1, 128),  # 64 rounds up to the floor
+        (80_000, 1, 1024),  # 800 -> 2**9.64 -> 1024
+        (80_000, 2, 512),  # two processes share the batch: the same steps as one
+        (150_000, 1, 2048),  # 1500 -> 2**10.55 -> 2048
+        (1_000_000, 1, 4096),  # 10000 -> capped at 4096
+        (1_000_000, 4, 1024),
+    ],
+)
+def test_the_batch_rule_on_tiny_and_large_splits(rows: int, processes: int, batch: int) -> None:
+    chosen = data_aware_defaults(rows, processes)
+    assert chosen["data.batch_size"] == batch
+    assert chosen["trainer.max_epochs"] == 50 and chosen["trainer.patience"] == 2
+    assert chosen["optim.scheduler"] == "plateau" and chosen["optim.sparse_lr"] == 0.05
+
+
+def test_unset_keys_come_from_the_training_split_and_set_ones_are_kept(tiny: Path, tmp_path: Path) -> None:
+    assert train_rows(tiny) == 2_379
+    config = load_run_config(None, [], data=str(tiny), model="deepfm")
+    assert (config.data.batch_size, config.trainer.max_epochs, config.trainer.patience) == (128, 50, 2)
+    assert config.optim.scheduler == "plateau" and config.optim.sparse_lr == 0.05
+    assert load_run_config(None, [], data=str(tiny), model="deepfm", processes=2).data.batch_size == 64
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("trainer:\n  patience: 1\noptim:\n  scheduler: none\n")
+    kept = load_run_config(yaml_file, ["data.batch_size=4096"], data=str(tiny), model="deepfm")
+    assert (kept.data.batch_size, kept.trainer.patience, kept.optim.scheduler) == (4096, 1, "none")
+    assert kept.trainer.max_epochs == 50  # what the file and the overrides leave unset is still data-aware
+    without_data = load_run_config(None, [], data=str(tmp_path / "missing"), model="deepfm")
+    assert without_data.data.batch_size == 4096  # nothing to size it by: the fixed default (train reports the path)
+
+
+def test_a_default_run_trains_to_its_plateau_and_records_what_it_used(tiny: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    dist = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in dist}
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(tiny), "--model", "lr", "--out", str(run)]
+    proc = subprocess.run(
+        [*cmd, "--set", "trainer.progress_bar=false"], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    used = yaml.safe_load((run / "config.yaml").read_text())
+    assert used["data"]["batch_size"] == 128 and used["optim"]["scheduler"] == "plateau"
+    assert used["trainer"]["patience"] == 2 and used["trainer"]["max_epochs"] == 50
+    metrics = json.loads((run / "metrics.json").read_text())
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    # stopped by early stopping, not by the epoch bound: the last two epochs brought no new best
+    assert 3 <= len(epoch_lines) == metrics["epochs"] < 50
+    assert "*" not in epoch_lines[-1] and "*" not in epoch_lines[-2]
+    assert metrics["global_step"] == metrics["epochs"] * -(-2_379 // 128)
