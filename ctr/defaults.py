@@ -12,7 +12,8 @@ enough steps an epoch to reach its plateau. docs/defaults.md holds the measureme
 ``trainer.max_epochs``  ``MAX_EPOCHS``: a bound, not a target; early stopping ends the run at its plateau
 ``trainer.patience``   2 (FuxiCTR's ``early_stop_patience``)
 ``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best)
-``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables)
+``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables); ``FM_SPARSE_LR`` for the models with a
+                       factorization machine (``fm``, ``deepfm``), whose pairwise term overfits faster
 ``optim.embedding_l2`` ``EMBEDDING_L2`` (L2 on the rows a batch looks up: FuxiCTR's ``embedding_regularizer``)
 =====================  ==========================================================================================
 
@@ -23,6 +24,8 @@ Example:
     >>> chosen = data_aware_defaults(6_400)
     >>> chosen["data.batch_size"], chosen["trainer.patience"], chosen["optim.scheduler"]
     (128, 2, 'plateau')
+    >>> chosen["optim.sparse_lr"], data_aware_defaults(6_400, model="deepfm")["optim.sparse_lr"]
+    (0.05, 0.01)
     >>> data_aware_defaults(80_000)["data.batch_size"], data_aware_defaults(80_000, processes=2)["data.batch_size"]
     (1024, 512)
     >>> data_aware_defaults(1_000_000)["data.batch_size"]
@@ -46,11 +49,13 @@ MIN_BATCH = 128
 MAX_BATCH = 4096
 MAX_EPOCHS = 50
 SPARSE_LR = 0.05
+FM_SPARSE_LR = 0.01
+FM_MODELS = ("fm", "deepfm")
 EMBEDDING_L2 = 0.0
 
 
-def data_aware_defaults(rows: int, processes: int = 1) -> dict[str, Any]:
-    """The settings for a training split of ``rows`` rows trained by ``processes`` processes, as dotted keys."""
+def data_aware_defaults(rows: int, processes: int = 1, model: str | None = None) -> dict[str, Any]:
+    """The settings for ``model`` on a training split of ``rows`` rows trained by ``processes`` processes."""
     target = max(rows / STEPS_PER_EPOCH, 1.0)
     batch = min(max(2 ** round(math.log2(target)), MIN_BATCH), MAX_BATCH)
     return {
@@ -58,7 +63,7 @@ def data_aware_defaults(rows: int, processes: int = 1) -> dict[str, Any]:
         "trainer.max_epochs": MAX_EPOCHS,
         "trainer.patience": 2,
         "optim.scheduler": "plateau",
-        "optim.sparse_lr": SPARSE_LR,
+        "optim.sparse_lr": FM_SPARSE_LR if model in FM_MODELS else SPARSE_LR,
         "optim.embedding_l2": EMBEDDING_L2,
     }
 

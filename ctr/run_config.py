@@ -366,7 +366,8 @@ def _fill_data_aware_defaults(tree: dict[str, Any], processes: int) -> None:
         rows = train_rows(path)
     except (FeatureMapError, OSError, ValueError, pa.ArrowException):
         return
-    for key, value in data_aware_defaults(rows, max(processes, 1)).items():
+    model = tree.get("model", {}).get("name") if isinstance(tree.get("model"), dict) else None
+    for key, value in data_aware_defaults(rows, max(processes, 1), model if isinstance(model, str) else None).items():
         if not _has(tree, key):
             _set(tree, key, value)
 

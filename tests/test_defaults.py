@@ -32,13 +32,16 @@ def test_the_batch_rule_on_tiny_and_large_splits(rows: int, processes: int, batc
     assert chosen["data.batch_size"] == batch
     assert chosen["trainer.max_epochs"] == 50 and chosen["trainer.patience"] == 2
     assert chosen["optim.scheduler"] == "plateau" and chosen["optim.sparse_lr"] == 0.05
+    for model, sparse_lr in [("fm", 0.01), ("deepfm", 0.01), ("dcnv2", 0.05), ("lr", 0.05)]:
+        assert data_aware_defaults(rows, processes, model)["optim.sparse_lr"] == sparse_lr
 
 
 def test_unset_keys_come_from_the_training_split_and_set_ones_are_kept(tiny: Path, tmp_path: Path) -> None:
     assert train_rows(tiny) == 2_379
     config = load_run_config(None, [], data=str(tiny), model="deepfm")
     assert (config.data.batch_size, config.trainer.max_epochs, config.trainer.patience) == (128, 50, 2)
-    assert config.optim.scheduler == "plateau" and config.optim.sparse_lr == 0.05
+    assert config.optim.scheduler == "plateau" and config.optim.sparse_lr == 0.01  # deepfm: an FM model
+    assert load_run_config(None, [], data=str(tiny), model="fnn").optim.sparse_lr == 0.05
     assert load_run_config(None, [], data=str(tiny), model="deepfm", processes=2).data.batch_size == 64
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("trainer:\n  patience: 1\noptim:\n  scheduler: none\n")
