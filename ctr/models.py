@@ -66,6 +66,7 @@ from ctr.embedding import (
 from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
 from ctr.layouts import TableLayout
 from features.schema import FeatureMap
+from features.strict import ConfigError
 
 __all__ = [
     "DCN",
@@ -406,11 +407,12 @@ class DLRM(CTRModel):
     ) -> None:
         dims = dict(zip(fm.sparse_names, field_dims(fm, config), strict=True))
         if any(d != config.embedding_dim for d in dims.values()):
-            raise ValueError(
-                f"DLRM needs every categorical dim equal to embedding_dim={config.embedding_dim}, got {dims}"
+            raise ConfigError(
+                f"--model dlrm: DLRM needs every categorical dim equal to embedding_dim={config.embedding_dim}, "
+                f"got {dims}"
             )
-        if not fm.dense:
-            raise ValueError(f"DLRM needs at least one dense field; feature map {fm.dataset!r} has none")
+        if not fm.dense:  # a user's choice of model for data without numeric fields: one line, not a traceback
+            raise ConfigError(f"--model dlrm: DLRM needs at least one dense field; feature map {fm.dataset!r} has none")
         super().__init__(fm, config, device, layout)
         assert self.sparse_arch is not None  # DLRM is not in LINEAR_ONLY_MODELS
         self.interaction = DotInteraction(self.sparse_arch.num_fields)

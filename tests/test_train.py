@@ -113,7 +113,10 @@ def test_two_processes_with_defaults_train_on_a_split_smaller_than_one_batch(tin
     # Issue 16, item 5: with the default batch (4096 per process) two processes once had no training batch
     # ("No training batches", then "last.ckpt: not a complete checkpoint"). Each now takes half the split.
     common = ["train", "--data", str(tiny), "--model", "deepfm", "--set", "trainer.progress_bar=false"]
-    common += ["--set", "data.batch_size=4096"]  # the old fixed default: larger than the split
+    # the fixed defaults of the issue's report (batch 4096: larger than the split; 5 epochs, patience 1), so that
+    # early stopping cannot end the two runs at different epochs on near-equal validation AUCs
+    old = ["data.batch_size=4096", "trainer.max_epochs=5", "trainer.patience=1", "optim.scheduler=none"]
+    common += [x for s in old for x in ("--set", s)]
     runs = {}
     for n in (1, 2):
         proc = _cli([*common, "--nproc", str(n), "--out", str(tmp_path / f"n{n}")], stderr=subprocess.PIPE)
