@@ -47,7 +47,7 @@ from pathlib import Path
 
 from features.spec import InputError
 
-__all__ = ["LOCK", "MARKER", "OutputError", "made_by", "owned_dir", "remove_owned", "replaced_dir"]
+__all__ = ["LOCK", "MARKER", "OutputError", "is_secondary_rank", "made_by", "owned_dir", "remove_owned", "replaced_dir"]
 
 MARKER = ".ctr-output.json"
 LOCK = ".ctr-lock"
@@ -72,8 +72,9 @@ def made_by(folder: Path) -> str | None:
     return str(value) if isinstance(value, str) else None
 
 
-def _is_secondary_rank() -> bool:
-    """A rank > 0 started by Lightning's launcher re-runs the command: rank 0 already holds the folder."""
+def is_secondary_rank() -> bool:
+    """A rank > 0 started by Lightning's launcher re-runs the command: rank 0 already holds the folder (and
+    reports the results)."""
     return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
 
 
@@ -166,7 +167,7 @@ def owned_dir(out: Path, command: str) -> Iterator[Path]:
     multi-process run (their rank 0 holds the folder) get ``out`` as it is.
     """
     out = Path(out)
-    if _is_secondary_rank():
+    if is_secondary_rank():
         yield out
         return
     _check_ours(out, command, what="it writes")

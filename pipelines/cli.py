@@ -112,7 +112,15 @@ def _train(args: argparse.Namespace) -> None:
         )
     else:
         metrics = train(config, Path(args.out), nproc=args.nproc, resume=args.resume)
-    print(json.dumps(metrics))
+    _report(metrics)
+
+
+def _report(metrics: dict[str, Any]) -> None:
+    """The run's metrics as one JSON line, from rank 0 only (ranks > 0 of ``--nproc N`` re-run the command)."""
+    from features.outputs import is_secondary_rank
+
+    if not is_secondary_rank():
+        print(json.dumps(metrics))
 
 
 def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
@@ -182,7 +190,7 @@ def _retrain(args: argparse.Namespace) -> None:
     source = args.config if args.config is not None else str(Path(args.supernet) / "config.yaml")
     config = load_run_config(source, sets, data=args.data, model=None, processes=args.nproc)
     config = dataclasses.replace(config, supernet=None, search=None)
-    print(json.dumps(train(config, Path(args.out), nproc=args.nproc, resume=args.resume)))
+    _report(train(config, Path(args.out), nproc=args.nproc, resume=args.resume))
 
 
 def _tune(args: argparse.Namespace) -> None:

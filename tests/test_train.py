@@ -119,11 +119,14 @@ def test_two_processes_with_defaults_train_on_a_split_smaller_than_one_batch(tin
     common += [x for s in old for x in ("--set", s)]
     runs = {}
     for n in (1, 2):
-        proc = _cli([*common, "--nproc", str(n), "--out", str(tmp_path / f"n{n}")], stderr=subprocess.PIPE)
-        _, err = proc.communicate(timeout=600)
+        args = [*common, "--nproc", str(n), "--out", str(tmp_path / f"n{n}")]
+        proc = _cli(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
         assert "No training batches" not in err
         runs[n] = json.loads((tmp_path / f"n{n}" / "metrics.json").read_text())
+        reported = [line for line in out.splitlines() if line.startswith("{")]
+        assert [json.loads(line) for line in reported] == [runs[n]]  # one JSON line, from rank 0 only
     one, two = runs[1], runs[2]
     assert two["world_size"] == 2 and one["global_step"] == two["global_step"] == one["epochs"] > 0
     assert abs(one["test_auc"] - two["test_auc"]) < 0.02, (one["test_auc"], two["test_auc"])
