@@ -31,7 +31,6 @@ _NOISE = [  # (warning message regex, category): known-harmless on every normal 
     (r".*HeuristicalStorageReservation is known to cause issues", FutureWarning),  # TorchRec's own planner
     (r".*isinstance\(treespec, LeafSpec\)", Warning),  # Lightning 2.6 against torch 2.13
     (r".*is smaller than the logging interval", Warning),  # small data: fewer batches than log_every_n_steps
-    (r".*The number of training batches .* is smaller than the logging interval", Warning),
     (r"(?s).*split_table_batched_embeddings_ops is now DEPRECATED", Warning),  # TorchRec imports the old name
     (r"(?s).*Failed to import: fbgemm_gpu\.", Warning),  # GPU-only FBGEMM kernels absent from the CPU build
     (r".*does not have many workers which may be a bottleneck", Warning),  # in-memory batches need none

@@ -18,11 +18,12 @@ import argparse
 import errno
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 if TYPE_CHECKING:
+    from optuna.artifacts import FileSystemArtifactStore
     from optuna.storages import BaseStorage
 
 __all__ = ["ArtifactDirs", "add_parser", "artifact_dirs", "main", "run_dashboard"]
@@ -30,6 +31,9 @@ __all__ = ["ArtifactDirs", "add_parser", "artifact_dirs", "main", "run_dashboard
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+T = TypeVar("T")
 
 
 class ArtifactDirs:
@@ -43,28 +47,25 @@ class ArtifactDirs:
         self.dirs = tuple(dirs)
         self._stores = [FileSystemArtifactStore(str(d)) for d in self.dirs]
 
-    def open_reader(self, artifact_id: str) -> BinaryIO:
+    def _first(self, artifact_id: str, call: Callable[[FileSystemArtifactStore], T]) -> T:
+        """``call`` on the first store that holds ``artifact_id``."""
         from optuna.artifacts.exceptions import ArtifactNotFound
 
         for store in self._stores:
             try:
-                return store.open_reader(artifact_id)
+                return call(store)
             except ArtifactNotFound:
                 continue
         raise ArtifactNotFound(f"artifact {artifact_id} is in none of {', '.join(map(str, self.dirs))}")
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self._first(artifact_id, lambda store: store.open_reader(artifact_id))
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         self._stores[0].write(artifact_id, content_body)
 
     def remove(self, artifact_id: str) -> None:
-        from optuna.artifacts.exceptions import ArtifactNotFound
-
-        for store in self._stores:
-            try:
-                return store.remove(artifact_id)
-            except ArtifactNotFound:
-                continue
-        raise ArtifactNotFound(f"artifact {artifact_id} is in none of {', '.join(map(str, self.dirs))}")
+        self._first(artifact_id, lambda store: store.remove(artifact_id))
 
 
 def artifact_dirs(storage: str, rdb: BaseStorage) -> list[Path]:

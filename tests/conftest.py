@@ -47,6 +47,14 @@ def shared_data() -> Path:
 
 
 # ---------------------------------------------------------------- planted training data (test_train.py, test_gpu.py)
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """This environment without the process-group variables that in-process runs leave behind (MASTER_PORT is
+    still bound by this process's store): what a `ctr` subprocess should start from."""
+    dist = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
+    return {k: v for k, v in os.environ.items() if k not in dist}
+
+
 def _prepared(root: Path, rows: int, seed: int) -> tuple[Path, Truth]:
     raw = root / "synth.tsv"
     truth = write_synthetic(rows, raw, seed=seed)

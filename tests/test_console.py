@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,14 +15,14 @@ EPOCH = re.compile(
 )
 
 
-def test_a_normal_train_run_prints_one_line_per_epoch_and_nothing_on_stderr(small: Path, tmp_path: Path) -> None:
+def test_a_normal_train_run_prints_one_line_per_epoch_and_nothing_on_stderr(
+    small: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
     run = tmp_path / "run"
     sets = ["trainer.max_epochs=3", "trainer.patience=5", "trainer.progress_bar=false", "model.mlp=[16]"]
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(small), "--model", "deepfm", "--out", str(run)]
-    dist = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
-    env = {k: v for k, v in os.environ.items() if k not in dist}  # left by in-process runs of other tests
     args = [x for s in sets for x in ("--set", s)]
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=subprocess_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == "", proc.stderr[-3000:]  # no banners, tips, FutureWarnings or FBGEMM INFO lines
     lines = proc.stdout.splitlines()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,13 +51,13 @@ def test_unset_keys_come_from_the_training_split_and_set_ones_are_kept(tiny: Pat
     assert without_data.data.batch_size == 4096  # nothing to size it by: the fixed default (train reports the path)
 
 
-def test_a_default_run_trains_to_its_plateau_and_records_what_it_used(tiny: Path, tmp_path: Path) -> None:
+def test_a_default_run_trains_to_its_plateau_and_records_what_it_used(
+    tiny: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
     run = tmp_path / "run"
-    dist = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
-    env = {k: v for k, v in os.environ.items() if k not in dist}
     cmd = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(tiny), "--model", "lr", "--out", str(run)]
     proc = subprocess.run(
-        [*cmd, "--set", "trainer.progress_bar=false"], capture_output=True, text=True, timeout=600, env=env
+        [*cmd, "--set", "trainer.progress_bar=false"], capture_output=True, text=True, timeout=600, env=subprocess_env
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     used = yaml.safe_load((run / "config.yaml").read_text())
