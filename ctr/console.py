@@ -34,6 +34,7 @@ _NOISE = [  # (warning message regex, category): known-harmless on every normal 
     (r"(?s).*split_table_batched_embeddings_ops is now DEPRECATED", Warning),  # TorchRec imports the old name
     (r"(?s).*Failed to import: fbgemm_gpu\.", Warning),  # GPU-only FBGEMM kernels absent from the CPU build
     (r".*does not have many workers which may be a bottleneck", Warning),  # in-memory batches need none
+    (r".*torch.distributed is disabled, unavailable or uninitialized", UserWarning),  # DCP read in one process
 ]
 _QUIET_LOGGERS = {
     "lightning.pytorch": logging.WARNING,  # GPU/TPU banners, litlogger tip, "Restoring states", "fit stopped"
