@@ -2,7 +2,7 @@
 
 Data: a synthetic Criteo TSV (``features.synth.write_synthetic``, ``--rows``, default 1M) prepared into a
 temporary directory (or ``--data DIR``, already prepared). A DeepFM supernet (``embedding_dim`` 16, MLP
-[400, 400, 400], one epoch, row pruning + dimension sampling) is trained with ``ctr.train.train``, then frozen.
+[400, 400, 400], one epoch, row pruning + dimension sampling) is trained with ``ctr.training.train.train``, then frozen.
 
 * **naive**: ``CandidateScorer.score_naive``: for every candidate, the whole model over the validation split
   (table lookups, row masks, the candidate's prefix mask, the head).
@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctr.data import load_split
-from ctr.restore import load_run
-from ctr.run_config import load_run_config
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
+from config.run import load_run_config
+from ctr.data.shards import load_split
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.scorer import CandidateScorer
+from ctr.training.restore import load_run
+from ctr.training.train import train
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
 from search.evaluators import LocalEvaluator, RayEvaluator
-from search.scorer import CandidateScorer
 
 
 def _candidates(n: int, fields: int, seed: int) -> list[tuple[int, ...]]:

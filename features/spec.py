@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from features.strict import ConfigError, from_dict, load_yaml
+from config.strict import ConfigError, from_dict, load_yaml
 
 __all__ = [
     "BUILTIN_DATASETS",

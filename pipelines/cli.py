@@ -47,9 +47,9 @@ _NON_NEGATIVE = _int_at_least(0)
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    from config.strict import ConfigError
     from features.prepare import GivenSplits, PrepareOptions, prepare
     from features.spec import builtin_spec, load_spec
-    from features.strict import ConfigError
 
     if args.dataset == "custom" and args.spec is None:
         raise ConfigError("--spec: --dataset custom needs --spec FILE")
@@ -92,8 +92,8 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ctr.run_config import load_run_config
-    from ctr.train import train
+    from config.run import load_run_config
+    from ctr.training.train import train
 
     sections = ("supernet",) if args.command == "supernet" else ()
     processes = args.ray_workers if args.ray_workers is not None else args.nproc
@@ -124,7 +124,7 @@ def _report(metrics: dict[str, Any]) -> None:
 
 
 def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
-    from ctr.run_config import load_run_config
+    from config.run import load_run_config
 
     sets = list(args.set)
     if getattr(args, "search_workers", None) is not None:
@@ -136,7 +136,7 @@ def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
 
 
 def _optembed(args: argparse.Namespace) -> None:
-    from ctr.variants import variant
+    from ctr.optembed.variants import variant
     from pipelines.optembed import run_optembed
 
     config = _run_config(args, ("supernet", "search", "retrain"))
@@ -155,9 +155,9 @@ def _optembed(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from ctr.restore import read_run_config
-    from ctr.run_config import load_run_config
-    from ctr.variants import variant
+    from config.run import load_run_config
+    from ctr.optembed.variants import variant
+    from ctr.training.restore import read_run_config
     from pipelines.optembed import search_stage
 
     supernet = read_run_config(args.supernet)
@@ -181,8 +181,8 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> None:
-    from ctr.run_config import load_run_config
-    from ctr.train import train
+    from config.run import load_run_config
+    from ctr.training.train import train
 
     sets = [*args.set, f"retrain.supernet={args.supernet}", f"retrain.plan={args.plan}"]
     sets += [f"retrain.init={args.init}"] if args.init else []
@@ -214,13 +214,13 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from ctr.export import export_run
+    from ctr.artifact.export import export_run
 
     print(json.dumps(export_run(Path(args.run), Path(args.out), int8=args.int8, overwrite=args.overwrite)))
 
 
 def _compress_bench(args: argparse.Namespace) -> None:
-    from features.strict import ConfigError
+    from config.strict import ConfigError
     from pipelines.compress_bench import run_compress_bench
 
     config = _run_config(args)
@@ -438,16 +438,16 @@ def _os_error(e: OSError, out: str | None) -> str | None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one stage; a failure the user caused (bad input, config, file or disk) is one line on stderr and
     exit code 1: ``ctr <stage>: error: <file or option>: <problem>``. Anything else keeps its traceback."""
+    from config.strict import ConfigError
     from features.schema import FeatureMapError
     from features.spec import InputError
-    from features.strict import ConfigError
 
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError)
     if args.command in ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench", "tune"):
-        from ctr.lit import NonFiniteLossError
-        from ctr.strategy import CheckpointError
+        from ctr.training.module import NonFiniteLossError
+        from ctr.training.strategy import CheckpointError
 
         errors += (CheckpointError, NonFiniteLossError)
     try:

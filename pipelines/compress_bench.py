@@ -1,6 +1,6 @@
 """``ctr compress-bench``: every embedding-compression method at every memory budget, one model, one dataset.
 
-Methods: the table strategies of :mod:`ctr.layouts` (``full``, ``hash``, ``shared-hash``, ``qr``, ``mde``,
+Methods: the table strategies of :mod:`ctr.tables.layout` (``full``, ``hash``, ``shared-hash``, ``qr``, ``mde``,
 ``unified``), ``optembed`` (the whole OptEmbed pipeline with ``search.budget`` set to the budget) and
 ``optembed-unified`` (OptEmbed's probe search over a Unified Embedding table of that budget). The
 budget ``r`` is a fraction of the full tables' embedding parameters; ``full`` runs once (it is the ``r = 1``
@@ -27,11 +27,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from ctr.layouts import Method, TablesConfig
-from ctr.run_config import RunConfig, SearchConfig, SupernetConfig
-from ctr.variants import VARIANTS
+from config.run import RunConfig, SearchConfig, SupernetConfig
+from config.strict import ConfigError
+from config.tables import Method, TablesConfig
+from ctr.optembed.variants import VARIANTS
 from features.outputs import owned_dir
-from features.strict import ConfigError
 from pipelines.optembed import run_optembed, train_stage
 
 __all__ = ["BENCH_METHODS", "run_compress_bench"]

@@ -12,7 +12,7 @@ it, and the search continues its Optuna study without re-evaluating finished can
     RUN/search/     plan.json + masks.npz, search.json, study.db (default SQLite storage),
                     plots/dims.png, plots/generations.png, plots/pareto.png
     RUN/retrain/    the pruned, mixed-dimension model           (metrics.json)
-    RUN/export/     the inference artifact                      (see ctr.export)
+    RUN/export/     the inference artifact                      (see ctr.artifact.export)
     RUN/result.json baseline vs final, sparsity, per-field dims and rows
 
 Example:
@@ -32,23 +32,23 @@ from typing import Any
 import optuna
 import torch
 
-from ctr.data import load_split
-from ctr.embedding import FIRST_ORDER_MODELS, LINEAR_DIM, embedding_params
-from ctr.export import export_run
-from ctr.layouts import TablesConfig
-from ctr.plan import EmbeddingPlan, FieldPlan
-from ctr.pruned import PrunedTables
-from ctr.restore import load_run
-from ctr.run_config import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
-from ctr.strategy import complete_checkpoint
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import command_of, train
-from ctr.variants import Variant
+from config.run import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
+from config.strict import ConfigError
+from config.tables import TablesConfig
+from ctr.artifact.export import export_run
+from ctr.data.shards import load_split
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.plan import EmbeddingPlan, FieldPlan
+from ctr.optembed.pruned import PrunedTables
+from ctr.optembed.scorer import CandidateScorer
+from ctr.optembed.variants import Variant
+from ctr.tables.embedding import FIRST_ORDER_MODELS, LINEAR_DIM, embedding_params
+from ctr.training.restore import load_run
+from ctr.training.strategy import complete_checkpoint
+from ctr.training.train import command_of, train
 from features.outputs import owned_dir, remove_owned
-from features.strict import ConfigError
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.plots import plot_search
-from search.scorer import CandidateScorer
 from search.storage import PlanNote, attach_plots
 
 __all__ = ["run_optembed", "search_stage", "train_stage"]

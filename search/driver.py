@@ -27,12 +27,12 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from ctr.run_config import SearchConfig
-from features.strict import ConfigError
+from config.evolution import EvolutionConfig
+from config.run import SearchConfig
+from config.strict import ConfigError
+from ctr.optembed.scorer import CandidateScorer
 from search.evaluators import make_evaluator
-from search.evolution import EvolutionConfig
 from search.sampler import EvolutionarySampler
-from search.scorer import CandidateScorer
 from search.storage import claim_spec
 
 __all__ = ["Scored", "SearchOutcome", "SearchSpace", "run_search", "scored_trials"]

@@ -1,7 +1,7 @@
 """Where candidates are scored: in this process, or in parallel by Ray actors that each hold the scorer.
 
 Both evaluators take a list of candidates and return their scores in the same order. :class:`RayEvaluator`
-puts the :class:`~search.scorer.CandidateScorer` in the object store once; each actor fetches it at start and
+puts the :class:`~ctr.optembed.scorer.CandidateScorer` in the object store once; each actor fetches it at start and
 then scores candidates from its precomputed tensors. Actors restart when their process dies and Ray retries
 the interrupted call on the new actor (scoring is pure, so a retry gives the same value): a killed evaluator
 loses no candidate, and the driver records each one exactly once.
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
-from features.strict import ConfigError
-from search.scorer import CandidateScorer
+from config.strict import ConfigError
+from ctr.optembed.scorer import CandidateScorer
 
 __all__ = ["Evaluator", "LocalEvaluator", "RayEvaluator", "make_evaluator"]
 
@@ -77,7 +77,7 @@ class RayEvaluator(_Context):
     Connects to a running cluster when ``address`` (or ``RAY_ADDRESS``) is set, else starts a local Ray bound
     to 127.0.0.1 without the dashboard, and shuts down only a Ray it started. The pool is as large as the cluster
     can place (one CPU per actor): fewer free CPUs than ``workers`` means fewer actors and a one-line notice on
-    stderr, none is a :class:`~features.strict.ConfigError`; an actor not started within ``start_timeout`` seconds
+    stderr, none is a :class:`~config.strict.ConfigError`; an actor not started within ``start_timeout`` seconds
     is dropped.
     """
 

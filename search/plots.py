@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from ctr.plan import EmbeddingPlan
+from ctr.optembed.plan import EmbeddingPlan
 from search.driver import Scored, SearchOutcome
 
 __all__ = ["plot_dims", "plot_generations", "plot_pareto", "plot_search"]

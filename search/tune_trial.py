@@ -25,11 +25,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ctr.lit import NonFiniteLossError
-from ctr.run_config import RunConfig
-from ctr.strategy import CheckpointError
-from ctr.train import train
-from features.strict import ConfigError, from_dict
+from config.run import RunConfig
+from config.strict import ConfigError, from_dict
+from ctr.training.module import NonFiniteLossError
+from ctr.training.strategy import CheckpointError
+from ctr.training.train import train
 from search.pruning import PruneOnValAUC, make_pruner
 from search.storage import open_storage
 from search.tune_space import PrunerSpec

@@ -89,7 +89,7 @@ def toy_search() -> Any:
     ``fail_after=N``: the scorer raises ``ToySearchStop`` on its N-th call (the generation's trials are left
     RUNNING, as by a killed process); ``stop_after=G``: ``ToySearchStop`` right after generation G is told.
     """
-    from ctr.run_config import SearchConfig
+    from config.run import SearchConfig
     from search.driver import SearchOutcome, SearchSpace, run_search
 
     fields = ("C0", "C1", "C2", "C3")

@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from config.strict import ConfigError
 from features.hashing import stable_hash
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import load_spec
-from features.strict import ConfigError
 
 SPEC = """
 name: clicks

@@ -1,4 +1,4 @@
-"""ctr/data.py: shards -> ColumnarSplit -> Batch(dense, KJT, labels); sampler; loader; data module."""
+"""ctr/data/: shards -> ColumnarSplit -> Batch(dense, KJT, labels); sampler; loader; data module."""
 
 from __future__ import annotations
 
@@ -18,14 +18,11 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.datasets.utils import Batch
 
 import ctr.data
-from ctr.data import (
-    ColumnarSplit,
-    CTRDataModule,
-    DataConfig,
-    EpochBatchSampler,
-    load_split,
-    make_loader,
-)
+from config.data import DataConfig
+from ctr.data.columnar import ColumnarSplit
+from ctr.data.datamodule import CTRDataModule
+from ctr.data.loader import EpochBatchSampler, make_loader
+from ctr.data.shards import load_split
 from features.schema import CategoricalField, DenseField, FeatureMap
 
 # Five training rows over two shards (rows 0-2 in part-0, rows 3-4 in part-1). Field order in the map is

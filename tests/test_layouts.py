@@ -1,4 +1,4 @@
-"""Table strategies (ctr.layouts): stable salted hashing, exact parameter counts, the data transform, models
+"""Table strategies (ctr.tables.layout): stable salted hashing, exact parameter counts, the data transform, models
 on every strategy, and a learning test: Unified Embedding beats per-field hashing at a tenth of the memory.
 """
 
@@ -12,17 +12,18 @@ import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
-from ctr.config import ModelConfig
-from ctr.data import ColumnarSplit, CSRColumn
-from ctr.embedding import LINEAR_DIM, embedding_params
-from ctr.layouts import METHODS, TablesConfig, build_layout, salted_bucket
-from ctr.models import MODELS, build_model
-from ctr.run_config import load_run_config
-from ctr.train import train
+from config.model import ModelConfig
+from config.run import load_run_config
+from config.strict import ConfigError
+from config.tables import METHODS, TablesConfig
+from ctr.data.columnar import ColumnarSplit, CSRColumn
+from ctr.models.zoo import MODELS, build_model
+from ctr.tables.embedding import LINEAR_DIM, embedding_params
+from ctr.tables.layout import build_layout, salted_bucket
+from ctr.training.train import train
 from features.prepare import PrepareOptions, prepare
 from features.schema import CategoricalField, DenseField, FeatureMap
 from features.spec import builtin_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
 
 U64 = (1 << 64) - 1

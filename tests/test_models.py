@@ -1,4 +1,4 @@
-"""ctr/config.py (ModelConfig), ctr/layers.py, ctr/embedding.py, ctr/models.py: shapes, exact maths, training,
+"""config/model.py (ModelConfig), ctr/models/layers.py, ctr/tables/embedding.py, ctr/models/zoo.py: shapes, exact maths, training,
 meta-device builds and a single-process DMP shard."""
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
-import ctr.config
-import ctr.embedding
-import ctr.layers
-import ctr.models
-from ctr.config import MODEL_NAMES, ModelConfig
-from ctr.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, _FieldRows, embedding_params
-from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
-from ctr.models import MODELS, CTRModel, build_model
-from ctr.quantize import quantize_embeddings
+import config.model
+import ctr.models.layers
+import ctr.models.zoo
+import ctr.tables.embedding
+from config.model import MODEL_NAMES, ModelConfig
+from config.strict import ConfigError, from_dict
+from ctr.models.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
+from ctr.models.zoo import MODELS, CTRModel, build_model
+from ctr.tables.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, _FieldRows, embedding_params
+from ctr.tables.quantize import quantize_embeddings
 from features.schema import CategoricalField, DenseField, FeatureMap
-from features.strict import ConfigError, from_dict
 
 # Field order c0 (single), m (multi-valued), c1 (single), then two dense fields.
 CARD = {"c0": 5, "m": 12, "c1": 20}
@@ -51,7 +51,7 @@ DENSE = torch.tensor([[0.5, -1.0], [1.5, 0.0], [-0.5, 2.0]])
 
 
 def _kjt(rows: list[tuple[int, list[int], int]]) -> KeyedJaggedTensor:
-    """Key-major KJT over (c0, m, c1), as ctr/data.py builds it."""
+    """Key-major KJT over (c0, m, c1), as ctr/data/ builds it."""
     per_key: list[list[list[int]]] = [[[r[0]] for r in rows], [r[1] for r in rows], [[r[2]] for r in rows]]
     values = [v for key in per_key for row in key for v in row]
     lengths = [len(row) for key in per_key for row in key]
@@ -126,7 +126,7 @@ def test_model_constructors_reject_inconsistent_configs() -> None:
     with pytest.raises(ValueError, match="DLRM needs at least one dense field"):
         build_model(no_dense, _cfg("dlrm"))
     with pytest.raises(ValueError, match=r"FM is model 'fm', but config\.name is 'fnn'"):
-        ctr.models.FM(FM, _cfg("fnn"))
+        ctr.models.zoo.FM(FM, _cfg("fnn"))
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -514,7 +514,7 @@ def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-    from ctr.dmp import shard
+    from ctr.training.sharding import shard
 
     owned = not dist.is_initialized()  # an earlier in-process Lightning fit may have left its world-1 group
     if owned:
@@ -578,7 +578,7 @@ def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.
 # ---------------------------------------------------------------------------------------------- style
 
 
-MODULES = [ctr.config, ctr.layers, ctr.embedding, ctr.models]
+MODULES = [config.model, ctr.models.layers, ctr.tables.embedding, ctr.models.zoo]
 
 
 def _module_classes() -> list[type[nn.Module]]:

@@ -21,29 +21,29 @@ import polars as pl
 import pytest
 import torch
 
-from ctr.data import load_split
-from ctr.embedding import LINEAR_DIM
-from ctr.export import export_run, load_exported
-from ctr.init import table_init
-from ctr.manifest import manifest
-from ctr.metrics import auc
-from ctr.plan import EmbeddingPlan, FieldPlan
-from ctr.pruned import PrunedTables
-from ctr.restore import load_run
-from ctr.run_config import RetrainConfig, SearchConfig, load_run_config
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
-from ctr.variants import VARIANTS
+from config.run import RetrainConfig, SearchConfig, load_run_config
+from config.strict import ConfigError
+from ctr.artifact.export import export_run, load_exported
+from ctr.artifact.manifest import manifest
+from ctr.data.shards import load_split
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.plan import EmbeddingPlan, FieldPlan
+from ctr.optembed.pruned import PrunedTables
+from ctr.optembed.scorer import CandidateScorer
+from ctr.optembed.variants import VARIANTS
+from ctr.tables.embedding import LINEAR_DIM
+from ctr.tables.seeded_init import table_init
+from ctr.training.metrics import auc
+from ctr.training.restore import load_run
+from ctr.training.train import train
 from features.outputs import LOCK, MARKER, owned_dir
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
 from pipelines.cli import main as cli_main
 from pipelines.optembed import run_optembed, search_stage
 from search.driver import SearchSpace, run_search
-from search.scorer import CandidateScorer
 
 SMALL = ["trainer.progress_bar=false", "model.mlp=[32]", "model.embedding_dim=8", "trainer.threads=1"]
 SMALL += ["trainer.max_epochs=1", "data.batch_size=512", "optim.sparse_lr=0.05"]

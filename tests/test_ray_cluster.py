@@ -28,16 +28,16 @@ from subprocess import PIPE
 
 import pytest
 
-from ctr.data import load_split
-from ctr.restore import load_run
-from ctr.run_config import load_run_config
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
+from config.run import load_run_config
+from ctr.data.shards import load_split
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.scorer import CandidateScorer
+from ctr.training.restore import load_run
+from ctr.training.train import train
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
 from search.driver import SearchSpace, run_search
-from search.scorer import CandidateScorer
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -242,8 +242,8 @@ import sys
 
 import ray
 
-from ctr.run_config import SearchConfig
-from features.strict import ConfigError
+from config.run import SearchConfig
+from config.strict import ConfigError
 from search.driver import SearchSpace, run_search
 from search.evaluators import RayEvaluator
 

@@ -13,16 +13,17 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ctr.data import ColumnarSplit, load_split
-from ctr.init import table_init
-from ctr.metrics import auc
-from ctr.restore import load_run
-from ctr.run_config import OptimConfig, load_run_config
-from ctr.train import train
+from config.run import OptimConfig, load_run_config
+from config.strict import ConfigError
+from ctr.data.columnar import ColumnarSplit
+from ctr.data.shards import load_split
+from ctr.tables.seeded_init import table_init
+from ctr.training.metrics import auc
+from ctr.training.restore import load_run
+from ctr.training.train import train
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec, load_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
 
 QUIET = ["trainer.progress_bar=false", "trainer.threads=1"]
@@ -59,7 +60,7 @@ def _one_step_table(data: Path, run: Path, sets: list[str]) -> np.ndarray:
 
 
 def _reference(data: Path, sparse: str, lr: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """(start, after one step) of LR's table ``lin_c`` by the formulas of ctr/table_optim.py and ctr/row_l2.py."""
+    """(start, after one step) of LR's table ``lin_c`` by the formulas of ctr/tables/optimizers.py and ctr/training/row_l2.py."""
     fm = FeatureMap.load(data)
     split = load_split(data, fm, "train")
     ids, labels = split.sparse[:, 0].astype(np.int64), split.labels.astype(np.float64)
@@ -124,7 +125,7 @@ class _LearningRates(Callback):
 
 def _probed_train(monkeypatch: pytest.MonkeyPatch, sets: list[str], data: Path, run: Path, **kw: Any) -> Any:
     probe = _LearningRates()
-    trainer_cls = pl.Trainer  # what ctr.train builds its Trainer from
+    trainer_cls = pl.Trainer  # what ctr.training.train builds its Trainer from
     monkeypatch.setattr(pl, "Trainer", lambda *a, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]}))
     metrics = train(load_run_config(None, sets, data=str(data), model="lr"), run, **kw)
     monkeypatch.undo()
@@ -197,7 +198,7 @@ def test_a_dim_that_is_no_multiple_of_4_trains_counts_logical_params_and_restore
 
 
 def test_the_supernet_refuses_a_dim_that_is_no_multiple_of_4(synth: Path) -> None:
-    from ctr.train import build_module
+    from ctr.training.train import build_module
 
     config = load_run_config(None, ["model.embedding_dim=10"], data=str(synth), model="deepfm", sections=["supernet"])
     with pytest.raises(ConfigError, match=r"^model\.embedding_dim: 10 is not a multiple of 4, which the OptEmbed"):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctr.plan import EmbeddingPlan
-from ctr.supernet import DimensionSampler, RowPruning, prefix_mask, row_keep_mask, surrogate_grad
-from features.strict import ConfigError
+from config.strict import ConfigError
+from ctr.optembed.plan import EmbeddingPlan
+from ctr.optembed.supernet import DimensionSampler, RowPruning, prefix_mask, row_keep_mask, surrogate_grad
 
 
 @pytest.mark.parametrize(
@@ -91,8 +91,8 @@ def test_dimension_candidates_must_be_multiples_of_4(candidates: tuple[int, ...]
 
 
 def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) -> None:
-    from ctr.run_config import load_run_config
-    from ctr.train import train
+    from config.run import load_run_config
+    from ctr.training.train import train
     from features.prepare import PrepareOptions, prepare
     from features.spec import builtin_spec
     from features.synth import write_synthetic
@@ -127,8 +127,8 @@ def test_supernet_wraps_every_base_model_with_field_embeddings(model: str) -> No
     from torchrec import KeyedJaggedTensor
     from torchrec.datasets.utils import Batch
 
-    from ctr.run_config import load_run_config
-    from ctr.supernet_module import SupernetModule, find_pruning
+    from config.run import load_run_config
+    from ctr.optembed.module import SupernetModule, find_pruning
     from features.schema import CategoricalField, DenseField, FeatureMap
 
     fm = FeatureMap(

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctr.embedding import LINEAR_DIM
-from ctr.lit import NonFiniteLossError
-from ctr.restore import TrainedRun, load_run
-from ctr.run_config import load_run_config
-from ctr.strategy import CheckpointError
-from ctr.train import train
+from config.run import load_run_config
+from ctr.tables.embedding import LINEAR_DIM
+from ctr.training.module import NonFiniteLossError
+from ctr.training.restore import TrainedRun, load_run
+from ctr.training.strategy import CheckpointError
+from ctr.training.train import train
 from features.synth import Truth
 from pipelines.cli import main
 
@@ -38,8 +38,8 @@ def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
 
 def _test_predictions(run: TrainedRun) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels on the test split of a run's checkpoint loaded back into one process
-    (``ctr.restore.load_run``)."""
-    from ctr.data import load_split
+    (``ctr.training.restore.load_run``)."""
+    from ctr.data.shards import load_split
 
     split = load_split(run.config.data.path, run.feature_map, "test")
     with torch.no_grad():
@@ -49,7 +49,7 @@ def _test_predictions(run: TrainedRun) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _restored_test_auc(run: TrainedRun) -> float:
-    from ctr.metrics import auc
+    from ctr.training.metrics import auc
 
     return float(auc(*_test_predictions(run)))
 
@@ -409,7 +409,7 @@ def test_callbacks_given_to_train_run_after_the_throughput_clock_stops(small: Pa
     """``train(callbacks=...)`` (the training benchmark's turn-taking): their time is not in ``samples_per_sec``."""
     from lightning.pytorch import Callback, LightningModule, Trainer
 
-    from ctr.train import Throughput
+    from ctr.training.train import Throughput
 
     seen: list[int] = []
 
@@ -445,7 +445,7 @@ def test_column_and_row_wise_plans_split_tables_and_train_like_table_wise(small:
     """Two processes on CPU/gloo, SGD on the tables (no optimiser state: row-wise Adagrad keeps one accumulator per
     row *per column block*, so under column_wise it legitimately differs): cutting every table into column blocks or
     row blocks across the ranks must not change what is learned. Row-wise plans run on CPU through
-    ``ctr.lit.CpuRowWiseSharder`` (TorchRec lists them for CUDA only)."""
+    ``ctr.training.module.CpuRowWiseSharder`` (TorchRec lists them for CUDA only)."""
     from torch.distributed.checkpoint import FileSystemReader
 
     args = ["train", "--data", str(small), "--model", "deepfm", "--nproc", "2"]
