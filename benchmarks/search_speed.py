@@ -2,7 +2,7 @@
 
 Data: a synthetic Criteo TSV (``features.synth.write_synthetic``, ``--rows``, default 1M) prepared into a
 temporary directory (or ``--data DIR``, already prepared). A DeepFM supernet (``embedding_dim`` 16, MLP
-[400, 400, 400], one epoch, row pruning + dimension sampling) is trained with ``ctr.training.train.train``, then frozen.
+[400, 400, 400], one epoch, row pruning + dimension sampling) is trained with ``ctr.runs.train``, then frozen.
 
 * **naive**: ``CandidateScorer.score_naive``: for every candidate, the whole model over the validation split
   (table lookups, row masks, the candidate's prefix mask, the head).
@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config.run import load_run_config
 from ctr.data.shards import load_split
 from ctr.optembed.module import find_pruning, model_row_masks
 from ctr.optembed.scorer import CandidateScorer
-from ctr.training.restore import load_run
-from ctr.training.train import train
+from ctr.runs import load_run, train_run
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
@@ -72,7 +71,7 @@ def main() -> None:
         sets = ["trainer.progress_bar=false", "trainer.max_epochs=1", "model.embedding_dim=16", "trainer.threads=1"]
         sets += ["supernet.alpha=0.01", "supernet.threshold_lr=0.1"]
         config = load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",))
-        train(config, root / "supernet")
+        train_run(config, root / "supernet")
         run = load_run(root / "supernet")
         masks = model_row_masks(run.model, run.feature_map, find_pruning(run.model))
         split = load_split(data, run.feature_map, "valid")

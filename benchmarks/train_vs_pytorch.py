@@ -1,11 +1,11 @@
-"""Training throughput: the platform's DeepFM (``ctr.training.train.train``) against a plain-PyTorch reference.
+"""Training throughput: the platform's DeepFM (``ctr.runs.train``) against a plain-PyTorch reference.
 
 Data: a synthetic Criteo TSV (``features.synth.write_synthetic``, 1M rows by default) prepared with
 ``features.prepare.prepare(builtin_spec("criteo"), ...)`` into a temporary directory, or an existing
 prepared directory given with ``--data``. Model: DeepFM, ``embedding_dim`` 16, MLP [400, 400, 400] with
 BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
 
-* **platform**: ``ctr.training.train.train`` (Lightning + TorchRec ``DistributedModelParallel``, FBGEMM tables with the
+* **platform**: ``ctr.runs.train`` (Lightning + TorchRec ``DistributedModelParallel``, FBGEMM tables with the
   fused EXACT_ROWWISE_ADAGRAD update applied inside backward; the first-order weights are 4 more columns of
   each table's rows, see :mod:`ctr.tables.embedding`), one epoch; its ``samples_per_sec`` is measured over the
   training batches only (forward + backward + updates, no data loading). Configurations (:func:`_settings`):
@@ -37,7 +37,7 @@ and each batch there before the clock starts) and every timed step ends with ``t
 there with ``--skip-nproc2 --skip-2threads`` (one GPU).
 
 The reference process applies the platform's glibc malloc settings too (:func:`ctr.training.memory.keep_freed_memory`,
-on by default in ``ctr.training.train.train``), so the ratio does not come from an allocator setting either side could use.
+on by default in ``ctr.runs.train``), so the ratio does not come from an allocator setting either side could use.
 
 ``--rounds`` (default 2) runs every configuration that many times, in the same order each round, and reports
 each round's samples/s and ratios, and their medians.
@@ -76,9 +76,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config.run import load_run_config
 from ctr.data.loader import make_loader
 from ctr.data.shards import load_split
+from ctr.training.defaults import load_run_config
 from ctr.training.memory import keep_freed_memory
 from ctr.training.metrics import auc
 from features.prepare import PrepareOptions, prepare
@@ -277,7 +277,7 @@ def platform_worker(
 ) -> None:
     import lightning.pytorch as pl  # only the platform workers need Lightning
 
-    from ctr.training.train import train
+    from ctr.runs import train_run
 
     class TakeTurns(pl.Callback):
         """Runs after ``ctr.training.train.Throughput`` has stopped its clock, so the waits are not timed."""
@@ -307,7 +307,7 @@ def platform_worker(
     ]
     config = load_run_config(None, overrides, data=str(data), model="deepfm")
     # rank 0 writes out/metrics.json
-    train(config, out, nproc=nproc, callbacks=[TakeTurns(baton)] if baton is not None else [])
+    train_run(config, out, nproc=nproc, callbacks=[TakeTurns(baton)] if baton is not None else [])
 
 
 # --------------------------------------------------------------------------------------------------

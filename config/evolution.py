@@ -34,19 +34,19 @@ class EvolutionConfig:
     def __post_init__(self) -> None:
         for name in ("population", "generations", "top_k", "max_tries"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"EvolutionConfig.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{type(self).__name__}.{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("n_mutation", "n_crossover"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"EvolutionConfig.{name}: must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{type(self).__name__}.{name}: must be >= 0, got {getattr(self, name)}")
         offspring = self.n_mutation + self.n_crossover
         if not 1 <= offspring <= self.population:
             raise ConfigError(
-                f"EvolutionConfig: n_mutation + n_crossover must be in [1, population={self.population}], "
+                f"{type(self).__name__}: n_mutation + n_crossover must be in [1, population={self.population}], "
                 f"got {self.n_mutation} + {self.n_crossover} = {offspring}"
             )
         if not 0.0 <= self.mutation_prob <= 1.0:
-            raise ConfigError(f"EvolutionConfig.mutation_prob: must be in [0, 1], got {self.mutation_prob}")
+            raise ConfigError(f"{type(self).__name__}.mutation_prob: must be in [0, 1], got {self.mutation_prob}")
         if self.crossover not in get_args(Crossover):
             raise ConfigError(
-                f"EvolutionConfig.crossover: {self.crossover!r} is not one of {', '.join(get_args(Crossover))}"
+                f"{type(self).__name__}.crossover: {self.crossover!r} is not one of {', '.join(get_args(Crossover))}"
             )

@@ -4,10 +4,10 @@ Loaded strictly from YAML plus ``--set key=value`` overrides (dotted keys, YAML 
 error that names it and suggests the nearest valid one.
 
 Example:
-    >>> cfg = load_run_config(None, ["trainer.max_epochs=2", "model.embedding_dim=8"], data="prepared", model="fm")
+    >>> cfg = parse_run_config(None, ["trainer.max_epochs=2", "model.embedding_dim=8"], data="prepared", model="fm")
     >>> cfg.trainer.max_epochs, cfg.model.embedding_dim, cfg.model.name, cfg.data.path
     (2, 8, 'fm', 'prepared')
-    >>> load_run_config(None, ["trainer.max_epoch=2"], data="prepared", model="fm")
+    >>> parse_run_config(None, ["trainer.max_epoch=2"], data="prepared", model="fm")
     Traceback (most recent call last):
     ...
     config.strict.ConfigError: RunConfig.trainer: unknown key 'max_epoch' (did you mean 'max_epochs'?)
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
 import yaml
 
 from config.data import DataConfig
@@ -30,8 +29,6 @@ from config.evolution import EvolutionConfig
 from config.model import ModelConfig
 from config.strict import ConfigError, from_dict, load_yaml, to_dict
 from config.tables import TablesConfig
-from ctr.training.defaults import data_aware_defaults, train_rows
-from features.schema import FeatureMapError
 
 __all__ = [
     "OptimConfig",
@@ -40,7 +37,7 @@ __all__ = [
     "SearchConfig",
     "SupernetConfig",
     "TrainerConfig",
-    "load_run_config",
+    "parse_run_config",
     "with_values",
 ]
 
@@ -194,7 +191,7 @@ class SupernetConfig:
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(EvolutionConfig):
     """OptEmbed's evolutionary search over per-field dims (defaults as in the paper: 20, 10, 10, 0.1, 30, 15).
 
     ``multi_objective``: maximise validation AUC and minimise embedding parameters (Pareto front).
@@ -209,13 +206,6 @@ class SearchConfig:
     for the evolution to notice.
     """
 
-    population: int = 20
-    n_mutation: int = 10
-    n_crossover: int = 10
-    mutation_prob: float = 0.1
-    generations: int = 30
-    top_k: int = 15
-    crossover: Literal["one_point", "uniform"] = "one_point"
     seed: int = 0
     workers: int = 1
     multi_objective: bool = False
@@ -226,14 +216,9 @@ class SearchConfig:
     shrink: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # population, n_mutation + n_crossover, top_k, ...: before any stage trains
         _check(
             self,
-            population=">= 1",
-            n_mutation=">= 0",
-            n_crossover=">= 0",
-            mutation_prob="in [0, 1]",
-            generations=">= 1",
-            top_k=">= 1",
             seed="in [0, 2**32)",
             workers=">= 0",
             budget="in (0, 1]",  # a fraction of the full table's parameters
@@ -241,15 +226,10 @@ class SearchConfig:
             eval_batch_size=">= 1",
             pick_tolerance=">= 0",
         )
-        try:  # population, n_mutation + n_crossover, top_k, ...: checked here, before any stage trains
-            self.evolution()
-        except ConfigError as e:
-            raise ConfigError(f"SearchConfig{str(e).removeprefix('EvolutionConfig')}") from None
 
     def evolution(self) -> EvolutionConfig:
-        """The evolutionary search's own settings (``population``, ``n_mutation``, ...)."""
-        names = {f.name for f in dataclasses.fields(EvolutionConfig)} & {f.name for f in dataclasses.fields(self)}
-        return EvolutionConfig(**{name: getattr(self, name) for name in sorted(names)})
+        """The evolutionary search's own settings alone (``population``, ``n_mutation``, ...)."""
+        return EvolutionConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(EvolutionConfig)})
 
 
 @dataclass(frozen=True)
@@ -309,20 +289,20 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
-def load_run_config(
+def parse_run_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
     *,
     data: str | None = None,
     model: str | None = None,
     sections: Sequence[str] = (),
-    processes: int = 1,
+    fill: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunConfig:
-    """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly; the training
-    settings left unset are chosen from the training split's size (:func:`ctr.training.defaults.data_aware_defaults`).
+    """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly.
 
     ``sections`` are optional sections to create with their defaults when absent (``ctr supernet``).
-    ``processes``: how many processes will train (the data-aware batch is shared by them).
+    ``fill`` may add keys to the raw tree before it is checked (the data-aware defaults of
+    :func:`ctr.training.defaults.load_run_config`, which is what the commands call).
     """
     tree: dict[str, Any] = {}
     if path is not None:
@@ -342,40 +322,15 @@ def load_run_config(
         _set(tree, "data.path", data)
     if model is not None:
         _set(tree, "model.name", model)
-    _fill_data_aware_defaults(tree, processes)
+    if fill is not None:
+        fill(tree)
     return from_dict(RunConfig, tree)
-
-
-def _has(tree: dict[str, Any], dotted: str) -> bool:
-    node: Any = tree
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return False
-        node = node[key]
-    return True
-
-
-def _fill_data_aware_defaults(tree: dict[str, Any], processes: int) -> None:
-    """Fill the keys the config leaves unset from the training split's size (:mod:`ctr.training.defaults`).
-
-    Without readable prepared data nothing is filled: the stage that reads the data reports the problem."""
-    path = tree.get("data", {}).get("path") if isinstance(tree.get("data"), dict) else None
-    if not isinstance(path, str):
-        return
-    try:
-        rows = train_rows(path)
-    except (FeatureMapError, OSError, ValueError, pa.ArrowException):
-        return
-    model = tree.get("model", {}).get("name") if isinstance(tree.get("model"), dict) else None
-    for key, value in data_aware_defaults(rows, max(processes, 1), model if isinstance(model, str) else None).items():
-        if not _has(tree, key):
-            _set(tree, key, value)
 
 
 def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
     """``config`` with dotted keys set to new values, checked as strictly as ``--set`` overrides.
 
-    >>> base = load_run_config(None, data="prepared", model="fm")
+    >>> base = parse_run_config(None, data="prepared", model="fm")
     >>> with_values(base, {"optim.sparse_lr": 0.1, "model.mlp": [64]}).optim.sparse_lr
     0.1
     >>> with_values(base, {"optim.sparse_lrr": 0.1})

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "load_json", "load_yaml", "to_dict"]
+__all__ = ["first_line", "ConfigError", "from_dict", "load_json", "load_yaml", "to_dict"]
 
 T = TypeVar("T")
 
@@ -152,3 +152,9 @@ def load_json(path: str | Path, what: str, missing: str = "not found") -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: corrupt {what} ({e})") from e
+
+
+def first_line(e: BaseException) -> str:
+    """``TypeName: first line of the message``: what a one-line error keeps of a decoder's exception."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

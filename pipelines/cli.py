@@ -92,8 +92,8 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from config.run import load_run_config
-    from ctr.training.train import train
+    from ctr.runs import train_run
+    from ctr.training.defaults import load_run_config
 
     sections = ("supernet",) if args.command == "supernet" else ()
     processes = args.ray_workers if args.ray_workers is not None else args.nproc
@@ -111,7 +111,7 @@ def _train(args: argparse.Namespace) -> None:
             config, Path(args.out), workers=args.ray_workers, resume=args.resume, address=args.address
         )
     else:
-        metrics = train(config, Path(args.out), nproc=args.nproc, resume=args.resume)
+        metrics = train_run(config, Path(args.out), nproc=args.nproc, resume=args.resume)
     _report(metrics)
 
 
@@ -124,7 +124,7 @@ def _report(metrics: dict[str, Any]) -> None:
 
 
 def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
-    from config.run import load_run_config
+    from ctr.training.defaults import load_run_config
 
     sets = list(args.set)
     if getattr(args, "search_workers", None) is not None:
@@ -155,8 +155,8 @@ def _optembed(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from config.run import load_run_config
     from ctr.optembed.variants import variant
+    from ctr.training.defaults import load_run_config
     from ctr.training.restore import read_run_config
     from pipelines.optembed import search_stage
 
@@ -181,8 +181,8 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> None:
-    from config.run import load_run_config
-    from ctr.training.train import train
+    from ctr.runs import train_run
+    from ctr.training.defaults import load_run_config
 
     sets = [*args.set, f"retrain.supernet={args.supernet}", f"retrain.plan={args.plan}"]
     sets += [f"retrain.init={args.init}"] if args.init else []
@@ -190,7 +190,7 @@ def _retrain(args: argparse.Namespace) -> None:
     source = args.config if args.config is not None else str(Path(args.supernet) / "config.yaml")
     config = load_run_config(source, sets, data=args.data, model=None, processes=args.nproc)
     config = dataclasses.replace(config, supernet=None, search=None)
-    _report(train(config, Path(args.out), nproc=args.nproc, resume=args.resume))
+    _report(train_run(config, Path(args.out), nproc=args.nproc, resume=args.resume))
 
 
 def _tune(args: argparse.Namespace) -> None:

@@ -42,10 +42,9 @@ from ctr.optembed.plan import EmbeddingPlan, FieldPlan
 from ctr.optembed.pruned import PrunedTables
 from ctr.optembed.scorer import CandidateScorer
 from ctr.optembed.variants import Variant
+from ctr.runs import command_of, load_run, train_run
 from ctr.tables.embedding import FIRST_ORDER_MODELS, LINEAR_DIM, embedding_params
-from ctr.training.restore import load_run
 from ctr.training.strategy import complete_checkpoint
-from ctr.training.train import command_of, train
 from features.outputs import owned_dir, remove_owned
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.plots import plot_search
@@ -63,7 +62,7 @@ def train_stage(config: RunConfig, out: Path, *, nproc: int = 1) -> dict[str, An
     resume = complete_checkpoint(out / "checkpoints" / "last.ckpt") is not None
     if not resume:
         remove_owned(out, command_of(config))  # started, but killed before its first checkpoint
-    return train(config, out, nproc=nproc, resume=resume)
+    return train_run(config, out, nproc=nproc, resume=resume)
 
 
 def _choices(config: RunConfig) -> tuple[int, ...]:

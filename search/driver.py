@@ -27,7 +27,6 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from config.evolution import EvolutionConfig
 from config.run import SearchConfig
 from config.strict import ConfigError
 from ctr.optembed.scorer import CandidateScorer
@@ -77,14 +76,8 @@ class SearchOutcome:
     storage: str
 
 
-# SearchConfig repeats EvolutionConfig's settings as flat YAML keys (search.population, ...); these are they.
-_EVOLUTION_KEYS = tuple(
-    f.name for f in dataclasses.fields(EvolutionConfig) if f.name in {g.name for g in dataclasses.fields(SearchConfig)}
-)
-
-
 def _spec(space: SearchSpace, config: SearchConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    evo = {name: getattr(config, name) for name in (*_EVOLUTION_KEYS, "seed")}
+    evo = {**dataclasses.asdict(config.evolution()), "seed": config.seed}
     return {
         "fields": list(space.fields),
         "choices": [list(c) for c in space.choices],

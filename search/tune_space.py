@@ -16,7 +16,7 @@ that suggest the nearest one, and every key must be a valid run-config key takin
 :func:`load_space` builds a config with each bound and choice. Built-in spaces: ``configs/tune/<model>.yaml``.
 
 Example:
-    >>> from config.run import load_run_config
+    >>> from ctr.training.defaults import load_run_config
     >>> base = load_run_config(None, data="prepared", model="fm")
     >>> space = parse_space({"params": {"optim.sparse_lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
     ...                                 "model.mlp": {"type": "categorical", "choices": [[64], [64, 64]]}}},

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from config.run import ConfigError, load_run_config
+from config.strict import ConfigError
+from ctr.training.defaults import load_run_config
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

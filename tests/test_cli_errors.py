@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from config.run import load_run_config
 from config.strict import ConfigError
 from ctr.data.shards import ShardError, load_split
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec

@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import ctr.training.train
-from config.run import load_run_config
-from ctr.training.train import train
+from ctr.runs import train_run
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
@@ -47,7 +47,7 @@ def test_gradient_clip_bounds_the_dense_gradient_norm(
         )
         sets = ["trainer.progress_bar=false", "model.mlp=[32]", "trainer.max_epochs=1", "data.batch_size=256"]
         sets += [f"trainer.gradient_clip={clip}", f"trainer.precision={precision}", "trainer.limit_train_batches=5"]
-        train(load_run_config(None, sets, data=str(tmp_path / "data"), model="deepfm"), tmp_path / f"run-{clip}")
+        train_run(load_run_config(None, sets, data=str(tmp_path / "data"), model="deepfm"), tmp_path / f"run-{clip}")
         norms[clip] = probe.norms
     assert len(norms["0.01"]) == 5
     assert min(norms["null"]) > 0.05, norms["null"]  # unclipped, the norms are well above the bound

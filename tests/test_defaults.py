@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config.run import load_run_config
-from ctr.training.defaults import data_aware_defaults, train_rows
+from ctr.training.defaults import data_aware_defaults, load_run_config, train_rows
 
 
 @pytest.mark.parametrize(

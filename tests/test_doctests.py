@@ -22,7 +22,7 @@ MODULES = [
     "ctr.optembed.pruned",
     "ctr.artifact.manifest",
     "ctr.optembed.variants",
-    "ctr.tables.quantize",
+    "ctr.artifact.quantize",
     "config.model",
     "ctr.tables.embedding",
     "ctr.training.sharding",

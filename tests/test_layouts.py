@@ -13,14 +13,14 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from config.model import ModelConfig
-from config.run import load_run_config
 from config.strict import ConfigError
 from config.tables import METHODS, TablesConfig
 from ctr.data.columnar import ColumnarSplit, CSRColumn
 from ctr.models.zoo import MODELS, build_model
+from ctr.runs import train_run
 from ctr.tables.embedding import LINEAR_DIM, embedding_params
 from ctr.tables.layout import build_layout, salted_bucket
-from ctr.training.train import train
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.schema import CategoricalField, DenseField, FeatureMap
 from features.spec import builtin_spec
@@ -190,7 +190,7 @@ def test_unified_embedding_beats_per_field_hashing_at_a_tenth_of_the_memory(tmp_
     out = {}
     for method in ("hash", "unified"):
         cfg = load_run_config(None, [*common, f"tables.method={method}"], data=str(tmp_path / "p"), model="dcnv2")
-        out[method] = train(cfg, tmp_path / method)
+        out[method] = train_run(cfg, tmp_path / method)
     hashed, unified = out["hash"], out["unified"]
     print(
         f"hash {hashed['test_auc']:.4f} ({hashed['embedding_params']}) unified {unified['test_auc']:.4f} "

@@ -23,10 +23,10 @@ import ctr.models.zoo
 import ctr.tables.embedding
 from config.model import MODEL_NAMES, ModelConfig
 from config.strict import ConfigError, from_dict
+from ctr.artifact.quantize import quantize_embeddings
 from ctr.models.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
 from ctr.models.zoo import MODELS, CTRModel, build_model
 from ctr.tables.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, _FieldRows, embedding_params
-from ctr.tables.quantize import quantize_embeddings
 from features.schema import CategoricalField, DenseField, FeatureMap
 
 # Field order c0 (single), m (multi-valued), c1 (single), then two dense fields.

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 import torch
 
-from config.run import RetrainConfig, SearchConfig, load_run_config
+from config.run import RetrainConfig, SearchConfig
 from config.strict import ConfigError
 from ctr.artifact.export import export_run, load_exported
 from ctr.artifact.manifest import manifest
@@ -31,11 +31,11 @@ from ctr.optembed.plan import EmbeddingPlan, FieldPlan
 from ctr.optembed.pruned import PrunedTables
 from ctr.optembed.scorer import CandidateScorer
 from ctr.optembed.variants import VARIANTS
+from ctr.runs import load_run, train_run
 from ctr.tables.embedding import LINEAR_DIM
 from ctr.tables.seeded_init import table_init
+from ctr.training.defaults import load_run_config
 from ctr.training.metrics import auc
-from ctr.training.restore import load_run
-from ctr.training.train import train
 from features.outputs import LOCK, MARKER, owned_dir
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
@@ -63,7 +63,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def supernet(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sn") / "supernet"
     sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
-    train(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), out)
+    train_run(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), out)
     return out
 
 
@@ -219,7 +219,7 @@ def test_ray_evaluators_match_local_and_survive_a_killed_actor(scorer: Candidate
 def _retrain(data: Path, supernet: Path, plan: Path, out: Path, init: str, extra: list[str]) -> dict[str, object]:
     retrain = RetrainConfig(init=init, supernet=str(supernet), plan=str(plan))  # type: ignore[arg-type]
     cfg = dataclasses.replace(load_run_config(None, [*SMALL, *extra], data=str(data), model="deepfm"), retrain=retrain)
-    return train(cfg, out)
+    return train_run(cfg, out)
 
 
 def test_retrain_builds_the_physical_table_and_initialises_as_asked(data: Path, supernet: Path, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from config.run import load_run_config
 from ctr.optembed.variants import VARIANTS
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic

@@ -28,12 +28,11 @@ from subprocess import PIPE
 
 import pytest
 
-from config.run import load_run_config
 from ctr.data.shards import load_split
 from ctr.optembed.module import find_pruning, model_row_masks
 from ctr.optembed.scorer import CandidateScorer
-from ctr.training.restore import load_run
-from ctr.training.train import train
+from ctr.runs import load_run, train_run
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
@@ -299,7 +298,7 @@ def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(d
     from optuna.trial import TrialState
 
     sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
-    train(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), tmp_path / "sn")
+    train_run(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), tmp_path / "sn")
     run = load_run(tmp_path / "sn")
     masks = model_row_masks(run.model, run.feature_map, find_pruning(run.model))
     scorer = CandidateScorer(run.model, masks, load_split(data, run.feature_map, "valid"))

@@ -13,14 +13,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from config.run import OptimConfig, load_run_config
+from config.run import OptimConfig
 from config.strict import ConfigError
 from ctr.data.columnar import ColumnarSplit
 from ctr.data.shards import load_split
+from ctr.runs import load_run, train_run
 from ctr.tables.seeded_init import table_init
+from ctr.training.defaults import load_run_config
 from ctr.training.metrics import auc
-from ctr.training.restore import load_run
-from ctr.training.train import train
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec, load_spec
@@ -52,7 +52,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _one_step_table(data: Path, run: Path, sets: list[str]) -> np.ndarray:
     """LR's first-order table after one training step over the whole training split."""
     one = [*QUIET, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "data.batch_size=4096"]
-    train(load_run_config(None, [*one, *sets], data=str(data), model="lr"), run)
+    train_run(load_run_config(None, [*one, *sets], data=str(data), model="lr"), run)
     model = load_run(run, "checkpoints/last.ckpt").model
     assert model.linear_arch is not None and model.linear_arch.ebc_linear is not None
     table: np.ndarray = model.linear_arch.ebc_linear.embedding_bags["lin_c"].weight.detach().double().numpy()
@@ -103,7 +103,7 @@ def test_fbgemm_weight_decay_is_refused_where_its_kernels_ignore_it(three_ids: P
         OptimConfig(sparse="sgd", sparse_weight_decay=0.1)
     config = load_run_config(None, [*QUIET, "optim.sparse_weight_decay=0.1"], data=str(three_ids), model="lr")
     with pytest.raises(ConfigError, match=r"^optim\.sparse_weight_decay: FBGEMM's CPU kernels ignore weight decay"):
-        train(config, tmp_path / "run")
+        train_run(config, tmp_path / "run")
 
 
 class _LearningRates(Callback):
@@ -127,7 +127,7 @@ def _probed_train(monkeypatch: pytest.MonkeyPatch, sets: list[str], data: Path, 
     probe = _LearningRates()
     trainer_cls = pl.Trainer  # what ctr.training.train builds its Trainer from
     monkeypatch.setattr(pl, "Trainer", lambda *a, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]}))
-    metrics = train(load_run_config(None, sets, data=str(data), model="lr"), run, **kw)
+    metrics = train_run(load_run_config(None, sets, data=str(data), model="lr"), run, **kw)
     monkeypatch.undo()
     return probe, metrics
 
@@ -177,7 +177,7 @@ def test_a_dim_that_is_no_multiple_of_4_trains_counts_logical_params_and_restore
 ) -> None:
     sets = [*QUIET, f"model.embedding_dim={dim}", "model.mlp=[16]", "trainer.max_epochs=2", "data.batch_size=256"]
     sets += ["optim.embedding_l2=0.01", "optim.sparse_lr=0.01", "optim.scheduler=none"]  # not the data-aware ones
-    metrics = train(load_run_config(None, sets, data=str(synth), model=model), tmp_path / "run")
+    metrics = train_run(load_run_config(None, sets, data=str(synth), model=model), tmp_path / "run")
     fm = FeatureMap.load(synth)
     first_order = 4 if model == "deepfm" else 0
     assert metrics["embedding_params"] == sum(f.cardinality * (dim + first_order) for f in fm.categorical)
@@ -198,7 +198,7 @@ def test_a_dim_that_is_no_multiple_of_4_trains_counts_logical_params_and_restore
 
 
 def test_the_supernet_refuses_a_dim_that_is_no_multiple_of_4(synth: Path) -> None:
-    from ctr.training.train import build_module
+    from ctr.runs import build_module
 
     config = load_run_config(None, ["model.embedding_dim=10"], data=str(synth), model="deepfm", sections=["supernet"])
     with pytest.raises(ConfigError, match=r"^model\.embedding_dim: 10 is not a multiple of 4, which the OptEmbed"):

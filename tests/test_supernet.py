@@ -91,8 +91,8 @@ def test_dimension_candidates_must_be_multiples_of_4(candidates: tuple[int, ...]
 
 
 def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) -> None:
-    from config.run import load_run_config
-    from ctr.training.train import train
+    from ctr.runs import train_run
+    from ctr.training.defaults import load_run_config
     from features.prepare import PrepareOptions, prepare
     from features.spec import builtin_spec
     from features.synth import write_synthetic
@@ -102,7 +102,7 @@ def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) ->
     sets = ["trainer.progress_bar=false", "trainer.max_epochs=1", "model.mlp=[32]", "model.embedding_dim=8"]
     sets += ["supernet.alpha=0.5", "supernet.threshold_lr=0.1", "trainer.threads=1", "trainer.log_every_n_steps=1"]
     sets += ["data.batch_size=256"]
-    metrics = train(load_run_config(None, sets, data=str(tmp_path / "p"), model="deepfm"), tmp_path / "run")
+    metrics = train_run(load_run_config(None, sets, data=str(tmp_path / "p"), model="deepfm"), tmp_path / "run")
     assert 0.5 < metrics["test_auc"] < 1.0
     meta = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt", weights_only=True)
     assert meta["ctr_spec"]["model"]["name"] == "deepfm"
@@ -127,8 +127,8 @@ def test_supernet_wraps_every_base_model_with_field_embeddings(model: str) -> No
     from torchrec import KeyedJaggedTensor
     from torchrec.datasets.utils import Batch
 
-    from config.run import load_run_config
     from ctr.optembed.module import SupernetModule, find_pruning
+    from ctr.training.defaults import load_run_config
     from features.schema import CategoricalField, DenseField, FeatureMap
 
     fm = FeatureMap(

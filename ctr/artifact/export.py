@@ -37,14 +37,15 @@ import numpy.typing as npt
 import torch
 
 from config.model import ModelConfig
-from config.strict import ConfigError, from_dict, load_json, to_dict
-from ctr.artifact.manifest import first_line, manifest, verify
+from config.strict import ConfigError, first_line, from_dict, load_json, to_dict
+from ctr.artifact.manifest import manifest, verify
+from ctr.artifact.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
 from ctr.data.columnar import ColumnarSplit
 from ctr.models.zoo import CTRModel, build_model
 from ctr.optembed.pruned import MASKS_FILE, PLAN_FILE, PrunedTables
+from ctr.runs import load_run
 from ctr.tables.embedding import embedding_params
-from ctr.tables.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
-from ctr.training.restore import load_run, read_run_config
+from ctr.training.restore import read_run_config
 from features.outputs import replaced_dir
 from features.schema import FeatureMap
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from config.strict import ConfigError
 from features.outputs import LOCK, MARKER
 
-__all__ = ["first_line", "manifest", "sha256", "verify"]
+__all__ = ["manifest", "sha256", "verify"]
 
 
 def sha256(path: Path) -> str:
@@ -62,9 +62,3 @@ def verify(root: Path, files: Mapping[str, str], exclude: str) -> None:
             raise ConfigError(
                 f"{root / name}: sha256 mismatch ({exclude} lists {files[name][:12]}, the file has {got[:12]})"
             )
-
-
-def first_line(e: BaseException) -> str:
-    """``TypeName: first line of the message``: what a one-line error keeps of a decoder's exception."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -33,6 +35,8 @@ __all__ = ["SupernetModule", "find_pruning", "model_row_masks"]
 
 
 class SupernetModule(CTRModule):
+    command: ClassVar[str] = "ctr supernet"
+
     def __init__(self, config: RunConfig, feature_map: FeatureMap) -> None:
         if config.supernet is None:
             raise ConfigError("SupernetModule needs a `supernet` section in the run config")
@@ -44,6 +48,14 @@ class SupernetModule(CTRModule):
         self.supernet_config: SupernetConfig = config.supernet
         # found once in the sharded model; a plain list so that nn.Module does not register it a second time
         self._pruning_found: list[RowPruning] = []
+
+    def finish(self, out: Path, world_size: int) -> dict[str, Any]:
+        """The rows kept by the learned thresholds, at full dims (the search picks dims), as ``out/plan.json``."""
+        if world_size != 1 or self.layout is not None:
+            return {}
+        plan = self.plan()
+        plan.save(out / "plan.json")
+        return {"row_sparsity": plan.row_sparsity, "rows_kept": sum(f.rows_kept for f in plan.fields)}
 
     def build_unsharded(self, device: torch.device) -> CTRModel:
         model = super().build_unsharded(device)

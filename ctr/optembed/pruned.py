@@ -33,8 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from config.model import ModelConfig
-from config.strict import ConfigError
-from ctr.artifact.manifest import first_line
+from config.strict import ConfigError, first_line
 from ctr.optembed.plan import EmbeddingPlan, FieldPlan
 from features.schema import OOV_ID, FeatureMap
 

@@ -19,23 +19,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 
 from config.run import RetrainConfig, RunConfig
 from config.strict import ConfigError
 from ctr.data.columnar import ColumnarSplit
+from ctr.optembed.module import SupernetModule
 from ctr.optembed.pruned import PrunedTables
 from ctr.tables.embedding import FOLDED_MODELS, LINEAR_DIM
 from ctr.tables.seeded_init import is_table, reinitialize, table_init, write_whole
 from ctr.training.module import CTRModule
-from ctr.training.restore import load_run, read_run_config
+from ctr.training.restore import load_weights, read_run_config
 from features.schema import FeatureMap
 
 __all__ = ["RetrainModule"]
 
 
 class RetrainModule(CTRModule):
+    command: ClassVar[str] = "ctr retrain"
+
     def __init__(self, config: RunConfig, feature_map: FeatureMap) -> None:
         rc = config.retrain
         if rc is None or rc.supernet is None or rc.plan is None:
@@ -102,7 +106,9 @@ class RetrainModule(CTRModule):
     @torch.no_grad()
     def _inherit(self) -> None:
         assert self.retrain_config.supernet is not None
-        source = load_run(self.retrain_config.supernet, feature_map=self.source_feature_map)
+        supernet = self.retrain_config.supernet
+        module = SupernetModule(read_run_config(supernet), self.source_feature_map)
+        source = load_weights(module, supernet, self.source_feature_map)
         trained = source.model.state_dict()
         for key, value in self._dmp().state_dict().items():
             if key not in trained:

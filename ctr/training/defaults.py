@@ -34,15 +34,19 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.schema import FeatureMap
+from config.run import RunConfig, _set, parse_run_config
+from features.schema import FeatureMap, FeatureMapError
 
-__all__ = ["data_aware_defaults", "train_rows"]
+__all__ = ["data_aware_defaults", "load_run_config", "train_rows"]
 
 STEPS_PER_EPOCH = 100  # optimiser steps an epoch the batch size aims at
 MIN_BATCH = 128
@@ -73,3 +77,47 @@ def train_rows(data: str | Path) -> int:
     root = Path(data)
     fm = FeatureMap.load(root)
     return sum(int(pq.ParquetFile(root / rel).metadata.num_rows) for rel in fm.splits.get("train", ()))
+
+
+def _has(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _fill_data_aware_defaults(tree: dict[str, Any], processes: int) -> None:
+    """Fill the keys the config leaves unset from the training split's size (:mod:`ctr.training.defaults`).
+
+    Without readable prepared data nothing is filled: the stage that reads the data reports the problem."""
+    path = tree.get("data", {}).get("path") if isinstance(tree.get("data"), dict) else None
+    if not isinstance(path, str):
+        return
+    try:
+        rows = train_rows(path)
+    except (FeatureMapError, OSError, ValueError, pa.ArrowException):
+        return
+    model = tree.get("model", {}).get("name") if isinstance(tree.get("model"), dict) else None
+    for key, value in data_aware_defaults(rows, max(processes, 1), model if isinstance(model, str) else None).items():
+        if not _has(tree, key):
+            _set(tree, key, value)
+
+
+def load_run_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    data: str | None = None,
+    model: str | None = None,
+    sections: Sequence[str] = (),
+    processes: int = 1,
+) -> RunConfig:
+    """A command's run config: :func:`config.run.parse_run_config`, with the training settings left unset chosen
+    from the training split's size (:func:`data_aware_defaults`).
+
+    ``processes``: how many processes will train (the data-aware batch is shared by them).
+    """
+    fill = functools.partial(_fill_data_aware_defaults, processes=processes)
+    return parse_run_config(path, overrides, data=data, model=model, sections=sections, fill=fill)

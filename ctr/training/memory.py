@@ -8,7 +8,7 @@ under the defaults, and 153k faults and 1.2-1.4 s with the settings below (``doc
 effect is why PyTorch's CPU tuning guides recommend jemalloc or tcmalloc; ``mallopt`` gets it without a
 preloaded library.
 
-:func:`keep_freed_memory` is called once per training process (``ctr.training.train.train``, i.e. every rank and every
+:func:`keep_freed_memory` is called once per training process (``ctr.runs.train``, i.e. every rank and every
 Ray worker); ``trainer.keep_freed_memory=false`` leaves glibc's defaults. Off glibc (macOS, musl) it does
 nothing and says so by returning ``False``. The cost: memory a step frees is kept for the next step instead of
 going back to the system, so the process's resident size stays at its peak.

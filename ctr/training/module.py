@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -88,6 +89,8 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class CTRModule(pl.LightningModule):
+    command: ClassVar[str] = "ctr train"  # the command whose run folder this module trains into (its marker)
+
     def __init__(self, config: RunConfig, feature_map: FeatureMap) -> None:
         super().__init__()
         self.config = config
@@ -104,6 +107,10 @@ class CTRModule(pl.LightningModule):
         group = config.trainer.group_field
         if group is not None and group not in feature_map.sparse_names:
             raise ConfigError(f"trainer.group_field {group!r} is not a categorical field of the feature map")
+
+    def finish(self, out: Path, world_size: int) -> dict[str, Any]:
+        """After the best checkpoint's test: what this kind of run adds to ``metrics.json`` (and writes to ``out``)."""
+        return {}
 
     # ------------------------------------------------------------------ model and sharding
     def build_unsharded(self, device: torch.device) -> CTRModel:

@@ -5,7 +5,7 @@ epochs, anything else is a bad epoch, which multiplies every learning rate by ``
 ``min_lr`` (1e-6); training stops after ``patience`` bad epochs in a row and the best epoch's weights are
 reloaded. Here the stop is the trainer's ``EarlyStopping`` (same patience, same "a new best is strictly
 greater" rule, so both count the same epochs), the reload is the final evaluation of ``checkpoints/best.ckpt``
-(:func:`ctr.training.train.train`), and :class:`PlateauDecay` does the decay: every dense parameter group and the fused
+(:func:`ctr.runs.train`), and :class:`PlateauDecay` does the decay: every dense parameter group and the fused
 FBGEMM table optimiser (:meth:`ctr.training.module.CTRModule.set_table_lr`). Decaying only after ``patience`` bad epochs
 would coincide with the stop, so the decay comes at each bad epoch within the patience window, as FuxiCTR's.
 

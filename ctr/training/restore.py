@@ -7,7 +7,7 @@ plain tensors of a model built here, in one process. Its spec (config and featur
 before any weight is read, and every key must load (strict).
 
 Example:
-    >>> run = load_run("runs/supernet")  # doctest: +SKIP
+    >>> run = load_weights(SupernetModule(read_run_config("runs/sn"), fm), "runs/sn", fm)  # doctest: +SKIP
     >>> run.model(batch)  # doctest: +SKIP
 """
 
@@ -24,10 +24,11 @@ from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from config.run import RunConfig
 from config.strict import ConfigError, from_dict, load_yaml
 from ctr.models.zoo import CTRModel
+from ctr.training.module import CTRModule
 from ctr.training.strategy import META_FILE, CheckpointError, complete_checkpoint
 from features.schema import FeatureMap
 
-__all__ = ["TrainedRun", "load_run", "read_run_config"]
+__all__ = ["TrainedRun", "load_weights", "read_run_config"]
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,15 @@ def read_run_config(run: str | Path) -> RunConfig:
     return from_dict(RunConfig, raw, where=str(path))
 
 
-def load_run(run: str | Path, checkpoint: str | None = None, feature_map: FeatureMap | None = None) -> TrainedRun:
-    """The model of ``run`` at its best checkpoint (or ``checkpoint``, relative to the run directory).
-
-    ``feature_map`` overrides the one in the config's data path. A retraining run builds its reduced tables
-    from its plan, as in training.
+def load_weights(
+    module: CTRModule, run: str | Path, feature_map: FeatureMap, checkpoint: str | None = None
+) -> TrainedRun:
+    """``module``'s model (built unsharded on the CPU) with the weights of ``run``'s best checkpoint (or
+    ``checkpoint``, relative to the run directory). ``feature_map`` is the data's (a retraining module's own is
+    the reduced one). :func:`ctr.runs.load_run` builds the module a run's config asks for and calls this.
     """
-    from ctr.training.train import build_module
-
     root = Path(run)
-    config = read_run_config(root)
+    config = module.config
     metrics_path = root / "metrics.json"
     if not metrics_path.is_file():
         raise ConfigError(f"{metrics_path}: missing (the run did not finish)")
@@ -66,8 +66,6 @@ def load_run(run: str | Path, checkpoint: str | None = None, feature_map: Featur
     ckpt = complete_checkpoint(root / (checkpoint or str(metrics["best_checkpoint"])))
     if ckpt is None:
         raise CheckpointError(f"{root}: no complete checkpoint {checkpoint or metrics['best_checkpoint']!r}")
-    fm = feature_map if feature_map is not None else FeatureMap.load(config.data.path)
-    module = build_module(config, fm)
     try:
         meta = torch.load(ckpt / META_FILE, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -87,4 +85,4 @@ def load_run(run: str | Path, checkpoint: str | None = None, feature_map: Featur
     except Exception as e:
         raise CheckpointError(f"{ckpt}: corrupt checkpoint shards ({type(e).__name__}: {e})") from e
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()}, strict=True)
-    return TrainedRun(root, config, fm, model.eval(), metrics)
+    return TrainedRun(root, config, feature_map, model.eval(), metrics)

@@ -35,8 +35,6 @@ from config.run import RunConfig
 from config.strict import ConfigError, to_dict
 from ctr.data.datamodule import CTRDataModule
 from ctr.data.loader import ResumableLoader
-from ctr.optembed.module import SupernetModule
-from ctr.optembed.retrain import RetrainModule
 from ctr.training.console import EpochLine, quiet_libraries
 from ctr.training.memory import keep_freed_memory
 from ctr.training.module import CTRModule
@@ -45,7 +43,7 @@ from ctr.training.strategy import CheckpointError, TorchRecStrategy, complete_ch
 from features.outputs import owned_dir
 from features.schema import FeatureMap
 
-__all__ = ["LoaderProgress", "SaveConfig", "Throughput", "command_of", "train"]
+__all__ = ["LoaderProgress", "SaveConfig", "Throughput", "train"]
 
 quiet_libraries()  # every rank and Ray worker imports this module
 
@@ -153,24 +151,8 @@ def _check_rows_per_process(path: str, fm: FeatureMap, nproc: int) -> None:
             )
 
 
-def build_module(config: RunConfig, fm: FeatureMap) -> CTRModule:
-    """The LightningModule a config asks for: a supernet, a retraining of an OptEmbed plan, or a base model."""
-    if config.supernet is not None:
-        return SupernetModule(config, fm)
-    if config.retrain is not None:
-        return RetrainModule(config, fm)
-    return CTRModule(config, fm)
-
-
-def command_of(config: RunConfig) -> str:
-    """The command whose run ``config`` describes (the marker of its run folder, see features.outputs)."""
-    if config.supernet is not None:
-        return "ctr supernet"
-    return "ctr retrain" if config.retrain is not None else "ctr train"
-
-
 def train(
-    config: RunConfig,
+    module: CTRModule,
     out: Path,
     *,
     nproc: int = 1,
@@ -178,7 +160,8 @@ def train(
     on_ray: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Fit, then evaluate the best checkpoint on valid and test; returns (and writes) ``metrics.json``.
+    """Fit ``module`` (its config says how), then evaluate the best checkpoint on valid and test; returns (and
+    writes) ``metrics.json``. :func:`ctr.runs.train_run` builds the module a config asks for and calls this.
 
     ``out`` is created, or must be empty or a run folder of the same command (:func:`features.outputs.owned_dir`),
     and is locked while training.
@@ -188,14 +171,15 @@ def train(
     stopped its clock for a batch: what they do at a batch's end is not counted in ``samples_per_sec``).
     """
     if on_ray:
-        return _fit(config, out, nproc=nproc, resume=resume, on_ray=on_ray, callbacks=callbacks)
-    with owned_dir(out, command_of(config)):
-        return _fit(config, out, nproc=nproc, resume=resume, on_ray=on_ray, callbacks=callbacks)
+        return _fit(module, out, nproc=nproc, resume=resume, on_ray=on_ray, callbacks=callbacks)
+    with owned_dir(out, module.command):
+        return _fit(module, out, nproc=nproc, resume=resume, on_ray=on_ray, callbacks=callbacks)
 
 
 def _fit(
-    config: RunConfig, out: Path, *, nproc: int, resume: bool, on_ray: bool, callbacks: Sequence[Callback]
+    module: CTRModule, out: Path, *, nproc: int, resume: bool, on_ray: bool, callbacks: Sequence[Callback]
 ) -> dict[str, Any]:
+    config = module.config
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
     if config.trainer.threads is not None:  # Lightning reads OMP_NUM_THREADS for every rank it starts
         os.environ["OMP_NUM_THREADS"] = str(config.trainer.threads)
@@ -232,7 +216,6 @@ def _fit(
     if config.optim.scheduler == "plateau":
         own.append(PlateauDecay(config.optim.plateau_factor, config.optim.min_lr))
     own.append(EpochLine(bar=config.trainer.progress_bar))
-    module = build_module(config, fm)
     data = CTRDataModule(config.data, transform=module.transform_split)
     trainer = _trainer(config, out, nproc, [*own, *callbacks], fitting=True, on_ray=on_ray)
     started = time.perf_counter()
@@ -266,10 +249,7 @@ def _fit(
     if "test_gauc" in m:
         metrics["test_gauc"] = m["test_gauc"]
     metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    if isinstance(module, SupernetModule) and trainer.world_size == 1 and module.layout is None:
-        plan = module.plan()  # rows kept by the learned thresholds, full dims (the search picks dims)
-        plan.save(out / "plan.json")
-        metrics |= {"row_sparsity": plan.row_sparsity, "rows_kept": sum(f.rows_kept for f in plan.fields)}
+    metrics |= module.finish(out, trainer.world_size)
     if trainer.is_global_zero:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
