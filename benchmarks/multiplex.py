@@ -38,7 +38,8 @@ from config.model import ModelConfig
 from config.tables import TablesConfig
 from ctr.data.shards import load_split
 from ctr.tables.embedding import SparseArch
-from ctr.tables.layout import TableLayout, build_layout
+from ctr.tables.layout import TableLayout
+from ctr.tables.methods import build_layout
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec

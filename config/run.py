@@ -77,13 +77,13 @@ class OptimConfig:
     three FBGEMM 1.8.0 runs on CPU (its Adam, partial row-wise Adam and LAMB kernels are CUDA-only).
     ``embedding_l2``: FuxiCTR's ``embedding_regularizer``, ``embedding_l2 / 2 * ||w_r||^2`` for each table row
     ``r`` a batch looks up (once per distinct row), added to the loss: each looked-up row's gradient gains
-    ``embedding_l2 * w_r`` (:mod:`ctr.training.row_l2`). ``sparse_weight_decay`` with ``sparse_weight_decay_mode`` (``l2``
-    or ``decoupled``): FBGEMM's own weight decay, honoured by its CUDA row-wise Adagrad only (its CPU kernels
-    ignore it, so a CPU run refuses it: use ``embedding_l2``).
+    ``embedding_l2 * w_r`` (:mod:`ctr.training.row_l2`). ``sparse_weight_decay`` with
+    ``sparse_weight_decay_mode`` (``l2`` or ``decoupled``): FBGEMM's own weight decay, honoured by its CUDA
+    row-wise Adagrad only (its CPU kernels ignore it, so a CPU run refuses it: use ``embedding_l2``).
     ``scheduler``: ``none``, ``step`` (lr x ``gamma`` every epoch), ``cosine`` (to 0 over ``max_epochs``), both
     for the dense optimiser only (the tables keep ``sparse_lr``), or ``plateau`` (FuxiCTR's
-    ``reduce_lr_on_plateau``, :mod:`ctr.training.plateau`): after every epoch whose validation AUC is not a new best, the
-    dense and the table learning rates are multiplied by ``plateau_factor``, down to ``min_lr``.
+    ``reduce_lr_on_plateau``, :mod:`ctr.training.plateau`): after every epoch whose validation AUC is not a
+    new best, the dense and the table learning rates are multiplied by ``plateau_factor``, down to ``min_lr``.
     """
 
     dense: Literal["adam", "adamw"] = "adam"

@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-__all__ = ["first_line", "ConfigError", "from_dict", "load_json", "load_yaml", "to_dict"]
+__all__ = ["ConfigError", "first_line", "from_dict", "load_json", "load_yaml", "to_dict"]
 
 T = TypeVar("T")
 

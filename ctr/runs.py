@@ -7,7 +7,8 @@ and the checkpoint reader (:func:`ctr.training.restore.load_weights`) are handed
 the kinds.
 
 Example:
-    >>> metrics = train_run(load_run_config("configs/deepfm.yaml", data="prepared"), Path("runs/deepfm"))  # doctest: +SKIP
+    >>> config = load_run_config("configs/deepfm.yaml", data="prepared")  # doctest: +SKIP
+    >>> metrics = train_run(config, Path("runs/deepfm"))  # doctest: +SKIP
     >>> load_run("runs/deepfm").model  # doctest: +SKIP
 """
 

@@ -19,7 +19,8 @@ from ctr.data.columnar import ColumnarSplit, CSRColumn
 from ctr.models.zoo import MODELS, build_model
 from ctr.runs import train_run
 from ctr.tables.embedding import LINEAR_DIM, embedding_params
-from ctr.tables.layout import build_layout, salted_bucket
+from ctr.tables.methods import build_layout
+from ctr.tables.rules import salted_bucket
 from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.schema import CategoricalField, DenseField, FeatureMap
@@ -245,7 +246,7 @@ def test_a_field_with_zero_probes_is_dropped() -> None:
     assert [s.width for s in layout.fields] == [16, 0, 4] and not any(f.startswith("b@") for f in layout.features)
     split = _split(fm)
     virtual = layout.transform(split)
-    assert "b" not in {layout.rules[f.name][0] for f in virtual.feature_map.categorical}
+    assert "b" not in {layout.rules[f.name].field for f in virtual.feature_map.categorical}
     for name in ("fnn", "deepfm", "dcnv2"):
         model = build_model(fm, ModelConfig(name=name, embedding_dim=16, mlp=(8,)), layout=layout)  # type: ignore[arg-type]
         assert model.sparse_arch is not None

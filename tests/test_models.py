@@ -1,5 +1,5 @@
-"""config/model.py (ModelConfig), ctr/models/layers.py, ctr/tables/embedding.py, ctr/models/zoo.py: shapes, exact maths, training,
-meta-device builds and a single-process DMP shard."""
+"""config/model.py (ModelConfig), ctr/models/layers.py, ctr/tables/embedding.py, ctr/models/zoo.py: shapes,
+exact maths, training, meta-device builds and a single-process DMP shard."""
 
 from __future__ import annotations
 

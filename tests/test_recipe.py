@@ -60,7 +60,8 @@ def _one_step_table(data: Path, run: Path, sets: list[str]) -> np.ndarray:
 
 
 def _reference(data: Path, sparse: str, lr: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """(start, after one step) of LR's table ``lin_c`` by the formulas of ctr/tables/optimizers.py and ctr/training/row_l2.py."""
+    """(start, after one step) of LR's table ``lin_c`` by the formulas of ctr/tables/optimizers.py and
+    ctr/training/row_l2.py."""
     fm = FeatureMap.load(data)
     split = load_split(data, fm, "train")
     ids, labels = split.sparse[:, 0].astype(np.int64), split.labels.astype(np.float64)

@@ -28,6 +28,7 @@ from config.strict import ConfigError
 from ctr.models.zoo import CTRModel
 from ctr.optembed.plan import EmbeddingPlan, FieldPlan
 from ctr.optembed.supernet import DimensionSampler, RowPruning, row_keep_mask
+from ctr.tables.names import table_weight_key
 from ctr.training.module import CTRModule
 from features.schema import FeatureMap
 
@@ -139,7 +140,7 @@ def model_row_masks(
     masks: dict[str, torch.Tensor] = {}
     thresholds = pruning.thresholds.detach().cpu() if pruning is not None else None
     for i, field in enumerate(fm.categorical):
-        weight = unwrap(state[f"sparse_arch.ebc.embedding_bags.t_{field.name}.weight"])
+        weight = unwrap(state[table_weight_key(field.name)])
         weight = weight[:, :dim]  # not FM/DeepFM's first-order columns
         if thresholds is None:
             masks[field.name] = torch.ones(weight.shape[0], dtype=torch.bool)

@@ -1,4 +1,5 @@
-"""``PrunedTables``: an :class:`~ctr.optembed.plan.EmbeddingPlan` with its row masks, and the table it builds physically.
+"""``PrunedTables``: an :class:`~ctr.optembed.plan.EmbeddingPlan` with its row masks, and the table it builds
+physically.
 
 The search stage hands retraining and export a plan (``plan.json``: per-field dim and row counts) and the
 boolean row masks it summarises (``masks.npz``: per field, which rows of the full table survived the learned

@@ -29,6 +29,7 @@ from ctr.data.columnar import ColumnarSplit
 from ctr.optembed.module import SupernetModule
 from ctr.optembed.pruned import PrunedTables
 from ctr.tables.embedding import FOLDED_MODELS, LINEAR_DIM
+from ctr.tables.names import field_of, is_linear
 from ctr.tables.seeded_init import is_table, reinitialize, table_init, write_whole
 from ctr.training.module import CTRModule
 from ctr.training.restore import load_weights, read_run_config
@@ -77,10 +78,10 @@ class RetrainModule(CTRModule):
         FM and DeepFM's tables end in their first-order columns: those are kept whole, after the prefix.
         """
         table = key.split(".")[-2]
-        name = table.split("_", 1)[1]  # t_<field> or lin_<field>
+        name = field_of(table)
         rows = torch.from_numpy(self.tables.kept_ids(name))
         width = self._dmp().state_dict()[key].size()[1]
-        if self._folded and table.startswith("t_"):
+        if self._folded and not is_linear(table):
             dim = width - LINEAR_DIM
             return torch.cat([full[rows, :dim], full[rows, -LINEAR_DIM:]], dim=1)
         return full[rows, :width]
@@ -99,8 +100,8 @@ class RetrainModule(CTRModule):
         for key, value in dmp.state_dict().items():
             if is_table(key):
                 table = key.split(".")[-2]
-                field = self.source_feature_map.field(table.split("_", 1)[1])
-                width = full_width if table.startswith("t_") else value.size()[1]
+                field = self.source_feature_map.field(field_of(table))
+                width = value.size()[1] if is_linear(table) else full_width
                 write_whole(value, self._cut(key, table_init(table, field.cardinality, width, seed)))
 
     @torch.no_grad()

@@ -29,6 +29,7 @@ from torch import nn
 from ctr.data.columnar import ColumnarSplit
 from ctr.models.zoo import CTRModel
 from ctr.optembed.supernet import prefix_mask
+from ctr.tables.names import table_name
 from ctr.training.metrics import auc
 
 __all__ = ["CandidateScorer", "FixedPrefix"]
@@ -155,7 +156,7 @@ def _masked_copy(model: CTRModel, masks: Mapping[str, torch.Tensor] | None) -> C
     tables = out.sparse_arch.ebc.embedding_bags
     with torch.no_grad():
         for name, keep in masks.items():
-            weight = tables[f"t_{name}"].weight
+            weight = tables[table_name(name)].weight
             if keep.shape != (weight.shape[0],):
                 raise ValueError(f"field {name!r}: mask of shape {tuple(keep.shape)} for a table of {weight.shape[0]}")
             weight[~keep.to(torch.bool), : out.sparse_arch.embedding_dim] = 0.0

@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from torchrec import DataType, EmbeddingBagCollection, EmbeddingBagConfig, Keyed
 
 from config.model import ModelConfig
 from ctr.tables.layout import TableLayout
+from ctr.tables.names import field_of, linear_table_name, table_name
 from features.schema import FeatureMap
 
 __all__ = [
@@ -121,11 +122,11 @@ def _id_weights(columns: torch.Tensor) -> torch.Tensor:
 
 
 def _tables(
-    fm: FeatureMap, prefix: str, dims: Sequence[int], config: ModelConfig, extra: int = 0
+    fm: FeatureMap, name: Callable[[str], str], dims: Sequence[int], config: ModelConfig, extra: int = 0
 ) -> list[EmbeddingBagConfig]:
-    """One table per categorical field, named ``prefix + field``, of the given dims plus ``extra`` columns."""
+    """One table per categorical field, named ``name(field)``, of the given dims plus ``extra`` columns."""
     return [
-        _bag(f"{prefix}{f.name}", d + extra, f.cardinality, [f.name], config)
+        _bag(name(f.name), d + extra, f.cardinality, [f.name], config)
         for f, d in zip(fm.categorical, dims, strict=True)
     ]
 
@@ -192,7 +193,7 @@ class SparseArch(nn.Module):
         else:
             self.dims = field_dims(fm, config)
             self.stored = tuple(stored_dim(d) for d in self.dims)
-            tables = _tables(fm, "t_", self.stored, config, extra)
+            tables = _tables(fm, table_name, self.stored, config, extra)
         self.num_fields = len(self.dims)
         self.embedding_dim = max(*self.dims, config.pad_to or 0)
         # The EBC's output columns are its features' vectors in table order. When each field's slots are
@@ -382,9 +383,9 @@ class LinearArch(nn.Module):
     @staticmethod
     def _tables(fm: FeatureMap, config: ModelConfig, layout: TableLayout | None) -> list[EmbeddingBagConfig]:
         if layout is None:
-            return _tables(fm, "lin_", [LINEAR_DIM] * len(fm.categorical), config)
+            return _tables(fm, linear_table_name, [LINEAR_DIM] * len(fm.categorical), config)
         return [  # the strategy's tables at LINEAR_DIM: every virtual feature adds its weight
-            _bag(f"lin_{t.name.removeprefix('t_')}", LINEAR_DIM, t.rows, list(t.features), config)
+            _bag(linear_table_name(field_of(t.name)), LINEAR_DIM, t.rows, list(t.features), config)
             for t in layout.tables
         ]
 

@@ -16,7 +16,8 @@ fbgemm-gpu-cpu 1.8.0 runs on CPU, tried one step at a time on a 3-row table (``t
 ``PARTIAL_ROWWISE_LAMB`` refuse a CPU table ("Optimizer adam is not supported in CPU mode": the TBE builds CPU
 optimiser state for exact SGD and the Adagrads only), so they are not offered. The CPU kernels take
 ``weight_decay`` and ``weight_decay_mode`` but leave the rows as without them, so ``optim.sparse_weight_decay``
-is refused on CPU (:func:`check_device`); ``optim.embedding_l2`` (:mod:`ctr.training.row_l2`) regularises on every device.
+is refused on CPU (:func:`check_device`); ``optim.embedding_l2`` (:mod:`ctr.training.row_l2`) regularises on
+every device.
 
 Example:
     >>> from config.run import OptimConfig

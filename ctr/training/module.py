@@ -2,8 +2,8 @@
 
 * ``configure_model`` builds the model on the meta device, attaches the fused embedding optimiser
   (``apply_optimizer_in_backward``: FBGEMM updates the rows inside backward), plans the sharding with
-  constraints from the config and wraps everything in ``DistributedModelParallel`` (:func:`ctr.training.sharding.shard`: the
-  dense modules under DDP only with several processes).
+  constraints from the config and wraps everything in ``DistributedModelParallel``
+  (:func:`ctr.training.sharding.shard`: the dense modules under DDP only with several processes).
 * ``configure_optimizers`` returns the dense optimiser only (Adam/AdamW), plus the LR schedule.
 * Loss: BCE with logits. A non-finite loss on any rank stops the run before its backward pass touches the
   weights, so the last checkpoint stays the last good one.
@@ -40,7 +40,8 @@ from config.strict import ConfigError, to_dict
 from ctr.data.columnar import ColumnarSplit
 from ctr.models.zoo import CTRModel, build_model
 from ctr.tables.embedding import FOLDED_MODELS, LINEAR_DIM, embedding_params
-from ctr.tables.layout import TableLayout, build_layout
+from ctr.tables.layout import TableLayout
+from ctr.tables.methods import build_layout
 from ctr.tables.optimizers import check_device, table_optimizer
 from ctr.tables.seeded_init import reinitialize
 from ctr.training.metrics import all_metrics
