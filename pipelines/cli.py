@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from config.registry import BENCH_METHODS, DATASETS, MODELS, VARIANTS
+
 __all__ = ["main"]
 
 
@@ -240,9 +242,6 @@ def _synth(args: argparse.Namespace) -> None:
     print(json.dumps({"rows": args.rows, "out": args.out, "bayes_auc": truth.bayes_auc, "ctr": truth.ctr}))
 
 
-MODEL_NAMES = ("lr", "fm", "deepfm", "fnn", "ipnn", "dcn", "dcnv2", "dlrm")
-
-
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--search-workers", type=_NON_NEGATIVE, metavar="N", help="Ray evaluator actors (0: no Ray; default 1)"
@@ -258,7 +257,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="raw CSV/TSV/parquet logs -> encoded parquet shards + feature_map.json")
-    p.add_argument("--dataset", required=True, choices=["criteo", "avazu", "movielens", "custom"])
+    p.add_argument("--dataset", required=True, choices=[*DATASETS, "custom"])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="FILE", help="input files to split (MovieLens: u.data)")
     source.add_argument("--train", nargs="+", metavar="FILE", help="pre-split inputs: the training files (fitted on)")
@@ -289,7 +288,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text)
         p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-        p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+        p.add_argument("--model", required=True, choices=MODELS)
         p.add_argument("--out", required=True, metavar="RUN", help="run directory (metrics.json, checkpoints, logs)")
         p.add_argument("--config", metavar="FILE", help="YAML run config (data, model, optim, trainer, supernet)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
@@ -304,10 +303,9 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local)")
         p.set_defaults(func=_train)
 
-    variants = ["optembed", "optembed-e", "optembed-d", "optembed-unified"]
     p = sub.add_parser("optembed", help="OptEmbed end to end: baseline, supernet, search, retrain, export, result.json")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--out", required=True, metavar="RUN", help="pipeline directory (one sub-directory per stage)")
     p.add_argument(
         "--config", metavar="FILE", help="YAML config (data, model, optim, trainer, supernet, search, retrain)"
@@ -316,7 +314,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. search.generations=5"
     )
     p.add_argument(
-        "--variant", choices=variants, default="optembed", help="rows and dims, rows only (-e), dims only (-d)"
+        "--variant", choices=VARIANTS, default="optembed", help="rows and dims, rows only (-e), dims only (-d)"
     )
     _search_args(p)
     p.add_argument("--nproc", type=_POSITIVE, default=1, metavar="N", help="training processes")
@@ -331,7 +329,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. search.population=10"
     )
-    p.add_argument("--variant", choices=variants, default="optembed")
+    p.add_argument("--variant", choices=VARIANTS, default="optembed")
     _search_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_search, model=None)
@@ -350,7 +348,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="tune the training knobs: an Optuna study, trials pruned per epoch, run on Ray")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--out", required=True, metavar="DIR", help="best.yaml, tune.json, study.db, trials/N/")
     p.add_argument("--trials", type=_POSITIVE, default=20, metavar="N", help="COMPLETE+PRUNED trials (default 20)")
     p.add_argument("--timeout", type=_POSITIVE, metavar="S", help="start no trial after S seconds")
@@ -374,14 +372,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress-bench", help="every embedding-compression method at every budget: AUC vs parameters")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--out", required=True, metavar="DIR", help="results.json, results.md, auc_vs_params.png, runs/")
     p.add_argument("--budgets", default="1,0.1,0.01", metavar="R,R", help="fractions of the full tables' parameters")
     p.add_argument(
         "--methods",
-        default="full,hash,shared-hash,qr,mde,unified,optembed",
+        default=",".join(m for m in BENCH_METHODS if m != "optembed-unified"),
         metavar="M,M",
-        help="full, hash, shared-hash, qr, mde, unified, optembed, optembed-unified",
+        help=", ".join(BENCH_METHODS),
     )
     p.add_argument("--config", metavar="FILE", help="YAML run config (also `tables`, `supernet`, `search` sections)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from config.registry import VARIANTS as VARIANT_NAMES
 from config.run import SupernetConfig
 from config.strict import ConfigError
 
@@ -48,6 +49,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("optembed-unified", prune_rows=False, search_dims=True, multiplexed=True),
     )
 }
+
+
+assert tuple(VARIANTS) == VARIANT_NAMES, f"VARIANTS {list(VARIANTS)} != config.registry.VARIANTS"
 
 
 def variant(name: str) -> Variant:
