@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 import yaml
 
@@ -31,6 +31,7 @@ from config.strict import ConfigError, from_dict, load_yaml, to_dict
 from config.tables import TablesConfig
 
 __all__ = [
+    "ConfigSources",
     "OptimConfig",
     "RetrainConfig",
     "RunConfig",
@@ -289,14 +290,20 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
+class ConfigSources(TypedDict, total=False):
+    """What a command adds to a config file: ``--data``, ``--model`` and the optional sections it needs."""
+
+    data: str | None
+    model: str | None
+    sections: Sequence[str]
+
+
 def parse_run_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
     *,
-    data: str | None = None,
-    model: str | None = None,
-    sections: Sequence[str] = (),
     fill: Callable[[dict[str, Any]], None] | None = None,
+    **sources: Unpack[ConfigSources],
 ) -> RunConfig:
     """YAML file (optional) + ``key=value`` overrides + the CLI's ``--data``/``--model``, strictly.
 
@@ -315,12 +322,12 @@ def parse_run_config(
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         _set(tree, key.strip(), _parse_value(raw))
-    for section in sections:
+    for section in sources.get("sections", ()):
         if tree.get(section) is None:
             tree[section] = {}
-    if data is not None:
+    if (data := sources.get("data")) is not None:
         _set(tree, "data.path", data)
-    if model is not None:
+    if (model := sources.get("model")) is not None:
         _set(tree, "model.name", model)
     if fill is not None:
         fill(tree)

@@ -14,18 +14,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from lightning.pytorch.callbacks import Callback
+from typing import Any, Unpack
 
 from config.run import RunConfig
 from ctr.optembed.module import SupernetModule
 from ctr.optembed.retrain import RetrainModule
 from ctr.training.module import CTRModule
 from ctr.training.restore import TrainedRun, load_weights, read_run_config
-from ctr.training.train import train
+from ctr.training.train import TrainOptions, train
 from features.schema import FeatureMap
 
 __all__ = ["build_module", "command_of", "load_run", "module_class", "train_run"]
@@ -49,18 +46,11 @@ def command_of(config: RunConfig) -> str:
     return module_class(config).command
 
 
-def train_run(
-    config: RunConfig,
-    out: Path,
-    *,
-    nproc: int = 1,
-    resume: bool = False,
-    on_ray: bool = False,
-    callbacks: Sequence[Callback] = (),
-) -> dict[str, Any]:
-    """Build the module ``config`` asks for and train it (:func:`ctr.runs.train`); ``metrics.json``."""
+def train_run(config: RunConfig, out: Path, **options: Unpack[TrainOptions]) -> dict[str, Any]:
+    """Build the module ``config`` asks for and train it (:func:`ctr.training.train.train`, which takes the same
+    ``options``); returns ``metrics.json``."""
     module = build_module(config, FeatureMap.load(config.data.path))
-    return train(module, out, nproc=nproc, resume=resume, on_ray=on_ray, callbacks=callbacks)
+    return train(module, out, **options)
 
 
 def load_run(run: str | Path, checkpoint: str | None = None, feature_map: FeatureMap | None = None) -> TrainedRun:

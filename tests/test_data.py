@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +16,6 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.datasets.utils import Batch
 
-import ctr.data
 from config.data import DataConfig
 from ctr.data.columnar import ColumnarSplit
 from ctr.data.datamodule import CTRDataModule
@@ -193,10 +191,6 @@ def test_empty_split_and_unknown_split(prepared: tuple[Path, FeatureMap]) -> Non
     assert len(split) == 0 and split.dense.shape == (0, 2) and split.multi["m"].offsets.tolist() == [0]
     with pytest.raises(ValueError, match=r"'nope'.*splits are"):
         load_split(root, fm, "nope")
-
-
-def test_module_docstring_example() -> None:
-    assert doctest.testmod(ctr.data).failed == 0
 
 
 # ------------------------------------------------------------------------------------ validation

@@ -10,6 +10,10 @@ import pytest
 MODULES = [
     "features.hashing",
     "config.strict",
+    "config.registry",
+    "ctr.data.columnar",
+    "ctr.tables.names",
+    "ctr.tables.rules",
     "features.spec",
     "features.transforms",
     "features.textfile",

@@ -38,12 +38,12 @@ import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from config.run import RunConfig, _set, parse_run_config
+from config.run import ConfigSources, RunConfig, _set, parse_run_config
 from features.schema import FeatureMap, FeatureMapError
 
 __all__ = ["data_aware_defaults", "load_run_config", "train_rows"]
@@ -109,10 +109,8 @@ def load_run_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
     *,
-    data: str | None = None,
-    model: str | None = None,
-    sections: Sequence[str] = (),
     processes: int = 1,
+    **sources: Unpack[ConfigSources],
 ) -> RunConfig:
     """A command's run config: :func:`config.run.parse_run_config`, with the training settings left unset chosen
     from the training split's size (:func:`data_aware_defaults`).
@@ -120,4 +118,4 @@ def load_run_config(
     ``processes``: how many processes will train (the data-aware batch is shared by them).
     """
     fill = functools.partial(_fill_data_aware_defaults, processes=processes)
-    return parse_run_config(path, overrides, data=data, model=model, sections=sections, fill=fill)
+    return parse_run_config(path, overrides, fill=fill, **sources)

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import lightning.pytorch as pl
 import pyarrow.parquet as pq
@@ -43,7 +43,7 @@ from ctr.training.strategy import CheckpointError, TorchRecStrategy, complete_ch
 from features.outputs import owned_dir
 from features.schema import FeatureMap
 
-__all__ = ["LoaderProgress", "SaveConfig", "Throughput", "train"]
+__all__ = ["LoaderProgress", "SaveConfig", "Throughput", "TrainOptions", "train"]
 
 quiet_libraries()  # every rank and Ray worker imports this module
 
@@ -149,6 +149,15 @@ def _check_rows_per_process(path: str, fm: FeatureMap, nproc: int) -> None:
                 f"--nproc {nproc}: the {split} split of {path} has {rows} rows, fewer than one per process; "
                 f"use --nproc {max(rows, 1)} or more data"
             )
+
+
+class TrainOptions(TypedDict, total=False):
+    """The options of :func:`train` (and of :func:`ctr.runs.train_run`, which passes them on)."""
+
+    nproc: int
+    resume: bool
+    on_ray: bool
+    callbacks: Sequence[Callback]
 
 
 def train(
