@@ -37,7 +37,7 @@ class ModelConfig:
       per field (field name -> dim). Any positive dim: FBGEMM's TBE kernels need a multiple of 4, so a table of
       dim ``d`` is stored ``ceil(d / 4) * 4`` wide and its extra columns are zero and sliced off after the lookup
       (:class:`ctr.tables.embedding.SparseArch`); parameters are counted at ``d``. The OptEmbed supernet and the table
-      strategies (``tables``) need multiples of 4. Fields with different dims are zero-padded to the largest one
+      methods (``tables``) need multiples of 4. Fields with different dims are zero-padded to the largest one
       before any interaction.
     * ``mlp``: hidden sizes of the deep part (DeepFM, FNN, IPNN, DCN, DCNv2) or of DLRM's top MLP.
       ``dropout`` and ``batch_norm`` apply to every layer of it.

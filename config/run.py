@@ -256,7 +256,7 @@ class RunConfig:
     supernet: SupernetConfig | None = None
     search: SearchConfig | None = None
     retrain: RetrainConfig | None = None
-    tables: TablesConfig | None = None  # a table strategy (hashing, QR, MDE, Unified Embedding); None: full
+    tables: TablesConfig | None = None  # a table method (hashing, QR, MDE, Unified Embedding); None: full
 
     def __post_init__(self) -> None:  # across sections: what would otherwise fail only when a stage starts
         candidates = self.supernet.candidates if self.supernet is not None else None

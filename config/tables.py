@@ -17,7 +17,7 @@ METHODS: tuple[str, ...] = ("full", "hash", "shared_hash", "qr", "mde", "unified
 
 @dataclass(frozen=True)
 class TablesConfig:
-    """The ``tables`` section of a run config: the strategy, its budget and its knobs.
+    """The ``tables`` section of a run config: the table method, its budget and its knobs.
 
     ``budget``: fraction of the full table's parameters (1 = as many as the full tables). ``chunk``: the
     Unified Embedding row width ``c`` (a multiple of 4); ``probes``: per-field probe counts, 0 drops a field (default

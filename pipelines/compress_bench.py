@@ -1,6 +1,6 @@
 """``ctr compress-bench``: every embedding-compression method at every memory budget, one model, one dataset.
 
-Methods: the table strategies of :mod:`ctr.tables.layout` (``full``, ``hash``, ``shared_hash``, ``qr``, ``mde``,
+Methods: the table methods of :mod:`ctr.tables.methods` (``full``, ``hash``, ``shared_hash``, ``qr``, ``mde``,
 ``unified``), ``optembed`` (the whole OptEmbed pipeline with ``search.budget`` set to the budget) and
 ``optembed-unified`` (OptEmbed's probe search over a Unified Embedding table of that budget). The
 budget ``r`` is a fraction of the full tables' embedding parameters; ``full`` runs once (it is the ``r = 1``

@@ -1,4 +1,4 @@
-"""Table strategies (ctr.tables.layout): stable salted hashing, exact parameter counts, the data transform, models
+"""Table methods (ctr.tables.methods): stable salted hashing, exact parameter counts, the data transform, models
 on every strategy, and a learning test: Unified Embedding beats per-field hashing at a tenth of the memory.
 """
 

@@ -441,7 +441,7 @@ def build_model(
 ) -> CTRModel:
     """The model named by ``config.name`` on ``fm``; ``device=torch.device("meta")`` for DMP to shard.
 
-    ``layout`` replaces the one-full-table-per-field embeddings by a table strategy (:mod:`ctr.tables.layout`); the
+    ``layout`` replaces the one-full-table-per-field embeddings by a table method (:mod:`ctr.tables.layout`); the
     model then reads the batch's virtual features (``layout.transform`` of the data).
     """
     return MODELS[config.name](fm, config, device, layout)

@@ -64,7 +64,7 @@ class CandidateScorer:
         max_rows: int | None = None,
         seed: int = 0,
     ) -> None:
-        """With a table strategy (``model.layout``), ``split`` holds the layout's virtual ids (its transform)."""
+        """With a table method (``model.layout``), ``split`` holds the layout's virtual ids (its transform)."""
         if model.sparse_arch is None:
             raise ValueError(f"{type(model).__name__} has no field embeddings to search dims for")
         self.batch_size = batch_size

@@ -186,7 +186,7 @@ class SparseArch(nn.Module):
         extra = LINEAR_DIM if first_order else 0
         if layout is not None:
             if config.field_dims:
-                raise ValueError("model.field_dims does not combine with a table strategy (the layout sets widths)")
+                raise ValueError("model.field_dims does not combine with a table method (the layout sets widths)")
             self.dims = tuple(s.width for s in layout.fields)
             tables = [_bag(t.name, t.dim + extra, t.rows, list(t.features), config) for t in layout.tables]
             self.stored = self.dims
@@ -384,7 +384,7 @@ class LinearArch(nn.Module):
     def _tables(fm: FeatureMap, config: ModelConfig, layout: TableLayout | None) -> list[EmbeddingBagConfig]:
         if layout is None:
             return _tables(fm, linear_table_name, [LINEAR_DIM] * len(fm.categorical), config)
-        return [  # the strategy's tables at LINEAR_DIM: every virtual feature adds its weight
+        return [  # the layout's tables at LINEAR_DIM: every virtual feature adds its weight
             _bag(linear_table_name(field_of(t.name)), LINEAR_DIM, t.rows, list(t.features), config)
             for t in layout.tables
         ]

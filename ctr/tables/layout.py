@@ -1,6 +1,6 @@
-"""Embedding-table strategies under one interface: which tables exist, which ids they read, what it costs.
+"""Embedding-table layouts: one interface over the table methods: which tables exist, which ids they read, what it costs.
 
-A strategy turns a feature map into a :class:`TableLayout`, the boundary type between the data path and
+A table method turns a feature map into a :class:`TableLayout`, the boundary type between the data path and
 the model: TorchRec tables (:class:`TableSpec`), each fed by one or more *virtual features*, and for every
 categorical field the virtual features its vector is made of (:class:`FieldSlots`). The data path rewrites
 each field's ids into its virtual features' ids once, vectorised (:meth:`TableLayout.transform`); the model

@@ -119,7 +119,7 @@ class CTRModule(pl.LightningModule):
         return build_model(self.feature_map, self.config.model, device, self.layout)
 
     def transform_split(self, split: ColumnarSplit) -> ColumnarSplit:
-        """What the data module applies to each loaded split: the table strategy's virtual ids, if any."""
+        """What the data module applies to each loaded split: the table method's virtual ids, if any."""
         return self.layout.transform(split) if self.layout is not None else split
 
     @property

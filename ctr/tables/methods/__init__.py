@@ -28,5 +28,5 @@ assert tuple(TABLE_METHODS) == METHODS, "config.tables.METHODS and the table met
 def build_layout(config: TablesConfig, fm: FeatureMap, dim: int) -> TableLayout:
     """The layout of ``config.method`` at ``config.budget`` for ``fm`` with full embedding dim ``dim``."""
     if dim % 4:
-        raise ConfigError(f"model.embedding_dim: {dim} is not a multiple of 4, which table strategies need")
+        raise ConfigError(f"model.embedding_dim: {dim} is not a multiple of 4, which table methods need")
     return TABLE_METHODS[config.method].layout(config, fm, dim)
