@@ -1,4 +1,4 @@
-"""Embedding-table layouts: one interface over the table methods: which tables exist, which ids they read, what it costs.
+"""Embedding-table layouts, one interface over the table methods: which tables exist, which ids they read, cost.
 
 A table method turns a feature map into a :class:`TableLayout`, the boundary type between the data path and
 the model: TorchRec tables (:class:`TableSpec`), each fed by one or more *virtual features*, and for every
