@@ -39,6 +39,7 @@ from ctr.artifact.export import export_run
 from ctr.data.shards import load_split
 from ctr.optembed.module import find_pruning, model_row_masks
 from ctr.optembed.plan import EmbeddingPlan, FieldPlan
+from ctr.optembed.plot import plot_dims
 from ctr.optembed.pruned import PrunedTables
 from ctr.optembed.scorer import CandidateScorer
 from ctr.optembed.variants import Variant
@@ -204,7 +205,9 @@ def _search(
         "row_sparsity": final.plan.row_sparsity,
         "seconds": time.perf_counter() - started,
     }
-    plots = plot_search(outcome, scored, final.plan, out / "plots")
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    plots = [plot_dims(final.plan, out / "plots" / "dims.png")]
+    plots += plot_search(outcome, scored, out / "plots") if outcome is not None else []
     summary["plots"] = [str(p) for p in plots]
     if outcome is not None:  # the plots as study artifacts, and a note of the plan written, for the dashboard
         summary["artifacts"] = str(out / "artifacts")

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from config.run import SearchConfig
 from config.strict import ConfigError
-from ctr.optembed.scorer import CandidateScorer
 from search.evaluators import make_evaluator
 from search.sampler import EvolutionarySampler
+from search.scoring import Scorer
 from search.storage import claim_spec
 
 __all__ = ["Scored", "SearchOutcome", "SearchSpace", "run_search", "scored_trials"]
@@ -113,7 +113,7 @@ def _open_study(storage: str, name: str, directions: list[str], spec: dict[str, 
 
 
 def run_search(
-    scorer: CandidateScorer,
+    scorer: Scorer,
     space: SearchSpace,
     config: SearchConfig,
     storage: str,

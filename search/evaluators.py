@@ -1,7 +1,7 @@
 """Where candidates are scored: in this process, or in parallel by Ray actors that each hold the scorer.
 
 Both evaluators take a list of candidates and return their scores in the same order. :class:`RayEvaluator`
-puts the :class:`~ctr.optembed.scorer.CandidateScorer` in the object store once; each actor fetches it at start and
+puts the :class:`~search.scoring.Scorer` in the object store once; each actor fetches it at start and
 then scores candidates from its precomputed tensors. Actors restart when their process dies and Ray retries
 the interrupted call on the new actor (scoring is pure, so a retry gives the same value): a killed evaluator
 loses no candidate, and the driver records each one exactly once.
@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from config.strict import ConfigError
-from ctr.optembed.scorer import CandidateScorer
+from search.scoring import Scorer
 
 __all__ = ["Evaluator", "LocalEvaluator", "RayEvaluator", "make_evaluator"]
 
@@ -45,7 +45,7 @@ class _Context:
 class LocalEvaluator(_Context):
     """Scores in this process, one candidate after another (``search.workers = 0``)."""
 
-    def __init__(self, scorer: CandidateScorer) -> None:
+    def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
 
     def __call__(self, candidates: Sequence[tuple[int, ...]]) -> list[float]:
@@ -58,7 +58,7 @@ class LocalEvaluator(_Context):
 class _ScorerActor:
     """A Ray actor holding one scorer; its process's torch runs single-threaded (one CPU per actor)."""
 
-    def __init__(self, scorer: CandidateScorer) -> None:
+    def __init__(self, scorer: Scorer) -> None:
         import torch
 
         torch.set_num_threads(1)
@@ -83,7 +83,7 @@ class RayEvaluator(_Context):
 
     def __init__(
         self,
-        scorer: CandidateScorer,
+        scorer: Scorer,
         workers: int,
         address: str | None = None,
         *,
@@ -110,7 +110,7 @@ class RayEvaluator(_Context):
             self.close()
             raise
 
-    def _start(self, scorer: CandidateScorer, workers: int, max_restarts: int, timeout: float) -> list[Any]:
+    def _start(self, scorer: Scorer, workers: int, max_restarts: int, timeout: float) -> list[Any]:
         """As many actors as the cluster can place (at most ``workers``), once started; those not started within
         ``timeout`` seconds are dropped: an actor that is never placed would hold its candidates forever."""
         import ray
@@ -174,6 +174,6 @@ def _notice(text: str) -> None:
     print(f"search: notice: {text}", file=sys.stderr, flush=True)
 
 
-def make_evaluator(scorer: CandidateScorer, workers: int, address: str | None = None) -> LocalEvaluator | RayEvaluator:
+def make_evaluator(scorer: Scorer, workers: int, address: str | None = None) -> LocalEvaluator | RayEvaluator:
     """No workers: score here; else Ray actors."""
     return LocalEvaluator(scorer) if workers == 0 else RayEvaluator(scorer, workers, address)
