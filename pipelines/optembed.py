@@ -33,21 +33,17 @@ import optuna
 import torch
 
 from config.run import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
-from config.strict import ConfigError
 from config.tables import TablesConfig
 from ctr.artifact.export import export_run
-from ctr.data.shards import load_split
-from ctr.optembed.module import find_pruning, model_row_masks
-from ctr.optembed.plan import EmbeddingPlan, FieldPlan
+from ctr.optembed.frozen import freeze
 from ctr.optembed.plot import plot_dims
 from ctr.optembed.pruned import PrunedTables
-from ctr.optembed.scorer import CandidateScorer
 from ctr.optembed.variants import Variant
-from ctr.runs import command_of, load_run, train_run
-from ctr.tables.embedding import FIRST_ORDER_MODELS, LINEAR_DIM, embedding_params
+from ctr.runs import command_of, train_run
 from ctr.training.strategy import complete_checkpoint
 from features.outputs import owned_dir, remove_owned
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
+from search.pick import pick, shrink
 from search.plots import plot_search
 from search.storage import PlanNote, attach_plots
 
@@ -64,19 +60,6 @@ def train_stage(config: RunConfig, out: Path, *, nproc: int = 1) -> dict[str, An
     if not resume:
         remove_owned(out, command_of(config))  # started, but killed before its first checkpoint
     return train_run(config, out, nproc=nproc, resume=resume)
-
-
-def _choices(config: RunConfig) -> tuple[int, ...]:
-    supernet = config.supernet or SupernetConfig()
-    full = config.model.embedding_dim
-    return tuple(supernet.candidates) if supernet.candidates is not None else tuple(range(4, full + 1, 4))
-
-
-def _pick(scored: list[Scored], tolerance: float) -> Scored:
-    """The smallest candidate within ``tolerance`` of the best validation AUC (ties: higher AUC, earlier trial)."""
-    best = max(s.val_auc for s in scored)
-    near = [s for s in scored if s.val_auc >= best - tolerance]
-    return min(near, key=lambda s: (s.embedding_params, -s.val_auc, s.trial))
 
 
 def search_stage(
@@ -113,54 +96,18 @@ def _search(
         loaded: dict[str, Any] = json.loads(done.read_text())
         return loaded
     started = time.perf_counter()
-    run = load_run(supernet)
-    fm, model_config = run.feature_map, run.config.model
-    scfg = run.config.supernet
-    if scfg is None:
-        raise ConfigError(f"{supernet}: not a supernet run (its config has no `supernet` section)")
-    if scfg.prune_rows != variant.prune_rows or (variant.search_dims and not scfg.sample_dims):
-        raise ConfigError(
-            f"{supernet}: its supernet (prune_rows={scfg.prune_rows}, sample_dims={scfg.sample_dims}) "
-            f"was not trained for variant {variant.name!r}"
-        )
-    layout = run.model.layout
-    if variant.multiplexed != (layout is not None and layout.method == "unified"):
-        raise ConfigError(f"{supernet}: variant {variant.name!r} needs a supernet over a Unified Embedding table")
-    full = model_config.embedding_dim
-    if layout is None:
-        masks = model_row_masks(run.model, fm, find_pruning(run.model))
-    else:  # one shared table: nothing is pruned per field, every field keeps its vocabulary
-        masks = {f.name: torch.ones(f.cardinality, dtype=torch.bool) for f in fm.categorical}
-    plan = EmbeddingPlan(
-        fm.content_hash, full, tuple(FieldPlan(n, full, int(m.sum()), int(m.numel())) for n, m in masks.items())
-    )
-    tables = PrunedTables(plan, {n: m.numpy() for n, m in masks.items()})
+    frozen = freeze(supernet, variant)
+    fm, full, tables = frozen.run.feature_map, frozen.full_dim, frozen.tables
     out.mkdir(parents=True, exist_ok=True)
-    if layout is None:
-        rows = tuple(int(tables.kept_ids(n).shape[0]) for n in fm.sparse_names)
-        fixed = LINEAR_DIM * sum(rows) if model_config.name in FIRST_ORDER_MODELS else 0
-    else:  # the shared table's size does not depend on the probe counts: the cost is constant
-        rows, fixed = tuple(0 for _ in fm.sparse_names), embedding_params(fm, model_config, layout)
-    space = SearchSpace(tuple(fm.sparse_names), tuple(_choices(run.config) for _ in rows), rows, fixed)
+    space = SearchSpace(frozen.fields, tuple(frozen.choices for _ in frozen.rows), frozen.rows, frozen.fixed_params)
     # The budget is a fraction of the full, unpruned table (the baseline's embedding parameters).
-    full_params = sum(f.rows_total for f in plan.fields) * (full + (LINEAR_DIM if fixed else 0))
-    budget = int(config.budget * full_params) if config.budget is not None else None
+    budget = int(config.budget * frozen.full_params) if config.budget is not None else None
     outcome: SearchOutcome | None = None
     scored: list[Scored] = []
     summary: dict[str, Any] = {"variant": variant.name, "supernet": str(supernet)}
     if variant.search_dims:
         torch.set_num_threads(1)
-        split = load_split(run.config.data.path, fm, "valid")
-        if layout is not None:
-            split = layout.transform(split)
-        scorer = CandidateScorer(
-            run.model,
-            masks if layout is None else None,
-            split,
-            batch_size=config.eval_batch_size,
-            max_rows=config.val_rows,
-            seed=config.seed,
-        )
+        scorer = frozen.scorer(config)
         url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
         outcome = run_search(
             scorer,
@@ -174,12 +121,12 @@ def _search(
             budget_params=budget,
         )
         scored = scored_trials(optuna.load_study(study_name=study, storage=url))
-        chosen = _pick(scored, config.pick_tolerance)
+        chosen = pick(scored, config.pick_tolerance)
         dims = chosen.dims
         steps: list[dict[str, Any]] = []
         if config.shrink:
             floor = outcome.best.val_auc - config.pick_tolerance
-            dims, steps = _shrink(scorer, space, dims, floor)
+            dims, steps = shrink(scorer, space, dims, floor)
         summary["shrink"] = steps
         summary["final_val_auc"] = scorer.score(tuple(dims[n] for n in fm.sparse_names))
         summary |= {
@@ -191,7 +138,7 @@ def _search(
             "chosen": dataclasses.asdict(chosen),
             "pareto": [dataclasses.asdict(s) for s in outcome.pareto],
             "best_per_generation": outcome.best_per_generation,
-            "full_dims_val_auc": scorer.score(tuple(full for _ in rows)),
+            "full_dims_val_auc": scorer.score(tuple(full for _ in frozen.rows)),
             "scorer_rows": scorer.num_rows,
         }
     else:
@@ -216,25 +163,6 @@ def _search(
         attach_plots(summary["storage"], study, plots, out / "artifacts", plan=note)
     done.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _shrink(
-    scorer: CandidateScorer, space: SearchSpace, dims: dict[str, int], floor: float
-) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """Step each field (largest table first) to its smallest dim where the validation AUC stays >= ``floor``."""
-    current = [dims[f] for f in space.fields]
-    steps: list[dict[str, Any]] = []
-    for i in sorted(range(len(space.fields)), key=lambda i: (-space.rows[i], i)):
-        smallest = min(space.choices[i])
-        if current[i] == smallest:
-            continue
-        trial = [*current[:i], smallest, *current[i + 1 :]]
-        auc = scorer.score(trial)
-        kept = auc >= floor
-        steps.append({"field": space.fields[i], "from": current[i], "to": smallest, "val_auc": auc, "kept": kept})
-        if kept:
-            current = trial
-    return dict(zip(space.fields, current, strict=True)), steps
 
 
 def run_optembed(

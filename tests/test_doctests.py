@@ -32,6 +32,7 @@ MODULES = [
     "ctr.training.sharding",
     "ctr.training.writes",
     "search.evolution",
+    "search.pick",
     "search.tune_space",
     "benchmarks.peer_table",
 ]
