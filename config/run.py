@@ -217,9 +217,14 @@ class SearchConfig(EvolutionConfig):
     shrink: bool = True
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # population, n_mutation + n_crossover, top_k, ...: before any stage trains
         _check(
             self,
+            population=">= 1",
+            n_mutation=">= 0",
+            n_crossover=">= 0",
+            mutation_prob="in [0, 1]",
+            generations=">= 1",
+            top_k=">= 1",
             seed="in [0, 2**32)",
             workers=">= 0",
             budget="in (0, 1]",  # a fraction of the full table's parameters
@@ -227,6 +232,7 @@ class SearchConfig(EvolutionConfig):
             eval_batch_size=">= 1",
             pick_tolerance=">= 0",
         )
+        super().__post_init__()  # n_mutation + n_crossover <= population, the crossover: before any stage trains
 
     def evolution(self) -> EvolutionConfig:
         """The evolutionary search's own settings alone (``population``, ``n_mutation``, ...)."""
