@@ -282,7 +282,7 @@ def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: 
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.communicate(timeout=60)
         pytest.fail("the search with 4 workers on 2 CPUs did not finish in 300 s")
     assert proc.returncode == 0, stderr[-3000:]
     trials, error = stdout.splitlines()
