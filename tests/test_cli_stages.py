@@ -155,18 +155,23 @@ def test_search_into_postgresql_storage(supernet: Path, postgres_url: str, tmp_p
 
 
 def test_each_stage_reports_a_bad_input_in_one_line(
-    tiny: Path, supernet: Path, plan: Path, tmp_path: Path, fails: Callable[..., str]
+    tiny: Path, supernet: Path, tmp_path: Path, fails: Callable[..., str]
 ) -> None:
-    nowhere = tmp_path / "nowhere"
-    assert fails("apply", "--feature-map", nowhere, "--input", tiny.parent / "synth.tsv", "--out", tmp_path / "a") == (
-        f"ctr apply: error: {nowhere}: ..."
+    nowhere, raw = tmp_path / "nowhere", tiny.parent / "synth.tsv"
+    out = {name: tmp_path / name for name in ("apply", "supernet", "search", "export")}
+    assert fails("apply", "--feature-map", nowhere, "--input", raw, "--out", out["apply"]) == (
+        f"ctr apply: error: {nowhere}: feature map not found"
     )
     assert fails(
-        "supernet", "--data", tiny, "--model", "deepfm", "--out", tmp_path / "s", "--set", "supernet.alpha=-1"
-    ) == ("ctr supernet: error: ...")
-    assert fails("search", "--supernet", nowhere, "--out", tmp_path / "p") == f"ctr search: error: {nowhere}: ..."
-    assert fails("retrain", "--supernet", supernet, "--plan", nowhere, "--out", tmp_path / "r") == (
-        f"ctr retrain: error: {nowhere}: ..."
+        "supernet", "--data", tiny, "--model", "deepfm", "--out", out["supernet"], "--set", "supernet.alpha=-1"
+    ) == ("ctr supernet: error: SupernetConfig.alpha: must be finite and >= 0, got -1.0")
+    assert fails("search", "--supernet", nowhere, "--out", out["search"]) == (
+        f"ctr search: error: {nowhere}/config.yaml: missing (is {nowhere} a finished run directory?)"
     )
-    assert fails("export", "--run", supernet, "--out", tmp_path / "e") == f"ctr export: error: {supernet}: ..."
-    assert not any(p.exists() for p in (tmp_path / "a", tmp_path / "s", tmp_path / "p", tmp_path / "r", tmp_path / "e"))
+    assert fails("retrain", "--supernet", supernet, "--plan", nowhere, "--out", tmp_path / "retrain") == (
+        f"ctr retrain: error: {nowhere}/plan.json: plan not found"
+    )
+    assert fails("export", "--run", supernet, "--out", out["export"]) == (
+        f"ctr export: error: {supernet}: not a retraining run (no retrain.plan in its config)"
+    )
+    assert not any(p.exists() for p in out.values())  # nothing written (retrain leaves its config in --out)
