@@ -85,6 +85,25 @@ def test_custom_parquet_input(tmp_path: Path) -> None:
     assert report["rows_read"] == 4 and report["rows_rejected"] == 0
 
 
+def test_delimiter_auto_reads_tabs_and_commas_as_the_explicit_delimiter_does(tmp_path: Path) -> None:
+    _, data = write(tmp_path)
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text("\n".join(row.replace(",", "\t") for row in ROWS) + "\n")
+    auto = tmp_path / "auto.yaml"
+    auto.write_text(SPEC.replace('delimiter: ","', 'delimiter: "auto"'))
+    (tmp_path / "tab.yaml").write_text(SPEC.replace('delimiter: ","', 'delimiter: "\\t"'))
+    written = {}
+    for name, spec, source in [("comma", tmp_path / "spec.yaml", data), ("tab", tmp_path / "tab.yaml", tsv)]:
+        for how, spec_path in (("explicit", spec), ("auto", auto)):
+            out = tmp_path / f"{name}-{how}"
+            report = prepare(load_spec(spec_path), [source], out, PrepareOptions(ratios=(1, 0, 0), progress=False))
+            assert report["rows_rejected"] == 0, (name, how)
+            written[name, how] = pl.read_parquet(out / "train" / "*.parquet")
+    assert written["comma", "auto"].equals(written["comma", "explicit"])
+    assert written["tab", "auto"].equals(written["tab", "explicit"])
+    assert written["tab", "auto"].equals(written["comma", "auto"]) and written["tab", "auto"].height == 4
+
+
 def test_time_split_orders_rows(tmp_path: Path) -> None:
     spec_path, _ = write(tmp_path)
     data = tmp_path / "many.csv"

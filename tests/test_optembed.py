@@ -222,6 +222,41 @@ def test_the_study_note_describes_the_plan_written(supernet: Path, tmp_path: Pat
     assert f"validation AUC **{summary['final_val_auc']:.6f}** on the supernet" in note
 
 
+def test_shrink_steps_fields_down_within_the_tolerance_and_val_rows_samples_the_split(
+    supernet: Path, scorer: CandidateScorer, tmp_path: Path
+) -> None:
+    config = load_run_config(
+        None, [*TINY_SEARCH, "search.pick_tolerance=0.01"], data="x", model="deepfm", sections=("search",)
+    ).search
+    assert config is not None and config.shrink  # on by default
+    on = search_stage(supernet, tmp_path / "on", VARIANTS["optembed"], config, progress=False)
+    # Replay the shrink from the chosen candidate, scoring each step with the fixture's scorer (all validation
+    # rows, as the search's when val_rows is unset): largest table first, each field to its smallest dim (4),
+    # kept where the AUC stays within pick_tolerance of the best.
+    assert on["scorer_rows"] == scorer.num_rows
+    floor = on["best"]["val_auc"] - 0.01
+    dims = dict(on["chosen"]["dims"])
+    assert [s["field"] for s in on["shrink"]] == [f for f in _largest_first(tmp_path / "on") if dims[f] > 4] != []
+    for step in on["shrink"]:
+        assert (step["from"], step["to"]) == (dims[step["field"]], 4)
+        auc = scorer.score(tuple(4 if f == step["field"] else dims[f] for f in scorer.fields))
+        assert step["val_auc"] == pytest.approx(auc, abs=1e-12) and step["kept"] == (auc >= floor)
+        dims[step["field"]] = 4 if step["kept"] else dims[step["field"]]
+    assert on["dims"] == dims and on["final_val_auc"] >= floor
+    assert on["final_val_auc"] == pytest.approx(scorer.score(tuple(dims[f] for f in scorer.fields)), abs=1e-12)
+    off = dataclasses.replace(config, shrink=False, val_rows=300)
+    summary = search_stage(supernet, tmp_path / "off", VARIANTS["optembed"], off, progress=False)
+    assert summary["shrink"] == [] and summary["dims"] == summary["chosen"]["dims"]
+    assert summary["scorer_rows"] == 300 < scorer.num_rows
+
+
+def _largest_first(search: Path) -> list[str]:
+    """The fields by retrained table rows (kept rows and the OOV row), most first, ties in feature-map order: the
+    order in which shrink tries them."""
+    tables = PrunedTables.load(search)
+    return sorted((f.name for f in tables.plan.fields), key=lambda name: -tables.kept_ids(name).shape[0])
+
+
 @pytest.mark.dist
 def test_ray_evaluators_match_local_and_survive_a_killed_actor(scorer: CandidateScorer) -> None:
     from search.evaluators import LocalEvaluator, RayEvaluator
