@@ -401,7 +401,7 @@ def test_float16_tables_learn_like_float32_and_stay_float16(small: Path, tmp_pat
 
 
 def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: Path) -> None:
-    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.group_field=C9"]
+    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.group_field=C1"]
     metrics = train(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run")
     # The reference: the restored model's test logits, every (positive, negative) pair of each group counted in
     # plain Python (a tie counts half), the groups with both classes weighted by their size.
@@ -409,7 +409,7 @@ def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: 
     logits, labels = _test_predictions(run)
     from ctr.data import load_split
 
-    groups = load_split(small, run.feature_map, "test").sparse[:, run.feature_map.sparse_names.index("C9")]
+    groups = load_split(small, run.feature_map, "test").sparse[:, run.feature_map.sparse_names.index("C1")]
     by_group: dict[int, list[tuple[float, float]]] = {}
     for g, p, y in zip(groups.tolist(), logits.tolist(), labels.tolist(), strict=True):
         by_group.setdefault(g, []).append((p, y))
