@@ -100,8 +100,8 @@ class Cluster:
         """The cluster's worker logs of actors of ``class_name`` (Ray starts each actor's log with its name): an
         actor that ran in a Ray the job started itself would log into that Ray's session, not this one."""
         marker = f":actor_name:{class_name}"
-        logs = self.temp.glob("session_*/logs/worker-*.out")
-        return [p for p in logs if marker in p.read_text(errors="replace")]
+        logs = {p.resolve() for p in self.temp.glob("session_*/logs/worker-*.out")}  # session_latest: a link
+        return sorted(p for p in logs if marker in p.read_text(errors="replace"))
 
     def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         script = f"set -e\n{self.prefix}\n{command}"
