@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,43 @@ def test_each_stage_reports_a_bad_input_in_one_line(
         f"ctr export: error: {supernet}: not a retraining run (no retrain.plan in its config)"
     )
     assert not any(p.exists() for p in out.values())  # nothing written (retrain leaves its config in --out)
+
+
+def test_optembed_with_postgresql_storage_keeps_its_study_there(tiny: Path, postgres_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "oe"
+    args = ["optembed", "--data", tiny, "--model", "deepfm", "--out", out, "--storage", postgres_url]
+    report = _ctr(*args, "--study", "oe-pg", "--quiet", *_sets([*SUPERNET, *SEARCH]))
+    result = json.loads((out / "result.json").read_text())
+    assert report["final"] == result["final"] and result["search"]["storage"] == postgres_url
+    assert not (out / "search" / "study.db").exists()
+    study = optuna.load_study(study_name="oe-pg", storage=postgres_url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == result["search"]["trials"] > 0
+    assert result["search"]["best"]["val_auc"] == max(t.value for t in complete if t.value is not None)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_optembed_with_two_processes_trains_every_stage_like_one(
+    tiny: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """`ctr optembed --nproc 2` (baseline, supernet and retrain on two processes; a subprocess: ranks > 0 re-run
+    the command) against one process at the same global batch (2 x 256 = 512)."""
+    sets = [*SUPERNET, *SEARCH]
+    command = [sys.executable, "-m", "pipelines.cli", "optembed", "--data", str(tiny), "--model", "deepfm", "--quiet"]
+    runs = {}
+    for nproc, batch in ((1, 512), (2, 256)):
+        out = tmp_path / f"n{nproc}"
+        args = [*command, "--out", str(out), "--nproc", str(nproc), *_sets([*sets, f"data.batch_size={batch}"])]
+        proc = subprocess.run(args, capture_output=True, text=True, env=subprocess_env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[nproc] = json.loads((out / "result.json").read_text())
+        stages = ("baseline", "supernet", "retrain")
+        assert [json.loads((out / s / "metrics.json").read_text())["world_size"] for s in stages] == [nproc] * 3
+    one, two = runs[1], runs[2]
+    # the baseline: same initial weights and global batches, only the order of sums differs
+    assert two["baseline"]["test_auc"] == pytest.approx(one["baseline"]["test_auc"], abs=0.005)
+    assert two["search"]["trials"] > 0 and two["final"]["embedding_params"] < two["baseline"]["embedding_params"]
+    test = load_split(tiny, FeatureMap.load(tiny), "test")
+    predicted = load_exported(tmp_path / "n2" / "export").predict(test)
+    assert auc(predicted, test.labels) == pytest.approx(two["final"]["test_auc"], abs=1e-6)

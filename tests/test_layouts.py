@@ -254,6 +254,27 @@ def test_compress_bench_writes_records_table_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "bench" / "auc_vs_params.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_compress_bench_runs_optembed_and_optembed_unified_within_the_budget(tiny: Path, tmp_path: Path) -> None:
+    """The two OptEmbed methods of `ctr compress-bench` (each a whole pipeline), on 3,000 rows with a tiny search."""
+    import json
+
+    from pipelines.compress_bench import run_compress_bench
+
+    sets = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
+    sets += ["trainer.max_epochs=1", "data.batch_size=256", "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+    sets += ["search.population=4", "search.n_mutation=2", "search.n_crossover=2", "search.generations=2"]
+    sets += ["search.top_k=3", "search.workers=0", "tables.chunk=4"]
+    config = load_run_config(None, sets, data=str(tiny), model="fnn", sections=("supernet", "search", "retrain"))
+    records = run_compress_bench(config, tmp_path, ["optembed", "optembed-unified"], [0.5], progress=False)
+    assert [(r["method"], r["budget"]) for r in records] == [("optembed", 0.5), ("optembed-unified", 0.5)]
+    full = sum(f.cardinality for f in FeatureMap.load(tiny).categorical) * 8  # FNN: no first-order columns
+    for r in records:
+        final = json.loads((tmp_path / "runs" / f"{r['method']}@0.5" / "result.json").read_text())["final"]
+        assert (r["test_auc"], r["embedding_params"]) == (final["test_auc"], final["embedding_params"])
+        assert r["embedding_params"] <= 0.5 * full and r["test_auc"] > 0.52, r
+
+
 def test_a_field_with_zero_probes_is_dropped() -> None:
     fm = _fm()
     layout = build_layout(TablesConfig(method="unified", budget=0.5, probes={"b": 0, "c": 1}), fm, 16)
