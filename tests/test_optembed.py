@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -561,7 +562,7 @@ def _checkpoint_step(run: Path) -> int | None:
     """The supernet's last checkpointed step once it is at least 5 (its first checkpoint), else None."""
     try:
         meta = torch.load(run / "supernet" / "checkpoints" / "last.ckpt" / "lightning_meta.pt", weights_only=True)
-    except (OSError, EOFError, RuntimeError):
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError):
         return None  # not written yet, or being swapped in
     step = int(meta["global_step"])
     return step if step >= 5 else None
