@@ -153,7 +153,8 @@ def _optembed(args: argparse.Namespace) -> None:
         int8=args.int8,
         progress=not args.quiet,
     )
-    print(json.dumps({k: result[k] for k in ("baseline", "final", "params_ratio", "sparsity", "row_sparsity")}))
+    if result:  # ranks > 0 of --nproc N (they re-run the command) train only; rank 0 reports
+        print(json.dumps({k: result[k] for k in ("baseline", "final", "params_ratio", "sparsity", "row_sparsity")}))
 
 
 def _search(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from ctr.optembed.pruned import PrunedTables
 from ctr.optembed.variants import Variant
 from ctr.runs import command_of, train_run
 from ctr.training.strategy import complete_checkpoint
-from features.outputs import owned_dir, remove_owned
+from features.outputs import is_secondary_rank, owned_dir, remove_owned
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.pick import pick, shrink
 from search.plots import plot_search
@@ -57,9 +58,21 @@ def train_stage(config: RunConfig, out: Path, *, nproc: int = 1) -> dict[str, An
         loaded: dict[str, Any] = json.loads(metrics.read_text())
         return loaded
     resume = complete_checkpoint(out / "checkpoints" / "last.ckpt") is not None
-    if not resume:
+    if not resume and not is_secondary_rank():  # rank 0 holds the folder (ranks > 0 re-run the pipeline)
         remove_owned(out, command_of(config))  # started, but killed before its first checkpoint
     return train_run(config, out, nproc=nproc, resume=resume)
+
+
+def _rank0_search(out: Path, poll_s: float = 0.5) -> dict[str, Any]:
+    """A rank > 0 of ``--nproc N`` (it re-runs the pipeline to join the training stages): rank 0 searches, this
+    rank waits for its ``search.json``, or ends when rank 0 is gone (it was started by rank 0)."""
+    parent = os.getppid()
+    while not (out / "search.json").is_file():
+        if os.getppid() != parent:
+            raise SystemExit(1)
+        time.sleep(poll_s)
+    loaded: dict[str, Any] = json.loads((out / "search.json").read_text())
+    return loaded
 
 
 def search_stage(
@@ -177,7 +190,8 @@ def run_optembed(
     int8: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The whole flow; returns (and writes) ``RUN/result.json``. ``out`` is locked while it runs."""
+    """The whole flow; returns (and writes) ``RUN/result.json``. ``out`` is locked while it runs. A rank > 0 of
+    ``nproc`` (a process Lightning started, re-running the command) joins the training stages only and returns {}."""
     with owned_dir(out, "ctr optembed"):
         return _run(
             config,
@@ -224,29 +238,35 @@ def _run(
     baseline = timed("baseline", train_stage, base, out / "baseline", nproc=nproc)
     supernet_cfg = dataclasses.replace(base, supernet=supernet)
     timed("supernet", train_stage, supernet_cfg, out / "supernet", nproc=nproc)
-    search = timed(
-        "search",
-        search_stage,
-        out / "supernet",
-        out / "search",
-        variant,
-        config.search or SearchConfig(),
-        storage=storage,
-        study=study,
-        address=address,
-        progress=progress,
-    )
+    if is_secondary_rank():  # only rank 0 searches, exports and writes result.json; this rank joins retraining
+        search = timed("search", _rank0_search, out / "search")
+    else:
+        search = timed(
+            "search",
+            search_stage,
+            out / "supernet",
+            out / "search",
+            variant,
+            config.search or SearchConfig(),
+            storage=storage,
+            study=study,
+            address=address,
+            progress=progress,
+        )
     plan = PrunedTables.load(out / "search").plan
     exported: dict[str, Any] | None = None
     if multiplexed is not None:  # the same shared table, each field with its searched number of probes
         probes = {f.name: f.dim // multiplexed.chunk for f in plan.fields}
         final_cfg = dataclasses.replace(base, tables=dataclasses.replace(multiplexed, probes=probes))
-        final = timed("retrain", train_stage, final_cfg, out / "retrain", nproc=nproc)
     else:
         retrain = dataclasses.replace(
             config.retrain or RetrainConfig(), supernet=str(out / "supernet"), plan=str(out / "search")
         )
-        final = timed("retrain", train_stage, dataclasses.replace(base, retrain=retrain), out / "retrain", nproc=nproc)
+        final_cfg = dataclasses.replace(base, retrain=retrain)
+    final = timed("retrain", train_stage, final_cfg, out / "retrain", nproc=nproc)
+    if is_secondary_rank():
+        return {}
+    if multiplexed is None:
         exported = timed("export", export_run, out / "retrain", out / "export", int8=int8, overwrite=True)
     keys = ("test_auc", "test_logloss", "val_auc", "embedding_params", "samples_per_sec")
     result: dict[str, Any] = {

@@ -24,7 +24,7 @@ def _find_shared_data() -> Path:
         return Path(os.environ["CTR_SHARED_DATA"])
     beside = REPO.parent / "shared" / "data"
     origin = subprocess.run(
-        ["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
+        ["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True, check=False, timeout=30
     ).stdout.strip()
     if beside.is_dir() or not origin or not Path(origin).is_dir():
         return beside
@@ -143,7 +143,7 @@ def postgres_url() -> Iterator[str]:
     def bindir() -> Path:
         candidates = [os.environ.get("CTR_PG_BINDIR", "")]
         if shutil.which("pg_config"):
-            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False, timeout=30)
             candidates.append(out.stdout.strip())
         candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
         which = shutil.which("initdb")

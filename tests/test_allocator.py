@@ -20,7 +20,9 @@ def test_keep_freed_memory_applies_on_glibc() -> None:
         "first = keep_freed_memory(); second = keep_freed_memory()\n"
         "print(first, second, keep_freed_memory.cache_info().misses)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
     assert out == ["True", "True", "1"]
 
 

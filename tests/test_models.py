@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import doctest
 import inspect
+import math
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -451,7 +452,7 @@ def _planted(n: int = 96, seed: int = 0) -> Batch:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_learns_a_planted_field(name: str) -> None:
     torch.manual_seed(0)
-    data = _planted()
+    data, held_out = _planted(), _planted(seed=1)  # scored on rows it did not train on
     model = build_model(FM, _cfg(name))
     opt = torch.optim.Adam(model.parameters(), lr=0.03)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -459,7 +460,7 @@ def test_every_model_learns_a_planted_field(name: str) -> None:
     def eval_loss() -> float:
         model.eval()
         with torch.no_grad():
-            return float(loss_fn(model(data), data.labels))
+            return float(loss_fn(model(held_out), held_out.labels))
 
     before = eval_loss()
     for _ in range(30):
@@ -468,7 +469,9 @@ def test_every_model_learns_a_planted_field(name: str) -> None:
         loss_fn(model(data), data.labels).backward()
         opt.step()
     after = eval_loss()
-    assert after < 0.6 * before, (before, after)
+    rate = float(held_out.labels.mean())  # the trivial baseline: the base rate for every row
+    constant = float(loss_fn(torch.full_like(held_out.labels, math.log(rate / (1 - rate))), held_out.labels))
+    assert after < 0.75 * min(before, constant), (before, constant, after)  # LR, the slowest: 0.70
 
 
 # ---------------------------------------------------------------------------------------------- meta / DMP
@@ -505,7 +508,6 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.dist
 def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch.nn.parallel import DistributedDataParallel
     from torchrec.distributed import DistributedModelParallel

@@ -93,6 +93,14 @@ class Cluster:
     dashboard: str
     prefix: str
     env: dict[str, str]
+    temp: Path  # the cluster's --temp-dir: its sessions' logs
+
+    def actors(self, class_name: str) -> list[Path]:
+        """The cluster's worker logs of actors of ``class_name`` (Ray starts each actor's log with its name): an
+        actor that ran in a Ray the job started itself would log into that Ray's session, not this one."""
+        marker = f":actor_name:{class_name}"
+        logs = {p.resolve() for p in self.temp.glob("session_*/logs/worker-*.out")}  # session_latest: a link
+        return sorted(p for p in logs if marker in p.read_text(errors="replace"))
 
     def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         script = f"set -e\n{self.prefix}\n{command}"
@@ -139,7 +147,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
     start = f"{commands[3]} --port={port} --dashboard-port={dash} --num-cpus=2 --disable-usage-stats"
     start += f" --dashboard-agent-listen-port={_free_port()} --ray-client-server-port={_free_port()} --temp-dir={temp}"
-    up = Cluster(f"http://127.0.0.1:{dash}", prefix, env)
+    up = Cluster(f"http://127.0.0.1:{dash}", prefix, env, temp)
     started = up.run(f"{commands[2]}\n{start}", timeout=180)
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -213,12 +221,14 @@ def test_optembed_runs_as_a_ray_job_with_search_actors_on_the_cluster(
     result = json.loads((out / "result.json").read_text())
     assert result["search"]["trials"] == json.loads((out / "search" / "search.json").read_text())["trials"] > 0
     assert result["final"]["embedding_params"] < result["baseline"]["embedding_params"]
+    assert len(cluster.actors("_ScorerActor")) >= 1  # the search's evaluators ran on the cluster
 
 
 def test_ray_train_on_the_cluster_matches_two_local_processes(cluster: Cluster, data: Path, tmp_path: Path) -> None:
     sets = [*SMALL, "trainer.max_epochs=2"]
     proc = _submit(cluster, "train", data, tmp_path, _sets(sets))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(cluster.actors("RayTrainWorker")) == 2  # Ray Train's two workers ran on the cluster
     common = ["-m", "pipelines.cli", "train", "--data", str(data), "--model", "deepfm", *_sets(sets)]
     local = subprocess.run(
         [sys.executable, *common, "--out", str(tmp_path / "local"), "--nproc", "2"],
@@ -281,7 +291,7 @@ def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: 
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.communicate(timeout=60)
         pytest.fail("the search with 4 workers on 2 CPUs did not finish in 300 s")
     assert proc.returncode == 0, stderr[-3000:]
     trials, error = stdout.splitlines()

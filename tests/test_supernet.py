@@ -103,7 +103,13 @@ def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) ->
     sets += ["supernet.alpha=0.5", "supernet.threshold_lr=0.1", "trainer.threads=1", "trainer.log_every_n_steps=1"]
     sets += ["data.batch_size=256"]
     metrics = train_run(load_run_config(None, sets, data=str(tmp_path / "p"), model="deepfm"), tmp_path / "run")
-    assert 0.5 < metrics["test_auc"] < 1.0
+    # The previous stage on the same rows: the base model with full tables (OptEmbed's baseline). The supernet
+    # prunes rows and samples dims, yet keeps most of the baseline's lift over a constant predictor (AUC 0.5).
+    base_sets = [s for s in sets if not s.startswith("supernet.")]
+    base = train_run(load_run_config(None, base_sets, data=str(tmp_path / "p"), model="deepfm"), tmp_path / "base")
+    print(f"test AUC: baseline {base['test_auc']:.4f}, supernet {metrics['test_auc']:.4f}")
+    assert base["test_auc"] > 0.55, base
+    assert metrics["test_auc"] - 0.5 > 0.5 * (base["test_auc"] - 0.5), (metrics["test_auc"], base["test_auc"])
     meta = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt", weights_only=True)
     assert meta["ctr_spec"]["model"]["name"] == "deepfm"
     logs = (next((tmp_path / "run" / "logs").rglob("metrics.csv"))).read_text().splitlines()

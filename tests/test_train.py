@@ -38,7 +38,7 @@ def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
 
 def _test_predictions(run: TrainedRun) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels on the test split of a run's checkpoint loaded back into one process
-    (``ctr.runs.load_run``)."""
+    (``ctr.training.restore.load_run``)."""
     from ctr.data.shards import load_split
 
     split = load_split(run.config.data.path, run.feature_map, "test")
@@ -70,9 +70,10 @@ def test_deepfm_learns_planted_signal_and_beats_lr(planted: tuple[Path, Truth], 
     lr = train_run(load_run_config(None, lr_tuned, data=str(data), model="lr"), tmp_path / "lr")
     print(f"bayes {truth.bayes_auc:.4f} deepfm {deepfm['test_auc']:.4f} lr {lr['test_auc']:.4f}")
     # Measured on this data: Bayes 0.807, DeepFM 0.756, LR 0.749. The issue's target (within 0.02 of the Bayes
-    # AUC) is not reached yet (docs/benchmarks.md, "Learning on planted data"); this guards what works now.
-    assert deepfm["test_auc"] >= truth.bayes_auc - 0.06, (deepfm["test_auc"], truth.bayes_auc)
+    # AUC) is not reached at this size (tests/test_learning_target.py reaches it on 1M rows); the floor here is
+    # the trivial baseline on the same rows, LR, and no model may beat the Bayes-optimal AUC beyond noise.
     assert deepfm["test_auc"] > lr["test_auc"] + 0.005, (deepfm["test_auc"], lr["test_auc"])
+    assert deepfm["test_auc"] < truth.bayes_auc + 0.01, (deepfm["test_auc"], truth.bayes_auc)
     saved = json.loads((tmp_path / "deepfm" / "metrics.json").read_text())
     for key in ("val_auc", "val_logloss", "test_auc", "test_logloss", "embedding_params", "samples_per_sec"):
         assert saved[key] is not None and saved[key] > 0
@@ -94,10 +95,10 @@ def test_two_processes_match_one_process(small: Path, tmp_path: Path) -> None:
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["world_size"] == 2 and m1["world_size"] == 1
     assert m1["device"] == m2["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-    # Same global batch and data order; only the tables' random init differs (each rank draws its shards),
-    # so the metrics agree closely but not bit for bit.
-    assert abs(m1["test_auc"] - m2["test_auc"]) < 0.015, (m1["test_auc"], m2["test_auc"])
-    assert abs(m1["test_logloss"] - m2["test_logloss"]) < 0.015
+    # Same global batch, data order and initial weights (drawn per table from the seed, not per rank); only the
+    # order of floating-point sums differs (two half-batch gradients averaged): measured 0.0034 apart.
+    assert abs(m1["test_auc"] - m2["test_auc"]) < 0.005, (m1["test_auc"], m2["test_auc"])
+    assert abs(m1["test_logloss"] - m2["test_logloss"]) < 0.005
     assert m1["embedding_params"] == m2["embedding_params"]
     shards = list((tmp_path / "two" / "checkpoints" / "last.ckpt").glob("*.distcp"))
     assert len(shards) == 2, "each rank writes its own shard file"
@@ -177,7 +178,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_pa
             break
         time.sleep(0.05)  # poll often: on a GPU the 63 steps pass in moments
     victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    victim.wait(timeout=60)
     assert 20 <= step < 63, f"killed at step {step}, expected mid-epoch"
     resumed = _cli([*args, "--out", str(tmp_path / "killed"), "--resume"])
     assert resumed.wait(timeout=600) == 0
@@ -337,9 +338,10 @@ def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
         "dashboard",
     ],
 )
-def test_every_command_has_help(command: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", command, "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "usage: ctr " + command in proc.stdout
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage: ctr " + command in capsys.readouterr().out
 
 
 def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) -> None:
@@ -360,6 +362,7 @@ def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) ->
         ],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert "unknown key 'sparse_learning_rate' (did you mean 'sparse_lr'?)" in proc.stderr
@@ -400,9 +403,27 @@ def test_float16_tables_learn_like_float32_and_stay_float16(small: Path, tmp_pat
 
 
 def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: Path) -> None:
-    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.group_field=C9"]
+    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.group_field=C1"]
     metrics = train_run(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run")
-    assert 0.0 <= metrics["test_gauc"] <= 1.0
+    # The reference: the restored model's test logits, every (positive, negative) pair of each group counted in
+    # plain Python (a tie counts half), the groups with both classes weighted by their size.
+    run = load_run(tmp_path / "run")
+    logits, labels = _test_predictions(run)
+    from ctr.data.shards import load_split
+
+    groups = load_split(small, run.feature_map, "test").sparse[:, run.feature_map.sparse_names.index("C1")]
+    by_group: dict[int, list[tuple[float, float]]] = {}
+    for g, p, y in zip(groups.tolist(), logits.tolist(), labels.tolist(), strict=True):
+        by_group.setdefault(g, []).append((p, y))
+    weighted, weight = 0.0, 0
+    for rows in by_group.values():
+        pos, neg = [p for p, y in rows if y == 1], [p for p, y in rows if y == 0]
+        if pos and neg:
+            wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+            weighted += len(rows) * wins / (len(pos) * len(neg))
+            weight += len(rows)
+    assert weight < len(labels)  # some groups have one class only: the weighting is exercised
+    assert metrics["test_gauc"] == pytest.approx(weighted / weight, abs=1e-6)
     with pytest.raises(ValueError, match="group_field 'nope' is not a categorical field"):
         train_run(
             load_run_config(None, [*FAST, "trainer.group_field=nope"], data=str(small), model="fm"), tmp_path / "r2"

@@ -175,6 +175,13 @@ class CTRModule(pl.LightningModule):
         return logits
 
     # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """Seed the global RNG from (trainer.seed, step): a step's random draws (the supernet's sampled dims,
+        dropout) are the same in a run resumed from a checkpoint as in an uninterrupted one. Without this, a
+        resumed run redrew them from the start of the seed's stream (issue #21: `ctr optembed` killed in the
+        supernet ended with another plan)."""
+        torch.manual_seed((self.config.trainer.seed * 1_000_003 + self.global_step) % (2**63))
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits = self(batch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
