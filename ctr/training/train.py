@@ -40,7 +40,7 @@ from ctr.training.memory import keep_freed_memory
 from ctr.training.module import CTRModule
 from ctr.training.plateau import PlateauDecay
 from ctr.training.strategy import CheckpointError, TorchRecStrategy, complete_checkpoint, ray_strategy
-from features.outputs import owned_dir
+from features.outputs import is_secondary_rank, owned_dir
 from features.schema import FeatureMap
 
 __all__ = ["LoaderProgress", "SaveConfig", "Throughput", "TrainOptions", "train"]
@@ -206,7 +206,7 @@ def _fit(
     if not resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise CheckpointError(f"{ckpt_dir}: the run directory has checkpoints; pass --resume or use a new --out")
     save_config = SaveConfig(config, out)
-    if not resume:
+    if not resume and not is_secondary_rank():  # ranks > 0 re-run the command: rank 0 holds (and may clean) out
         save_config.write()
 
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_top_k=1)
