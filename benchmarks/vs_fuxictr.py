@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.peer_splits import export_splits  # noqa: E402
 from benchmarks.peer_table import render, write_section  # noqa: E402
-from pipelines.cli import MODEL_NAMES  # noqa: E402
+from config.registry import MODELS as MODEL_NAMES  # noqa: E402
 
 _ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")}
 _ONE_THREAD["POLARS_MAX_THREADS"] = "1"
