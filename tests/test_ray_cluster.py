@@ -251,8 +251,8 @@ from search.evaluators import RayEvaluator
 class Scorer:  # a stand-in for CandidateScorer: what run_search needs of it
     fields = ("C0", "C1", "C2")
 
-    def score(self, dims):
-        return 0.5 + sum(dims) / 1000
+    def score_many(self, candidates):
+        return [0.5 + sum(dims) / 1000 for dims in candidates]
 
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
