@@ -48,6 +48,7 @@ from features.outputs import owned_dir, remove_owned
 from features.strict import ConfigError
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.plots import plot_search
+from search.sample_size import sized_sample
 from search.scorer import CandidateScorer
 from search.storage import PlanNote, attach_plots
 
@@ -160,7 +161,10 @@ def _search(
             batch_size=config.eval_batch_size,
             max_rows=config.val_rows,
             seed=config.seed,
+            head_dtype=torch.bfloat16 if config.head_dtype == "bfloat16" else torch.float32,
         )
+        if config.val_rows is None and config.auc_noise is not None:
+            scorer, summary["sample"] = sized_sample(scorer, space.choices, config.auc_noise, config.seed)
         url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
         outcome = run_search(
             scorer,
@@ -181,7 +185,7 @@ def _search(
             floor = outcome.best.val_auc - config.pick_tolerance
             dims, steps = _shrink(scorer, space, dims, floor)
         summary["shrink"] = steps
-        summary["final_val_auc"] = scorer.score(tuple(dims[n] for n in fm.sparse_names))
+        summary["final_val_auc"] = scorer.score_many([tuple(dims[n] for n in fm.sparse_names)])[0]
         summary |= {
             "storage": url,
             "study": study,
@@ -191,7 +195,7 @@ def _search(
             "chosen": dataclasses.asdict(chosen),
             "pareto": [dataclasses.asdict(s) for s in outcome.pareto],
             "best_per_generation": outcome.best_per_generation,
-            "full_dims_val_auc": scorer.score(tuple(full for _ in rows)),
+            "full_dims_val_auc": scorer.score_many([tuple(full for _ in rows)])[0],
             "scorer_rows": scorer.num_rows,
         }
     else:
@@ -227,7 +231,7 @@ def _shrink(
         if current[i] == smallest:
             continue
         trial = [*current[:i], smallest, *current[i + 1 :]]
-        auc = scorer.score(trial)
+        auc = scorer.score_many([trial])[0]
         kept = auc >= floor
         steps.append({"field": space.fields[i], "from": current[i], "to": smallest, "val_auc": auc, "kept": kept})
         if kept:

@@ -138,11 +138,28 @@ class CandidateScorer:
         In float32 the same AUCs as :meth:`score` one by one (to 1e-6: only float rounding differs)."""
         if not candidates:
             return []
+        return [auc(row.numpy(), self.labels) for row in self.logits_many(candidates)]
+
+    def logits_many(self, candidates: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``[K, N]`` logits of ``K`` candidates on every validation row, by :class:`~search.batched.BatchedHead`."""
         checked = [self._check(c) for c in candidates]
         if self._batched is None:
             self._batched = BatchedHead(self.head, self.full_dim, batch_size=self.batch_size, dtype=self.head_dtype)
-        logits = self._batched.logits(self.sparse, self.dense, self.first_order, checked)
-        return [auc(row.numpy(), self.labels) for row in logits]
+        return self._batched.logits(self.sparse, self.dense, self.first_order, checked)
+
+    def sample(self, rows: int, seed: int = 0) -> CandidateScorer:
+        """This scorer on a seeded random sample of ``rows`` of its rows (itself when it has no more)."""
+        if rows >= self.num_rows:
+            return self
+        picked = np.sort(np.random.default_rng(seed).choice(self.num_rows, rows, replace=False))
+        keep = torch.from_numpy(picked)
+        out = copy.copy(self)
+        out._rows = self._rows[picked]
+        out.labels = self.labels[picked]
+        out.sparse = self.sparse[keep]
+        out.dense = None if self.dense is None else self.dense[keep]
+        out.first_order = None if self.first_order is None else self.first_order[keep]
+        return out
 
     def score_naive(self, dims: Sequence[int]) -> float:
         """The same AUC from full forward passes (table lookups included): the baseline of the benchmark."""
