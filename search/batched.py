@@ -9,7 +9,10 @@ is a prefix mask on them and one pass of the head. :class:`BatchedHead` scores a
   the batch dimension (``K`` candidates x ``n`` rows in one head call), so that small samples still make GEMMs
   large enough to run at full speed;
 * the head is :func:`~search.fast_head.fast_head`'s: BatchNorm folded, ReLU fused, oneDNN matmuls, in float32
-  (the same AUCs as one-by-one scoring, to 1e-6) or bfloat16 (``dtype``, faster where the CPU has it).
+  (the same AUCs as one-by-one scoring, to 1e-6) or bfloat16 (``dtype``, faster where the CPU has it);
+* for a deep tower on the flattened fields (DeepFM, FNN), the first layer multiplies only the columns a
+  candidate keeps (``sum_f dims[f]`` of ``F * D``: the others are zero), and the dense fields' part of it is
+  computed once per block for every candidate.
 
 Example:
     >>> batched = BatchedHead(scorer.head, full_dim=16)  # doctest: +SKIP
@@ -22,10 +25,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
-from ctr.models import CTRModel
+from ctr.models import FNN, CTRModel, DeepFM
 from ctr.supernet import prefix_mask
-from search.fast_head import fast_head
+from search.fast_head import FusedLinear, fast_head, linear
 
 __all__ = ["BatchedHead"]
 
@@ -42,6 +46,7 @@ class BatchedHead:
         self.full_dim = full_dim
         self.batch_size = batch_size
         self.dtype = dtype
+        self._tower = isinstance(self.head, (DeepFM, FNN)) and len(list(self.head.deep.mlp.children())) > 0
 
     def logits(
         self,
@@ -54,6 +59,8 @@ class BatchedHead:
         masks = prefix_mask(torch.tensor([list(c) for c in candidates]), self.full_dim).to(sparse.dtype)  # [K, F, D]
         k_all, n_all = masks.shape[0], sparse.shape[0]
         out = torch.empty(k_all, n_all)
+        if self._tower:
+            return self._tower_logits(sparse, dense, first_order, masks)
         rows = min(self.batch_size, n_all)
         stack = max(1, self.batch_size // max(rows, 1))  # candidates per head call
         with torch.no_grad():
@@ -69,4 +76,47 @@ class BatchedHead:
                     if first_order is not None:
                         logit = logit + first_order[start:stop]
                     out[k0:k1, start:stop] = logit
+        return out
+
+    def _tower_logits(
+        self, sparse: torch.Tensor, dense: torch.Tensor | None, first_order: torch.Tensor | None, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """DeepFM and FNN: the tower's first layer on each candidate's kept columns only."""
+        head = self.head
+        assert isinstance(head, (DeepFM, FNN))
+        layers = list(head.deep.mlp.children())
+        first = layers[0]
+        assert isinstance(first, FusedLinear)
+        n_all, fields, dim = sparse.shape
+        flat = sparse.reshape(n_all, fields * dim)
+        width = fields * dim
+        cols = [torch.nonzero(m.flatten()).flatten() for m in masks]  # the columns each candidate keeps
+        weights = [first.weight[:, c].contiguous() for c in cols]
+        selectors = [nn.functional.one_hot(c % dim, dim).to(sparse.dtype) for c in cols]  # column -> its dim
+        w_dense, bias = first.weight[:, width:].contiguous(), first.bias
+        out = torch.empty(masks.shape[0], n_all)
+        with torch.no_grad():
+            for start in range(0, n_all, self.batch_size):
+                stop = min(start + self.batch_size, n_all)
+                block = flat[start:stop]
+                shared = torch.zeros(stop - start, first.weight.shape[0]) if bias is None else bias.float()
+                dense_sum: torch.Tensor | float = 0.0
+                dense_squares: torch.Tensor | float = 0.0
+                if dense is not None:  # the dense fields' share of the first layer and of FM: the same for all
+                    shared = shared + linear(dense[start:stop].flatten(1), w_dense).float()
+                    dense_sum, dense_squares = dense[start:stop].sum(1), dense[start:stop].square().sum((1, 2))
+                for k, (c, w) in enumerate(zip(cols, weights, strict=True)):
+                    kept = block.index_select(1, c)  # the candidate's columns: the others are zero
+                    z = linear(kept, w).float().add_(shared)
+                    hidden = torch.relu_(z) if first.relu else z
+                    for layer in layers[1:]:
+                        hidden = layer(hidden)
+                    logit = head.deep.out(hidden).float().squeeze(-1)
+                    if isinstance(head, DeepFM):  # FM: 0.5 * sum_d((sum_f e)^2 - sum_f e^2), dense fields included
+                        total = torch.mm(kept, selectors[k]) + dense_sum  # sum over fields, per dim
+                        squares = torch.einsum("ij,ij->i", kept, kept) + dense_squares
+                        logit = logit + 0.5 * (total.square().sum(1) - squares)
+                    if first_order is not None:
+                        logit = logit + first_order[start:stop]
+                    out[k, start:stop] = logit
         return out

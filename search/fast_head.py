@@ -34,9 +34,14 @@ from torch import nn
 
 from ctr.layers import MLP
 
-__all__ = ["FusedLinear", "bf16_supported", "fast_head", "fuse_mlp"]
+__all__ = ["FusedLinear", "bf16_supported", "fast_head", "fuse_mlp", "linear", "onednn_available"]
 
 _M = TypeVar("_M", bound=nn.Module)
+
+
+def onednn_available() -> bool:
+    """Whether :class:`FusedLinear` runs through oneDNN here (else ``torch.nn.functional.linear``)."""
+    return _ONEDNN
 
 
 def _onednn_linear_available() -> bool:
@@ -65,14 +70,19 @@ class FusedLinear(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.weight.dtype).contiguous()
-        if _ONEDNN:
-            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-                x, self.weight, self.bias, "relu" if self.relu else "none", [], ""
-            )
-            return out
-        out = nn.functional.linear(x, self.weight, self.bias)
-        return torch.relu_(out) if self.relu else out
+        return linear(x, self.weight, self.bias, relu=self.relu)
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, relu: bool = False
+) -> torch.Tensor:
+    """``x W^T + b`` (then ReLU) in ``weight.dtype``, through oneDNN where it is available."""
+    x = x.to(weight.dtype).contiguous()
+    if _ONEDNN and weight.shape[1] > 0:
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
+        return out
+    out = nn.functional.linear(x, weight, bias)
+    return torch.relu_(out) if relu else out
 
 
 def fuse_mlp(mlp: MLP, dtype: torch.dtype = torch.float32) -> nn.Sequential:

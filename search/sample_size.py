@@ -89,12 +89,12 @@ def rows_for_auc_noise(
 
 
 def sized_sample(
-    scorer: CandidateScorer, choices: Sequence[Sequence[int]], target: float, seed: int = 0
+    scorer: CandidateScorer, choices: Sequence[Sequence[int]], target: float, seed: int = 0, *, min_rows: int = 2000
 ) -> tuple[CandidateScorer, dict[str, Any]]:
     """``scorer`` on a seeded sample sized by :func:`rows_for_auc_noise` (itself when it needs every row), and
     what decided it: ``rows``, ``of_rows``, ``target`` and ``se_all_rows`` (the difference's noise on all rows)."""
     extremes = [tuple(max(c) for c in choices), tuple(min(c) for c in choices)]
     logits = scorer.logits_many(extremes).numpy()
-    rows, se = rows_for_auc_noise([logits[0], logits[1]], scorer.labels, target)
+    rows, se = rows_for_auc_noise([logits[0], logits[1]], scorer.labels, target, min_rows=min_rows)
     info = {"rows": rows, "of_rows": scorer.num_rows, "target_auc_noise": target, "se_all_rows": se}
     return scorer.sample(rows, seed), info

@@ -147,6 +147,12 @@ class CandidateScorer:
             self._batched = BatchedHead(self.head, self.full_dim, batch_size=self.batch_size, dtype=self.head_dtype)
         return self._batched.logits(self.sparse, self.dense, self.first_order, checked)
 
+    def with_head_dtype(self, dtype: torch.dtype) -> CandidateScorer:
+        """This scorer (sharing its tensors) with :meth:`score_many`'s head in ``dtype``."""
+        out = copy.copy(self)
+        out.head_dtype, out._batched = dtype, None
+        return out
+
     def sample(self, rows: int, seed: int = 0) -> CandidateScorer:
         """This scorer on a seeded random sample of ``rows`` of its rows (itself when it has no more)."""
         if rows >= self.num_rows:

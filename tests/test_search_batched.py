@@ -1,8 +1,9 @@
 """The search's fast path: many candidates per pass, the prepared (fused, oneDNN) head, bf16, the sample size.
 
-A real small supernet (DeepFM and DCNv2, dim 8, MLP [64, 32] with BatchNorm, one epoch on 8,000 planted rows) is
+Real small supernets (DeepFM and DCNv2, dim 8, MLP [64, 32] with BatchNorm, one epoch on 8,000 planted rows) are
 scored by :meth:`CandidateScorer.score_many` and compared with one-by-one scoring (:meth:`CandidateScorer.score`,
-the model's own float32 head) and with the naive full forward pass.
+the model's own float32 head) and with the naive full forward pass. DeLong's noise of an AUC difference is
+checked against a bootstrap.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from ctr.data import load_split
 from ctr.layers import MLP
+from ctr.metrics import auc
 from ctr.restore import load_run
 from ctr.run_config import load_run_config
 from ctr.supernet_module import find_pruning, model_row_masks
@@ -23,6 +25,7 @@ from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
 from search.fast_head import FusedLinear, bf16_supported, fuse_mlp
+from search.sample_size import auc_difference_se, rows_for_auc_noise, sized_sample
 from search.scorer import CandidateScorer
 
 SMALL = ["trainer.progress_bar=false", "model.mlp=[64,32]", "model.embedding_dim=8", "trainer.threads=1"]
@@ -38,9 +41,23 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "p"
 
 
-def _scorer(data: Path, out: Path, model: str, **kw: object) -> CandidateScorer:
-    train(load_run_config(None, SMALL, data=str(data), model=model, sections=("supernet",)), out)
-    run = load_run(out)
+@pytest.fixture(scope="module")
+def supernets(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One supernet per model, trained on first use."""
+    root = tmp_path_factory.mktemp("supernets")
+
+    class Trained(dict[str, Path]):
+        def __missing__(self, model: str) -> Path:
+            config = load_run_config(None, SMALL, data=str(data), model=model, sections=("supernet",))
+            train(config, root / model)
+            self[model] = root / model
+            return root / model
+
+    return Trained()
+
+
+def _scorer(supernet: Path, **kw: object) -> CandidateScorer:
+    run = load_run(supernet)
     masks = model_row_masks(run.model, run.feature_map, find_pruning(run.model))
     split = load_split(run.config.data.path, run.feature_map, "valid")
     return CandidateScorer(run.model, masks, split, **kw)  # type: ignore[arg-type]
@@ -52,9 +69,10 @@ def _candidates(n: int, fields: int, seed: int) -> list[tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("model", ["deepfm", "dcnv2"])
-def test_batched_scoring_equals_one_by_one_and_the_naive_pass(data: Path, tmp_path: Path, model: str) -> None:
-    # batch_size 300 over ~800 validation rows: three row blocks, the last one short, one candidate per call
-    scorer = _scorer(data, tmp_path / "sn", model, batch_size=300)
+def test_batched_scoring_equals_one_by_one_and_the_naive_pass(supernets: dict[str, Path], model: str) -> None:
+    # batch_size 300 over ~800 validation rows: three row blocks, the last one short; DeepFM takes the tower
+    # path (first layer on the kept columns only), DCNv2 the generic one (masked fields through the whole head)
+    scorer = _scorer(supernets[model], batch_size=300)
     cands = [*_candidates(9, len(scorer.fields), 0), tuple(8 for _ in scorer.fields)]
     one_by_one = [scorer.score(c) for c in cands]
     batched = scorer.score_many(cands)
@@ -70,16 +88,16 @@ def test_batched_scoring_equals_one_by_one_and_the_naive_pass(data: Path, tmp_pa
         scorer.score_many([(4, 4)])
 
 
-def test_small_samples_stack_candidates_in_the_batch_dimension(data: Path, tmp_path: Path) -> None:
+def test_small_samples_stack_candidates_in_the_batch_dimension(supernets: dict[str, Path]) -> None:
     # 200 sampled rows, batch 1000: five candidates share one head call; the AUCs are those of one-by-one scoring
-    scorer = _scorer(data, tmp_path / "sn", "deepfm", batch_size=1000, max_rows=200, seed=1)
+    scorer = _scorer(supernets["dcnv2"], batch_size=1000, max_rows=200, seed=1)
     cands = _candidates(7, len(scorer.fields), 1)
     assert scorer.num_rows == 200
     assert scorer.score_many(cands) == pytest.approx([scorer.score(c) for c in cands], abs=1e-6)
 
 
-def test_bf16_head_stays_close_where_the_cpu_has_it(data: Path, tmp_path: Path) -> None:
-    scorer = _scorer(data, tmp_path / "sn", "deepfm", head_dtype=torch.bfloat16)
+def test_bf16_head_stays_close_where_the_cpu_has_it(supernets: dict[str, Path]) -> None:
+    scorer = _scorer(supernets["deepfm"], head_dtype=torch.bfloat16)
     cands = _candidates(4, len(scorer.fields), 2)
     got, want = scorer.score_many(cands), [scorer.score(c) for c in cands]
     # bfloat16 keeps 8 bits of mantissa: the logits move by ~1e-2 and a few ranks swap, not more
@@ -107,3 +125,42 @@ def test_fused_mlp_is_the_mlp_in_evaluation() -> None:
     assert torch.allclose(fused(x), mlp(x), atol=1e-5)
     no_bn = MLP(12, (16,), batch_norm=False).eval()
     assert torch.allclose(fuse_mlp(no_bn)(x), no_bn(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------------- the sample sized by the AUC's noise
+def test_delong_difference_noise_matches_a_bootstrap_and_scales_with_rows() -> None:
+    rng = np.random.default_rng(0)
+    n = 6000
+    y = rng.integers(0, 2, n).astype(np.float64)
+    a = y + rng.normal(0, 1.0, n)
+    b = a + rng.normal(0, 0.4, n)  # a correlated second candidate, as two dims of one supernet are
+    se = auc_difference_se(a, b, y)
+    boot = []
+    for _ in range(400):
+        i = rng.integers(0, n, n)
+        boot.append(auc(a[i], y[i]) - auc(b[i], y[i]))
+    assert se == pytest.approx(float(np.std(boot)), rel=0.15)
+    quarter = rng.choice(n, n // 4, replace=False)
+    assert auc_difference_se(a[quarter], b[quarter], y[quarter]) == pytest.approx(2 * se, rel=0.2)  # 1/sqrt(rows)
+    assert auc_difference_se(a, a, y) == 0.0
+    # sized: se on all rows is ~0.003; a target of twice that needs a quarter of the rows, a tiny one all of them
+    rows, all_se = rows_for_auc_noise([a, b], y, 2 * se, min_rows=100)
+    assert all_se == se and rows == pytest.approx(n / 4, abs=2)
+    assert rows_for_auc_noise([a, b], y, se / 10)[0] == n
+    assert rows_for_auc_noise([a, b], y, 1.0, min_rows=500)[0] == 500
+    with pytest.raises(ValueError, match="must be positive, got 0"):
+        rows_for_auc_noise([a, b], y, 0.0)
+
+
+def test_sized_sample_scores_a_seeded_subset(supernets: dict[str, Path]) -> None:
+    scorer = _scorer(supernets["deepfm"])
+    choices = tuple((4, 8) for _ in scorer.fields)
+    kept, info = sized_sample(scorer, choices, 1e-6)  # noisier than that on ~800 rows: all of them
+    assert kept is scorer and info["rows"] == info["of_rows"] == scorer.num_rows and info["se_all_rows"] > 1e-6
+    sampled, info = sized_sample(scorer, choices, info["se_all_rows"] * 2, seed=3, min_rows=100)
+    assert sampled.num_rows == info["rows"] < scorer.num_rows
+    cand = tuple(8 for _ in scorer.fields)
+    logits = sampled.logits(cand)  # the sample's rows, scored by the reference path, are the full scorer's rows
+    full = scorer.logits(cand)
+    assert all(bool(torch.isclose(full, v).any()) for v in logits[:20])
+    assert sampled.score_many([cand]) == pytest.approx([sampled.score(cand)], abs=1e-6)
