@@ -127,6 +127,7 @@ def main() -> None:
             with RayEvaluator(scorer, workers) as evaluate:
                 evaluate(ray_cands[: 2 * workers])  # warm-up: actors started, scorer fetched, heads prepared
                 ray_rates[workers] = _rate(evaluate, ray_cands).wall
+    rates = {"naive": naive, "precomputed": one, "batched": fast, "batched_bf16": fast_bf16}
     result = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s) per process",
@@ -136,16 +137,10 @@ def main() -> None:
         "precompute_seconds": precompute_s,
         "onednn": fast_head_onednn(),
         "bf16_supported": bf16_supported(),
-        "naive_candidates_per_sec": naive.wall,
-        "precomputed_candidates_per_sec": one.wall,
-        "batched_candidates_per_sec": fast.wall,
-        "batched_bf16_candidates_per_sec": fast_bf16.wall,
+        **{f"{name}_candidates_per_sec": rate.wall for name, rate in rates.items()},
+        **{f"{name}_candidates_per_cpu_sec": rate.cpu for name, rate in rates.items()},
         "speedup": fast.wall / naive.wall,
         "speedup_bf16": fast_bf16.wall / naive.wall,
-        "naive_candidates_per_cpu_sec": naive.cpu,
-        "precomputed_candidates_per_cpu_sec": one.cpu,
-        "batched_candidates_per_cpu_sec": fast.cpu,
-        "batched_bf16_candidates_per_cpu_sec": fast_bf16.cpu,
         "speedup_cpu": fast.cpu / naive.cpu,
         "speedup_bf16_cpu": fast_bf16.cpu / naive.cpu,
         "max_auc_diff_batched_float32": float(np.abs(np.subtract(fast.scores, naive.scores)).max()),
