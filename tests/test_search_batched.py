@@ -23,6 +23,7 @@ from ctr.supernet_module import find_pruning, model_row_masks
 from ctr.train import train
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
+from features.strict import ConfigError
 from features.synth import write_synthetic
 from search.fast_head import FusedLinear, bf16_supported, fuse_mlp
 from search.sample_size import auc_difference_se, rows_for_auc_noise, sized_sample
@@ -164,3 +165,17 @@ def test_sized_sample_scores_a_seeded_subset(supernets: dict[str, Path]) -> None
     full = scorer.logits(cand)
     assert all(bool(torch.isclose(full, v).any()) for v in logits[:20])
     assert sampled.score_many([cand]) == pytest.approx([sampled.score(cand)], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("search.auc_noise=0", "SearchConfig.auc_noise: must be finite and > 0, got 0"),
+        ("search.head_dtype=float16", "float16"),
+    ],
+)
+def test_bad_search_settings_fail_by_name(data: Path, setting: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(None, [setting], data=str(data), model="deepfm", sections=("supernet", "search"))
+    config = load_run_config(None, ["search.auc_noise=null"], data=str(data), model="deepfm", sections=("search",))
+    assert config.search is not None and config.search.auc_noise is None and config.search.head_dtype == "float32"
