@@ -346,4 +346,4 @@ def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(d
     cands = [tuple(t.params[f] for f in scorer.fields) for t in complete]
     assert len(set(cands)) == len(cands)  # none counted twice
     for t in complete:  # every recorded score is the candidate's true score
-        assert t.value == pytest.approx(scorer.score(tuple(t.params[f] for f in scorer.fields)), abs=1e-12)
+        assert t.value == pytest.approx(scorer.score_many([tuple(t.params[f] for f in scorer.fields)])[0], abs=1e-12)
