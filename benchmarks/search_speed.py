@@ -12,7 +12,7 @@ temporary directory (or ``--data DIR``, already prepared). A DeepFM supernet (``
   head with BatchNorm folded, ReLU fused and oneDNN matmuls), in float32 and in bfloat16. All score the same
   ``--candidates`` random candidates; precomputed and batched float32 must give the naive AUCs to 1e-6
   (checked), bfloat16's largest difference is reported.
-* **sample**: the validation rows ``search.auc_noise`` (default 0.0005) would keep (``search.sample_size``).
+* **sample**: the validation rows ``search.auc_noise`` (default 0.001) would keep (``search.sample_size``).
 * **Ray**: ``search.evaluators.RayEvaluator`` with 1 and 2 actors (one thread each) scoring ``--ray-candidates``
   candidates after one warm-up round, against ``LocalEvaluator`` (one thread) in this process.
 
@@ -119,7 +119,7 @@ def main() -> None:
             if not np.allclose(naive.scores, rate.scores, rtol=0, atol=1e-6):
                 raise SystemExit(f"{name} scores differ from the naive ones: {rate.scores} vs {naive.scores}")
         choices = tuple((4, 8, 12, 16) for _ in scorer.fields)
-        _, sample = sized_sample(scorer, choices, SearchConfig().auc_noise or 0.0005)
+        _, sample = sized_sample(scorer, choices, SearchConfig().auc_noise or 0.001)
         ray_cands = _candidates(args.ray_candidates, len(scorer.fields), 1)
         local = _rate(LocalEvaluator(scorer), ray_cands)
         ray_rates: dict[int, float] = {}

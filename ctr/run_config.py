@@ -225,7 +225,7 @@ class SearchConfig:
     multi_objective: bool = False
     budget: float | None = None
     val_rows: int | None = None
-    auc_noise: float | None = 0.0005
+    auc_noise: float | None = 0.001
     head_dtype: Literal["float32", "bfloat16"] = "float32"
     eval_batch_size: int = 8192
     pick_tolerance: float = 0.0
