@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_ROWS ?= 200000
 
-.PHONY: install demo test test-gpu lint bench bench-peer clean system-deps system-deps-venv
+.PHONY: install demo test test-fast test-gpu lint bench bench-peer clean system-deps system-deps-venv
 
 # Debian packages outside .venv/ (scripts/system-deps.sh): python3-venv to create .venv/, and for the tests
 # chromium, chromium-driver and postgresql. Phony, with no stamp: the check takes milliseconds and runs
@@ -30,6 +30,11 @@ demo: $(STAMP)
 
 test: system-deps $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The quick loop: everything but the tests marked slow (long learning runs on 60k-1M rows, the interrupted
+# pipeline); docs/testing.md lists what each leaves out.
+test-fast: system-deps $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # On a CUDA machine (an environment with the CUDA builds, see README "GPU install"): the GPU tests, then the
 # training tests, which run on the GPU there (the 2-process ones are left out: they would need two GPUs).

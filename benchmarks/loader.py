@@ -1,4 +1,4 @@
-"""Loader throughput: ``ctr.data.make_loader`` against a per-row ``TensorDataset`` baseline.
+"""Loader throughput: ``ctr.data.loader.make_loader`` against a per-row ``TensorDataset`` baseline.
 
 Writes a synthetic prepared directory (13 dense fields, 26 single-valued categorical fields with
 cardinalities in [1000, 100000], one multi-valued field with 0-5 ids per row; 4 train shards) with Polars
@@ -36,7 +36,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.data import ColumnarSplit, load_split, make_loader
+from ctr.data.columnar import ColumnarSplit
+from ctr.data.loader import make_loader
+from ctr.data.shards import load_split
 from features.schema import CategoricalField, DenseField, FeatureMap
 
 N_DENSE, N_SINGLE, MAX_MULTI, MULTI_AT, MULTI_CARD = 13, 26, 5, 13, 1000

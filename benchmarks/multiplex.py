@@ -1,6 +1,6 @@
 """Lookup throughput: one multiplexed Unified Embedding table against one table per field.
 
-Both arms are :class:`ctr.embedding.SparseArch` modules on the same batches of a synthetic Criteo feature map
+Both arms are :class:`ctr.tables.embedding.SparseArch` modules on the same batches of a synthetic Criteo feature map
 (26 fields, ``--rows`` rows of ids drawn from the fields' vocabularies), dim 16, sum pooling, with FBGEMM's
 fused row-wise Adagrad applied in backward through ``DistributedModelParallel`` in one process:
 
@@ -34,10 +34,12 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-from ctr.config import ModelConfig
-from ctr.data import load_split
-from ctr.embedding import SparseArch
-from ctr.layouts import TableLayout, TablesConfig, build_layout
+from config.model import ModelConfig
+from config.tables import TablesConfig
+from ctr.data.shards import load_split
+from ctr.tables.embedding import SparseArch
+from ctr.tables.layout import TableLayout
+from ctr.tables.methods import build_layout
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec

@@ -2,13 +2,13 @@
 
 Data: a synthetic Criteo TSV (``features.synth.write_synthetic``, ``--rows``, default 1M) prepared into a
 temporary directory (or ``--data DIR``, already prepared). A DeepFM supernet (``embedding_dim`` 16, MLP
-[400, 400, 400], one epoch, row pruning + dimension sampling) is trained with ``ctr.train.train``, then frozen.
+[400, 400, 400], one epoch, row pruning + dimension sampling) is trained with ``ctr.runs.train``, then frozen.
 
 * **naive**: ``CandidateScorer.score_naive``: for every candidate, the whole model over the validation split
   (table lookups, row masks, the candidate's prefix mask, the head).
 * **precomputed**: ``CandidateScorer.score``: the validation embeddings looked up once; a candidate costs its
   mask and the model's own head, one candidate at a time.
-* **batched**: ``CandidateScorer.score_many``: all candidates in one call (``search.batched.BatchedHead``: the
+* **batched**: ``CandidateScorer.score_many``: all candidates in one call (``ctr.optembed.batched.BatchedHead``: the
   head with BatchNorm folded, ReLU fused and oneDNN matmuls), in float32 and in bfloat16. All score the same
   ``--candidates`` random candidates; precomputed and batched float32 must give the naive AUCs to 1e-6
   (checked), bfloat16's largest difference is reported.
@@ -41,19 +41,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctr.data import load_split
-from ctr.restore import load_run
-from ctr.run_config import SearchConfig, load_run_config
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
+from config.run import SearchConfig
+from ctr.data.shards import load_split
+from ctr.optembed.fast_head import bf16_supported
+from ctr.optembed.fast_head import onednn_available as fast_head_onednn
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.scorer import CandidateScorer
+from ctr.runs import load_run, train_run
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
 from search.evaluators import LocalEvaluator, RayEvaluator
-from search.fast_head import bf16_supported
-from search.fast_head import onednn_available as fast_head_onednn
 from search.sample_size import sized_sample
-from search.scorer import CandidateScorer
 
 
 def _candidates(n: int, fields: int, seed: int) -> list[tuple[int, ...]]:
@@ -87,7 +87,7 @@ def _supernet(args: argparse.Namespace, root: Path) -> Path:
     sets = ["trainer.progress_bar=false", "trainer.max_epochs=1", "model.embedding_dim=16", "trainer.threads=1"]
     sets += ["supernet.alpha=0.01", "supernet.threshold_lr=0.1"]
     config = load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",))
-    train(config, root / "supernet")
+    train_run(config, root / "supernet")
     return root / "supernet"
 
 

@@ -1,13 +1,13 @@
-"""Training throughput: the platform's DeepFM (``ctr.train.train``) against a plain-PyTorch reference.
+"""Training throughput: the platform's DeepFM (``ctr.runs.train``) against a plain-PyTorch reference.
 
 Data: a synthetic Criteo TSV (``features.synth.write_synthetic``, 1M rows by default) prepared with
 ``features.prepare.prepare(builtin_spec("criteo"), ...)`` into a temporary directory, or an existing
 prepared directory given with ``--data``. Model: DeepFM, ``embedding_dim`` 16, MLP [400, 400, 400] with
 BatchNorm, batch 4096, Adam lr 1e-3 on the dense weights.
 
-* **platform**: ``ctr.train.train`` (Lightning + TorchRec ``DistributedModelParallel``, FBGEMM tables with the
+* **platform**: ``ctr.runs.train`` (Lightning + TorchRec ``DistributedModelParallel``, FBGEMM tables with the
   fused EXACT_ROWWISE_ADAGRAD update applied inside backward; the first-order weights are 4 more columns of
-  each table's rows, see :mod:`ctr.embedding`), one epoch; its ``samples_per_sec`` is measured over the
+  each table's rows, see :mod:`ctr.tables.embedding`), one epoch; its ``samples_per_sec`` is measured over the
   training batches only (forward + backward + updates, no data loading). Configurations (:func:`_settings`):
   float32; ``trainer.precision=bf16-mixed`` (the dense layers under bfloat16 autocast; the reference stays
   float32, as FuxiCTR and DeepCTR-Torch train); bf16-mixed with ``model.table_dtype=float16`` (tables stored in
@@ -32,12 +32,12 @@ minutes, and the ratio of a pair is the platform's samples/s over its own refere
 are not paired (the second rank would wait inside a collective); they are compared with the one-process run
 of the same configuration and round.
 
-On a machine with a CUDA GPU both sides train on it (``ctr.train`` takes the GPU, the reference moves its model
+On a machine with a CUDA GPU both sides train on it (``ctr.training.train`` takes the GPU, the reference moves its model
 and each batch there before the clock starts) and every timed step ends with ``torch.cuda.synchronize``; run it
 there with ``--skip-nproc2 --skip-2threads`` (one GPU).
 
-The reference process applies the platform's glibc malloc settings too (:func:`ctr.allocator.keep_freed_memory`,
-on by default in ``ctr.train.train``), so the ratio does not come from an allocator setting either side could use.
+The reference process applies the platform's glibc malloc settings too (:func:`ctr.training.memory.keep_freed_memory`,
+on by default in ``ctr.runs.train``), so the ratio does not come from an allocator setting either side could use.
 
 ``--rounds`` (default 2) runs every configuration that many times, in the same order each round, and reports
 each round's samples/s and ratios, and their medians.
@@ -76,10 +76,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctr.allocator import keep_freed_memory
-from ctr.data import load_split, make_loader
-from ctr.metrics import auc
-from ctr.run_config import load_run_config
+from ctr.data.loader import make_loader
+from ctr.data.shards import load_split
+from ctr.training.defaults import load_run_config
+from ctr.training.memory import keep_freed_memory
+from ctr.training.metrics import auc
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec
@@ -214,7 +215,7 @@ def reference_worker(
         raise SystemExit(f"the reference handles single-valued fields only; {multi} are multi-valued")
     names = list(fm.sparse_names)
     cards = [f.cardinality for f in fm.categorical]
-    device = _device()  # where the platform trains too (``ctr.train`` takes the GPU when there is one)
+    device = _device()  # where the platform trains too (``ctr.training.train`` takes the GPU when there is one)
     model = ReferenceDeepFM(cards, [EMBEDDING_DIM] * len(names), len(fm.dense), MLP_SIZES).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     train_split = load_split(data, fm, "train")
@@ -276,10 +277,10 @@ def platform_worker(
 ) -> None:
     import lightning.pytorch as pl  # only the platform workers need Lightning
 
-    from ctr.train import train
+    from ctr.runs import train_run
 
     class TakeTurns(pl.Callback):
-        """Runs after ``ctr.train.Throughput`` has stopped its clock, so the waits are not timed."""
+        """Runs after ``ctr.training.train.Throughput`` has stopped its clock, so the waits are not timed."""
 
         def __init__(self, baton: Baton) -> None:
             self.baton = baton
@@ -306,7 +307,7 @@ def platform_worker(
     ]
     config = load_run_config(None, overrides, data=str(data), model="deepfm")
     # rank 0 writes out/metrics.json
-    train(config, out, nproc=nproc, callbacks=[TakeTurns(baton)] if baton is not None else [])
+    train_run(config, out, nproc=nproc, callbacks=[TakeTurns(baton)] if baton is not None else [])
 
 
 # --------------------------------------------------------------------------------------------------

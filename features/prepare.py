@@ -45,12 +45,12 @@ import polars as pl
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from config.strict import ConfigError, from_dict, to_dict
 from features.encode import Codes, EncodePlan, fit_plan
 from features.outputs import replaced_dir
 from features.schema import FeatureMap
 from features.sources import scan_inputs
 from features.spec import DatasetSpec, InputError
-from features.strict import ConfigError, from_dict, to_dict
 from features.transforms import (
     SPLITS,
     TimeCut,

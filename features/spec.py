@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from features.strict import ConfigError, from_dict, load_yaml
+from config.registry import DATASETS
+from config.strict import ConfigError, from_dict, load_yaml
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -234,6 +235,7 @@ def _movielens() -> DatasetSpec:
 
 
 BUILTIN_DATASETS = {"criteo": _criteo, "avazu": _avazu, "movielens": _movielens}
+assert tuple(BUILTIN_DATASETS) == DATASETS, f"BUILTIN_DATASETS {list(BUILTIN_DATASETS)} != config.registry.DATASETS"
 
 
 def builtin_spec(name: str) -> DatasetSpec:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from config.registry import BENCH_METHODS, DATASETS, MODELS, VARIANTS
+
 __all__ = ["main"]
 
 
@@ -47,9 +49,9 @@ _NON_NEGATIVE = _int_at_least(0)
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    from config.strict import ConfigError
     from features.prepare import GivenSplits, PrepareOptions, prepare
     from features.spec import builtin_spec, load_spec
-    from features.strict import ConfigError
 
     if args.dataset == "custom" and args.spec is None:
         raise ConfigError("--spec: --dataset custom needs --spec FILE")
@@ -92,8 +94,8 @@ def _apply(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ctr.run_config import load_run_config
-    from ctr.train import train
+    from ctr.runs import train_run
+    from ctr.training.defaults import load_run_config
 
     sections = ("supernet",) if args.command == "supernet" else ()
     processes = args.ray_workers if args.ray_workers is not None else args.nproc
@@ -111,7 +113,7 @@ def _train(args: argparse.Namespace) -> None:
             config, Path(args.out), workers=args.ray_workers, resume=args.resume, address=args.address
         )
     else:
-        metrics = train(config, Path(args.out), nproc=args.nproc, resume=args.resume)
+        metrics = train_run(config, Path(args.out), nproc=args.nproc, resume=args.resume)
     _report(metrics)
 
 
@@ -124,7 +126,7 @@ def _report(metrics: dict[str, Any]) -> None:
 
 
 def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
-    from ctr.run_config import load_run_config
+    from ctr.training.defaults import load_run_config
 
     sets = list(args.set)
     if getattr(args, "search_workers", None) is not None:
@@ -136,7 +138,7 @@ def _run_config(args: argparse.Namespace, sections: Sequence[str] = ()) -> Any:
 
 
 def _optembed(args: argparse.Namespace) -> None:
-    from ctr.variants import variant
+    from ctr.optembed.variants import variant
     from pipelines.optembed import run_optembed
 
     config = _run_config(args, ("supernet", "search", "retrain"))
@@ -151,13 +153,14 @@ def _optembed(args: argparse.Namespace) -> None:
         int8=args.int8,
         progress=not args.quiet,
     )
-    print(json.dumps({k: result[k] for k in ("baseline", "final", "params_ratio", "sparsity", "row_sparsity")}))
+    if result:  # ranks > 0 of --nproc N (they re-run the command) train only; rank 0 reports
+        print(json.dumps({k: result[k] for k in ("baseline", "final", "params_ratio", "sparsity", "row_sparsity")}))
 
 
 def _search(args: argparse.Namespace) -> None:
-    from ctr.restore import read_run_config
-    from ctr.run_config import load_run_config
-    from ctr.variants import variant
+    from ctr.optembed.variants import variant
+    from ctr.training.defaults import load_run_config
+    from ctr.training.restore import read_run_config
     from pipelines.optembed import search_stage
 
     supernet = read_run_config(args.supernet)
@@ -181,8 +184,8 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> None:
-    from ctr.run_config import load_run_config
-    from ctr.train import train
+    from ctr.runs import train_run
+    from ctr.training.defaults import load_run_config
 
     sets = [*args.set, f"retrain.supernet={args.supernet}", f"retrain.plan={args.plan}"]
     sets += [f"retrain.init={args.init}"] if args.init else []
@@ -190,7 +193,7 @@ def _retrain(args: argparse.Namespace) -> None:
     source = args.config if args.config is not None else str(Path(args.supernet) / "config.yaml")
     config = load_run_config(source, sets, data=args.data, model=None, processes=args.nproc)
     config = dataclasses.replace(config, supernet=None, search=None)
-    _report(train(config, Path(args.out), nproc=args.nproc, resume=args.resume))
+    _report(train_run(config, Path(args.out), nproc=args.nproc, resume=args.resume))
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -214,13 +217,13 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from ctr.export import export_run
+    from ctr.artifact.export import export_run
 
     print(json.dumps(export_run(Path(args.run), Path(args.out), int8=args.int8, overwrite=args.overwrite)))
 
 
 def _compress_bench(args: argparse.Namespace) -> None:
-    from features.strict import ConfigError
+    from config.strict import ConfigError
     from pipelines.compress_bench import run_compress_bench
 
     config = _run_config(args)
@@ -240,9 +243,6 @@ def _synth(args: argparse.Namespace) -> None:
     print(json.dumps({"rows": args.rows, "out": args.out, "bayes_auc": truth.bayes_auc, "ctr": truth.ctr}))
 
 
-MODEL_NAMES = ("lr", "fm", "deepfm", "fnn", "ipnn", "dcn", "dcnv2", "dlrm")
-
-
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--search-workers", type=_NON_NEGATIVE, metavar="N", help="Ray evaluator actors (0: no Ray; default 1)"
@@ -258,7 +258,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="raw CSV/TSV/parquet logs -> encoded parquet shards + feature_map.json")
-    p.add_argument("--dataset", required=True, choices=["criteo", "avazu", "movielens", "custom"])
+    p.add_argument("--dataset", required=True, choices=[*DATASETS, "custom"])
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", metavar="FILE", help="input files to split (MovieLens: u.data)")
     source.add_argument("--train", nargs="+", metavar="FILE", help="pre-split inputs: the training files (fitted on)")
@@ -289,7 +289,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ]:
         p = sub.add_parser(name, help=text)
         p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-        p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+        p.add_argument("--model", required=True, choices=MODELS)
         p.add_argument("--out", required=True, metavar="RUN", help="run directory (metrics.json, checkpoints, logs)")
         p.add_argument("--config", metavar="FILE", help="YAML run config (data, model, optim, trainer, supernet)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=0.01")
@@ -304,10 +304,9 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else local)")
         p.set_defaults(func=_train)
 
-    variants = ["optembed", "optembed-e", "optembed-d", "optembed-unified"]
     p = sub.add_parser("optembed", help="OptEmbed end to end: baseline, supernet, search, retrain, export, result.json")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--out", required=True, metavar="RUN", help="pipeline directory (one sub-directory per stage)")
     p.add_argument(
         "--config", metavar="FILE", help="YAML config (data, model, optim, trainer, supernet, search, retrain)"
@@ -316,7 +315,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. search.generations=5"
     )
     p.add_argument(
-        "--variant", choices=variants, default="optembed", help="rows and dims, rows only (-e), dims only (-d)"
+        "--variant", choices=VARIANTS, default="optembed", help="rows and dims, rows only (-e), dims only (-d)"
     )
     _search_args(p)
     p.add_argument("--nproc", type=_POSITIVE, default=1, metavar="N", help="training processes")
@@ -331,7 +330,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. search.population=10"
     )
-    p.add_argument("--variant", choices=variants, default="optembed")
+    p.add_argument("--variant", choices=VARIANTS, default="optembed")
     _search_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_search, model=None)
@@ -350,7 +349,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="tune the training knobs: an Optuna study, trials pruned per epoch, run on Ray")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--out", required=True, metavar="DIR", help="best.yaml, tune.json, study.db, trials/N/")
     p.add_argument("--trials", type=_POSITIVE, default=20, metavar="N", help="COMPLETE+PRUNED trials (default 20)")
     p.add_argument("--timeout", type=_POSITIVE, metavar="S", help="start no trial after S seconds")
@@ -374,14 +373,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress-bench", help="every embedding-compression method at every budget: AUC vs parameters")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
-    p.add_argument("--model", required=True, choices=list(MODEL_NAMES))
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--out", required=True, metavar="DIR", help="results.json, results.md, auc_vs_params.png, runs/")
     p.add_argument("--budgets", default="1,0.1,0.01", metavar="R,R", help="fractions of the full tables' parameters")
     p.add_argument(
         "--methods",
-        default="full,hash,shared-hash,qr,mde,unified,optembed",
+        default=",".join(m for m in BENCH_METHODS if m != "optembed-unified"),
         metavar="M,M",
-        help="full, hash, shared-hash, qr, mde, unified, optembed, optembed-unified",
+        help=", ".join(BENCH_METHODS),
     )
     p.add_argument("--config", metavar="FILE", help="YAML run config (also `tables`, `supernet`, `search` sections)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -438,16 +437,16 @@ def _os_error(e: OSError, out: str | None) -> str | None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one stage; a failure the user caused (bad input, config, file or disk) is one line on stderr and
     exit code 1: ``ctr <stage>: error: <file or option>: <problem>``. Anything else keeps its traceback."""
+    from config.strict import ConfigError
     from features.schema import FeatureMapError
     from features.spec import InputError
-    from features.strict import ConfigError
 
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError)
     if args.command in ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench", "tune"):
-        from ctr.lit import NonFiniteLossError
-        from ctr.strategy import CheckpointError
+        from ctr.training.module import NonFiniteLossError
+        from ctr.training.strategy import CheckpointError
 
         errors += (CheckpointError, NonFiniteLossError)
     try:

@@ -1,6 +1,6 @@
 """``ctr compress-bench``: every embedding-compression method at every memory budget, one model, one dataset.
 
-Methods: the table strategies of :mod:`ctr.layouts` (``full``, ``hash``, ``shared-hash``, ``qr``, ``mde``,
+Methods: the table methods of :mod:`ctr.tables.methods` (``full``, ``hash``, ``shared_hash``, ``qr``, ``mde``,
 ``unified``), ``optembed`` (the whole OptEmbed pipeline with ``search.budget`` set to the budget) and
 ``optembed-unified`` (OptEmbed's probe search over a Unified Embedding table of that budget). The
 budget ``r`` is a fraction of the full tables' embedding parameters; ``full`` runs once (it is the ``r = 1``
@@ -27,25 +27,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from ctr.layouts import Method, TablesConfig
-from ctr.run_config import RunConfig, SearchConfig, SupernetConfig
-from ctr.variants import VARIANTS
+from config.registry import BENCH_METHODS, LEARNED_METHODS
+from config.run import RunConfig, SearchConfig, SupernetConfig
+from config.strict import ConfigError
+from config.tables import Method, TablesConfig
+from ctr.optembed.variants import VARIANTS
 from features.outputs import owned_dir
-from features.strict import ConfigError
 from pipelines.optembed import run_optembed, train_stage
 
-__all__ = ["BENCH_METHODS", "run_compress_bench"]
-
-BENCH_METHODS: tuple[str, ...] = (
-    "full",
-    "hash",
-    "shared-hash",
-    "qr",
-    "mde",
-    "unified",
-    "optembed",
-    "optembed-unified",
-)
+__all__ = ["run_compress_bench"]
 
 
 def _record(method: str, budget: float, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +71,7 @@ def _bench(
     for method in methods:
         for budget in [1.0] if method == "full" else budgets:
             run = out / "runs" / f"{method}@{budget:g}"
-            if method in ("optembed", "optembed-unified"):
+            if method in LEARNED_METHODS:
                 unified = method == "optembed-unified"  # the budget sizes the shared table, not the search
                 search = config.search or SearchConfig()
                 search = dataclasses.replace(search, budget=None if unified or budget == 1 else budget)
@@ -100,7 +90,7 @@ def _bench(
                     continue
                 metrics = result["final"]
             else:
-                name = cast(Method, method.replace("-", "_"))
+                name = cast(Method, method)
                 tables = dataclasses.replace(config.tables or TablesConfig(), method=name, budget=budget)
                 metrics = train_stage(dataclasses.replace(base, tables=tables), run)
             records.append(_record(method, budget, metrics))

@@ -86,7 +86,7 @@ def artifact_dirs(storage: str, rdb: BaseStorage) -> list[Path]:
 def _check_listen(host: str, port: int) -> None:
     """Bind ``host:port`` as the dashboard's server will (wsgiref, address reuse on) and let it go again, so a
     busy port or a foreign address ends in one line before anything is printed."""
-    from features.strict import ConfigError
+    from config.strict import ConfigError
 
     where = f"[{host}]" if ":" in host else host
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -109,7 +109,7 @@ def run_dashboard(
     """
     import optuna_dashboard
 
-    from features.strict import ConfigError
+    from config.strict import ConfigError
     from search.storage import open_storage, redact
 
     rdb = open_storage(storage)
@@ -173,7 +173,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m pipelines.dashboard``: the same options as ``ctr dashboard``."""
-    from features.strict import ConfigError
+    from config.strict import ConfigError
 
     parser = argparse.ArgumentParser(prog="ctr dashboard", description="optuna-dashboard on a search's study storage")
     _add_arguments(parser)

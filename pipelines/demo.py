@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from ctr.run_config import load_run_config
-from ctr.variants import VARIANTS
+from ctr.optembed.variants import VARIANTS
+from ctr.training.defaults import load_run_config
 from features.outputs import remove_owned
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec

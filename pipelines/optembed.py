@@ -12,7 +12,7 @@ it, and the search continues its Optuna study without re-evaluating finished can
     RUN/search/     plan.json + masks.npz, search.json, study.db (default SQLite storage),
                     plots/dims.png, plots/generations.png, plots/pareto.png
     RUN/retrain/    the pruned, mixed-dimension model           (metrics.json)
-    RUN/export/     the inference artifact                      (see ctr.export)
+    RUN/export/     the inference artifact                      (see ctr.artifact.export)
     RUN/result.json baseline vs final, sparsity, per-field dims and rows
 
 Example:
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,24 +33,20 @@ from typing import Any
 import optuna
 import torch
 
-from ctr.data import load_split
-from ctr.embedding import FIRST_ORDER_MODELS, LINEAR_DIM, embedding_params
-from ctr.export import export_run
-from ctr.layouts import TablesConfig
-from ctr.plan import EmbeddingPlan, FieldPlan
-from ctr.pruned import PrunedTables
-from ctr.restore import load_run
-from ctr.run_config import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
-from ctr.strategy import complete_checkpoint
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import command_of, train
-from ctr.variants import Variant
-from features.outputs import owned_dir, remove_owned
-from features.strict import ConfigError
+from config.run import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
+from config.tables import TablesConfig
+from ctr.artifact.export import export_run
+from ctr.optembed.frozen import freeze
+from ctr.optembed.plot import plot_dims
+from ctr.optembed.pruned import PrunedTables
+from ctr.optembed.variants import Variant
+from ctr.runs import command_of, train_run
+from ctr.training.strategy import complete_checkpoint
+from features.outputs import is_secondary_rank, owned_dir, remove_owned
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
+from search.pick import pick, shrink
 from search.plots import plot_search
 from search.sample_size import sized_sample
-from search.scorer import CandidateScorer
 from search.storage import PlanNote, attach_plots
 
 __all__ = ["run_optembed", "search_stage", "train_stage"]
@@ -62,22 +59,21 @@ def train_stage(config: RunConfig, out: Path, *, nproc: int = 1) -> dict[str, An
         loaded: dict[str, Any] = json.loads(metrics.read_text())
         return loaded
     resume = complete_checkpoint(out / "checkpoints" / "last.ckpt") is not None
-    if not resume:
+    if not resume and not is_secondary_rank():  # rank 0 holds the folder (ranks > 0 re-run the pipeline)
         remove_owned(out, command_of(config))  # started, but killed before its first checkpoint
-    return train(config, out, nproc=nproc, resume=resume)
+    return train_run(config, out, nproc=nproc, resume=resume)
 
 
-def _choices(config: RunConfig) -> tuple[int, ...]:
-    supernet = config.supernet or SupernetConfig()
-    full = config.model.embedding_dim
-    return tuple(supernet.candidates) if supernet.candidates is not None else tuple(range(4, full + 1, 4))
-
-
-def _pick(scored: list[Scored], tolerance: float) -> Scored:
-    """The smallest candidate within ``tolerance`` of the best validation AUC (ties: higher AUC, earlier trial)."""
-    best = max(s.val_auc for s in scored)
-    near = [s for s in scored if s.val_auc >= best - tolerance]
-    return min(near, key=lambda s: (s.embedding_params, -s.val_auc, s.trial))
+def _rank0_search(out: Path, poll_s: float = 0.5) -> dict[str, Any]:
+    """A rank > 0 of ``--nproc N`` (it re-runs the pipeline to join the training stages): rank 0 searches, this
+    rank waits for its ``search.json``, or ends when rank 0 is gone (it was started by rank 0)."""
+    parent = os.getppid()
+    while not (out / "search.json").is_file():
+        if os.getppid() != parent:
+            raise SystemExit(1)
+        time.sleep(poll_s)
+    loaded: dict[str, Any] = json.loads((out / "search.json").read_text())
+    return loaded
 
 
 def search_stage(
@@ -114,55 +110,18 @@ def _search(
         loaded: dict[str, Any] = json.loads(done.read_text())
         return loaded
     started = time.perf_counter()
-    run = load_run(supernet)
-    fm, model_config = run.feature_map, run.config.model
-    scfg = run.config.supernet
-    if scfg is None:
-        raise ConfigError(f"{supernet}: not a supernet run (its config has no `supernet` section)")
-    if scfg.prune_rows != variant.prune_rows or (variant.search_dims and not scfg.sample_dims):
-        raise ConfigError(
-            f"{supernet}: its supernet (prune_rows={scfg.prune_rows}, sample_dims={scfg.sample_dims}) "
-            f"was not trained for variant {variant.name!r}"
-        )
-    layout = run.model.layout
-    if variant.multiplexed != (layout is not None and layout.method == "unified"):
-        raise ConfigError(f"{supernet}: variant {variant.name!r} needs a supernet over a Unified Embedding table")
-    full = model_config.embedding_dim
-    if layout is None:
-        masks = model_row_masks(run.model, fm, find_pruning(run.model))
-    else:  # one shared table: nothing is pruned per field, every field keeps its vocabulary
-        masks = {f.name: torch.ones(f.cardinality, dtype=torch.bool) for f in fm.categorical}
-    plan = EmbeddingPlan(
-        fm.content_hash, full, tuple(FieldPlan(n, full, int(m.sum()), int(m.numel())) for n, m in masks.items())
-    )
-    tables = PrunedTables(plan, {n: m.numpy() for n, m in masks.items()})
+    frozen = freeze(supernet, variant)
+    fm, full, tables = frozen.run.feature_map, frozen.full_dim, frozen.tables
     out.mkdir(parents=True, exist_ok=True)
-    if layout is None:
-        rows = tuple(int(tables.kept_ids(n).shape[0]) for n in fm.sparse_names)
-        fixed = LINEAR_DIM * sum(rows) if model_config.name in FIRST_ORDER_MODELS else 0
-    else:  # the shared table's size does not depend on the probe counts: the cost is constant
-        rows, fixed = tuple(0 for _ in fm.sparse_names), embedding_params(fm, model_config, layout)
-    space = SearchSpace(tuple(fm.sparse_names), tuple(_choices(run.config) for _ in rows), rows, fixed)
+    space = SearchSpace(frozen.fields, tuple(frozen.choices for _ in frozen.rows), frozen.rows, frozen.fixed_params)
     # The budget is a fraction of the full, unpruned table (the baseline's embedding parameters).
-    full_params = sum(f.rows_total for f in plan.fields) * (full + (LINEAR_DIM if fixed else 0))
-    budget = int(config.budget * full_params) if config.budget is not None else None
+    budget = int(config.budget * frozen.full_params) if config.budget is not None else None
     outcome: SearchOutcome | None = None
     scored: list[Scored] = []
     summary: dict[str, Any] = {"variant": variant.name, "supernet": str(supernet)}
     if variant.search_dims:
         torch.set_num_threads(1)
-        split = load_split(run.config.data.path, fm, "valid")
-        if layout is not None:
-            split = layout.transform(split)
-        scorer = CandidateScorer(
-            run.model,
-            masks if layout is None else None,
-            split,
-            batch_size=config.eval_batch_size,
-            max_rows=config.val_rows,
-            seed=config.seed,
-            head_dtype=torch.bfloat16 if config.head_dtype == "bfloat16" else torch.float32,
-        )
+        scorer = frozen.scorer(config)
         if config.val_rows is None and config.auc_noise is not None:
             scorer, summary["sample"] = sized_sample(scorer, space.choices, config.auc_noise, config.seed)
         url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -178,12 +137,12 @@ def _search(
             budget_params=budget,
         )
         scored = scored_trials(optuna.load_study(study_name=study, storage=url))
-        chosen = _pick(scored, config.pick_tolerance)
+        chosen = pick(scored, config.pick_tolerance)
         dims = chosen.dims
         steps: list[dict[str, Any]] = []
         if config.shrink:
             floor = outcome.best.val_auc - config.pick_tolerance
-            dims, steps = _shrink(scorer, space, dims, floor)
+            dims, steps = shrink(scorer, space, dims, floor)
         summary["shrink"] = steps
         summary["final_val_auc"] = scorer.score_many([tuple(dims[n] for n in fm.sparse_names)])[0]
         summary |= {
@@ -195,7 +154,7 @@ def _search(
             "chosen": dataclasses.asdict(chosen),
             "pareto": [dataclasses.asdict(s) for s in outcome.pareto],
             "best_per_generation": outcome.best_per_generation,
-            "full_dims_val_auc": scorer.score_many([tuple(full for _ in rows)])[0],
+            "full_dims_val_auc": scorer.score_many([tuple(full for _ in frozen.rows)])[0],
             "scorer_rows": scorer.num_rows,
         }
     else:
@@ -209,7 +168,9 @@ def _search(
         "row_sparsity": final.plan.row_sparsity,
         "seconds": time.perf_counter() - started,
     }
-    plots = plot_search(outcome, scored, final.plan, out / "plots")
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    plots = [plot_dims(final.plan, out / "plots" / "dims.png")]
+    plots += plot_search(outcome, scored, out / "plots") if outcome is not None else []
     summary["plots"] = [str(p) for p in plots]
     if outcome is not None:  # the plots as study artifacts, and a note of the plan written, for the dashboard
         summary["artifacts"] = str(out / "artifacts")
@@ -218,25 +179,6 @@ def _search(
         attach_plots(summary["storage"], study, plots, out / "artifacts", plan=note)
     done.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _shrink(
-    scorer: CandidateScorer, space: SearchSpace, dims: dict[str, int], floor: float
-) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """Step each field (largest table first) to its smallest dim where the validation AUC stays >= ``floor``."""
-    current = [dims[f] for f in space.fields]
-    steps: list[dict[str, Any]] = []
-    for i in sorted(range(len(space.fields)), key=lambda i: (-space.rows[i], i)):
-        smallest = min(space.choices[i])
-        if current[i] == smallest:
-            continue
-        trial = [*current[:i], smallest, *current[i + 1 :]]
-        auc = scorer.score_many([trial])[0]
-        kept = auc >= floor
-        steps.append({"field": space.fields[i], "from": current[i], "to": smallest, "val_auc": auc, "kept": kept})
-        if kept:
-            current = trial
-    return dict(zip(space.fields, current, strict=True)), steps
 
 
 def run_optembed(
@@ -251,7 +193,8 @@ def run_optembed(
     int8: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The whole flow; returns (and writes) ``RUN/result.json``. ``out`` is locked while it runs."""
+    """The whole flow; returns (and writes) ``RUN/result.json``. ``out`` is locked while it runs. A rank > 0 of
+    ``nproc`` (a process Lightning started, re-running the command) joins the training stages only and returns {}."""
     with owned_dir(out, "ctr optembed"):
         return _run(
             config,
@@ -298,29 +241,35 @@ def _run(
     baseline = timed("baseline", train_stage, base, out / "baseline", nproc=nproc)
     supernet_cfg = dataclasses.replace(base, supernet=supernet)
     timed("supernet", train_stage, supernet_cfg, out / "supernet", nproc=nproc)
-    search = timed(
-        "search",
-        search_stage,
-        out / "supernet",
-        out / "search",
-        variant,
-        config.search or SearchConfig(),
-        storage=storage,
-        study=study,
-        address=address,
-        progress=progress,
-    )
+    if is_secondary_rank():  # only rank 0 searches, exports and writes result.json; this rank joins retraining
+        search = timed("search", _rank0_search, out / "search")
+    else:
+        search = timed(
+            "search",
+            search_stage,
+            out / "supernet",
+            out / "search",
+            variant,
+            config.search or SearchConfig(),
+            storage=storage,
+            study=study,
+            address=address,
+            progress=progress,
+        )
     plan = PrunedTables.load(out / "search").plan
     exported: dict[str, Any] | None = None
     if multiplexed is not None:  # the same shared table, each field with its searched number of probes
         probes = {f.name: f.dim // multiplexed.chunk for f in plan.fields}
         final_cfg = dataclasses.replace(base, tables=dataclasses.replace(multiplexed, probes=probes))
-        final = timed("retrain", train_stage, final_cfg, out / "retrain", nproc=nproc)
     else:
         retrain = dataclasses.replace(
             config.retrain or RetrainConfig(), supernet=str(out / "supernet"), plan=str(out / "search")
         )
-        final = timed("retrain", train_stage, dataclasses.replace(base, retrain=retrain), out / "retrain", nproc=nproc)
+        final_cfg = dataclasses.replace(base, retrain=retrain)
+    final = timed("retrain", train_stage, final_cfg, out / "retrain", nproc=nproc)
+    if is_secondary_rank():
+        return {}
+    if multiplexed is None:
         exported = timed("export", export_run, out / "retrain", out / "export", int8=int8, overwrite=True)
     keys = ("test_auc", "test_logloss", "val_auc", "embedding_params", "samples_per_sec")
     result: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Distributed training through Ray Train: a ``TorchTrainer`` whose workers each run ``ctr.train.train``.
+"""Distributed training through Ray Train: a ``TorchTrainer`` whose workers each run ``ctr.runs.train``.
 
 Ray starts ``workers`` worker processes (on one machine or across a cluster), creates their process group
 (gloo on CPU, NCCL with GPUs) and sets rank and world size; each worker runs the same Lightning fit as
@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ctr.run_config import RunConfig
+from config.run import RunConfig
+from config.strict import from_dict, to_dict
 from features.outputs import owned_dir
-from features.strict import from_dict, to_dict
 
 __all__ = ["train_on_ray"]
 
@@ -30,11 +30,11 @@ __all__ = ["train_on_ray"]
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
 
-    from ctr.run_config import RunConfig
-    from ctr.train import train
+    from config.run import RunConfig
+    from ctr.runs import train_run
 
     config = from_dict(RunConfig, loop_config["config"])
-    metrics = train(config, Path(loop_config["out"]), resume=loop_config["resume"], on_ray=True)
+    metrics = train_run(config, Path(loop_config["out"]), resume=loop_config["resume"], on_ray=True)
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, int | float)})
 
 
@@ -42,7 +42,7 @@ def train_on_ray(
     config: RunConfig, out: Path, *, workers: int, resume: bool = False, address: str | None = None
 ) -> dict[str, Any]:
     """Train ``config`` into ``out`` with ``workers`` Ray Train workers; returns ``metrics.json``."""
-    from ctr.train import command_of
+    from ctr.runs import command_of
 
     if workers < 1:
         raise ValueError(f"train_on_ray needs at least one worker, got {workers}")

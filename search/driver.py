@@ -27,12 +27,11 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from ctr.run_config import SearchConfig
-from features.strict import ConfigError
+from config.run import SearchConfig
+from config.strict import ConfigError
 from search.evaluators import make_evaluator
-from search.evolution import EvolutionConfig
 from search.sampler import EvolutionarySampler
-from search.scorer import CandidateScorer
+from search.scoring import Scorer
 from search.storage import claim_spec
 
 __all__ = ["Scored", "SearchOutcome", "SearchSpace", "run_search", "scored_trials"]
@@ -77,14 +76,8 @@ class SearchOutcome:
     storage: str
 
 
-# SearchConfig repeats EvolutionConfig's settings as flat YAML keys (search.population, ...); these are they.
-_EVOLUTION_KEYS = tuple(
-    f.name for f in dataclasses.fields(EvolutionConfig) if f.name in {g.name for g in dataclasses.fields(SearchConfig)}
-)
-
-
 def _spec(space: SearchSpace, config: SearchConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    evo = {name: getattr(config, name) for name in (*_EVOLUTION_KEYS, "seed")}
+    evo = {**dataclasses.asdict(config.evolution()), "seed": config.seed}
     return {
         "fields": list(space.fields),
         "choices": [list(c) for c in space.choices],
@@ -120,7 +113,7 @@ def _open_study(storage: str, name: str, directions: list[str], spec: dict[str, 
 
 
 def run_search(
-    scorer: CandidateScorer,
+    scorer: Scorer,
     space: SearchSpace,
     config: SearchConfig,
     storage: str,

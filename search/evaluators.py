@@ -1,7 +1,7 @@
 """Where candidates are scored: in this process, or in parallel by Ray actors that each hold the scorer.
 
 Both evaluators take a list of candidates and return their scores in the same order. :class:`RayEvaluator`
-puts the :class:`~search.scorer.CandidateScorer` in the object store once; each actor fetches it at start and
+puts the :class:`~search.scoring.Scorer` in the object store once; each actor fetches it at start and
 then scores candidates from its precomputed tensors. Actors restart when their process dies and Ray retries
 the interrupted call on the new actor (scoring is pure, so a retry gives the same value): a killed evaluator
 loses no candidate, and the driver records each one exactly once.
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
-from features.strict import ConfigError
-from search.scorer import CandidateScorer
+from config.strict import ConfigError
+from search.scoring import Scorer
 
 __all__ = ["Evaluator", "LocalEvaluator", "RayEvaluator", "make_evaluator"]
 
@@ -43,10 +43,10 @@ class _Context:
 
 
 class LocalEvaluator(_Context):
-    """Scores in this process, all candidates in one :meth:`~search.scorer.CandidateScorer.score_many` call
+    """Scores in this process, all candidates in one :meth:`~search.scoring.Scorer.score_many` call
     (``search.workers = 0``)."""
 
-    def __init__(self, scorer: CandidateScorer) -> None:
+    def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
 
     def __call__(self, candidates: Sequence[tuple[int, ...]]) -> list[float]:
@@ -59,7 +59,7 @@ class LocalEvaluator(_Context):
 class _ScorerActor:
     """A Ray actor holding one scorer; its process's torch runs single-threaded (one CPU per actor)."""
 
-    def __init__(self, scorer: CandidateScorer) -> None:
+    def __init__(self, scorer: Scorer) -> None:
         import torch
 
         torch.set_num_threads(1)
@@ -78,13 +78,13 @@ class RayEvaluator(_Context):
     Connects to a running cluster when ``address`` (or ``RAY_ADDRESS``) is set, else starts a local Ray bound
     to 127.0.0.1 without the dashboard, and shuts down only a Ray it started. The pool is as large as the cluster
     can place (one CPU per actor): fewer free CPUs than ``workers`` means fewer actors and a one-line notice on
-    stderr, none is a :class:`~features.strict.ConfigError`; an actor not started within ``start_timeout`` seconds
+    stderr, none is a :class:`~config.strict.ConfigError`; an actor not started within ``start_timeout`` seconds
     is dropped.
     """
 
     def __init__(
         self,
-        scorer: CandidateScorer,
+        scorer: Scorer,
         workers: int,
         address: str | None = None,
         *,
@@ -111,7 +111,7 @@ class RayEvaluator(_Context):
             self.close()
             raise
 
-    def _start(self, scorer: CandidateScorer, workers: int, max_restarts: int, timeout: float) -> list[Any]:
+    def _start(self, scorer: Scorer, workers: int, max_restarts: int, timeout: float) -> list[Any]:
         """As many actors as the cluster can place (at most ``workers``), once started; those not started within
         ``timeout`` seconds are dropped: an actor that is never placed would hold its candidates forever."""
         import ray
@@ -179,6 +179,6 @@ def _notice(text: str) -> None:
     print(f"search: notice: {text}", file=sys.stderr, flush=True)
 
 
-def make_evaluator(scorer: CandidateScorer, workers: int, address: str | None = None) -> LocalEvaluator | RayEvaluator:
+def make_evaluator(scorer: Scorer, workers: int, address: str | None = None) -> LocalEvaluator | RayEvaluator:
     """No workers: score here; else Ray actors."""
     return LocalEvaluator(scorer) if workers == 0 else RayEvaluator(scorer, workers, address)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from features.strict import ConfigError
+from config.strict import ConfigError
 
 __all__ = ["ray_session"]
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from search.scorer import CandidateScorer
+from ctr.optembed.scorer import CandidateScorer
 
 __all__ = ["auc_difference_se", "rows_for_auc_noise", "sized_sample"]
 

@@ -28,7 +28,8 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from search.evolution import Candidate, EvolutionConfig, Score, next_generation
+from config.evolution import EvolutionConfig
+from search.evolution import Candidate, Score, next_generation
 
 __all__ = ["CANDIDATE_KEY", "DEFAULT_CONFIG", "GENERATION_KEY", "EvolutionarySampler", "NoCandidateError"]
 

@@ -31,7 +31,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from features.strict import ConfigError
+from config.strict import ConfigError
 
 ARTIFACT_DIR_KEY = "artifact_dir"
 """The study user attribute holding the absolute directory of the study's artifact store."""

@@ -37,10 +37,10 @@ import yaml
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from ctr.run_config import RunConfig, with_values
+from config.run import RunConfig, with_values
+from config.strict import ConfigError, to_dict
 from features.outputs import owned_dir
 from features.schema import FeatureMap
-from features.strict import ConfigError, to_dict
 from search.pruning import make_pruner
 from search.storage import claim_spec, open_storage, redact
 from search.tune_runners import TrialLost, make_runner

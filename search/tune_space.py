@@ -16,7 +16,7 @@ that suggest the nearest one, and every key must be a valid run-config key takin
 :func:`load_space` builds a config with each bound and choice. Built-in spaces: ``configs/tune/<model>.yaml``.
 
 Example:
-    >>> from ctr.run_config import load_run_config
+    >>> from ctr.training.defaults import load_run_config
     >>> base = load_run_config(None, data="prepared", model="fm")
     >>> space = parse_space({"params": {"optim.sparse_lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
     ...                                 "model.mlp": {"type": "categorical", "choices": [[64], [64, 64]]}}},
@@ -28,7 +28,7 @@ Example:
     >>> parse_space({"params": {"optim.sparse_lrr": {"type": "float", "low": 0.01, "high": 0.5}}}, "space.yaml", base)
     Traceback (most recent call last):
     ...
-    features.strict.ConfigError: space.yaml: params.optim.sparse_lrr: ...: unknown key ... (did you mean 'sparse_lr'?)
+    config.strict.ConfigError: space.yaml: params.optim.sparse_lrr: ...: unknown key ... (did you mean 'sparse_lr'?)
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from ctr.run_config import RunConfig, with_values
-from features.strict import ConfigError, from_dict, load_yaml, to_dict
+from config.run import RunConfig, with_values
+from config.strict import ConfigError, from_dict, load_yaml, to_dict
 
 __all__ = ["BUILTIN_SPACES", "ParamSpec", "PrunerSpec", "SamplerSpec", "TuneSpace", "load_space", "parse_space"]
 

@@ -25,11 +25,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ctr.lit import NonFiniteLossError
-from ctr.run_config import RunConfig
-from ctr.strategy import CheckpointError
-from ctr.train import train
-from features.strict import ConfigError, from_dict
+from config.run import RunConfig
+from config.strict import ConfigError, from_dict
+from ctr.runs import train_run
+from ctr.training.module import NonFiniteLossError
+from ctr.training.strategy import CheckpointError
 from search.pruning import PruneOnValAUC, make_pruner
 from search.storage import open_storage
 from search.tune_space import PrunerSpec
@@ -63,7 +63,7 @@ def run_trial(job: TrialJob) -> str:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     prune = PruneOnValAUC(trial)
     try:
-        metrics = train(config, Path(job.run_dir), callbacks=[prune])
+        metrics = train_run(config, Path(job.run_dir), callbacks=[prune])
     except TRIAL_ERRORS as e:
         trial.set_user_attr("error", str(e))
         trial.set_user_attr("epochs", len(prune.reported))

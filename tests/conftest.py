@@ -24,7 +24,7 @@ def _find_shared_data() -> Path:
         return Path(os.environ["CTR_SHARED_DATA"])
     beside = REPO.parent / "shared" / "data"
     origin = subprocess.run(
-        ["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
+        ["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True, check=False, timeout=30
     ).stdout.strip()
     if beside.is_dir() or not origin or not Path(origin).is_dir():
         return beside
@@ -89,7 +89,7 @@ def toy_search() -> Any:
     ``fail_after=N``: the scorer raises ``ToySearchStop`` on its N-th call (the generation's trials are left
     RUNNING, as by a killed process); ``stop_after=G``: ``ToySearchStop`` right after generation G is told.
     """
-    from ctr.run_config import SearchConfig
+    from config.run import SearchConfig
     from search.driver import SearchOutcome, SearchSpace, run_search
 
     fields = ("C0", "C1", "C2", "C3")
@@ -146,7 +146,7 @@ def postgres_url() -> Iterator[str]:
     def bindir() -> Path:
         candidates = [os.environ.get("CTR_PG_BINDIR", "")]
         if shutil.which("pg_config"):
-            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False, timeout=30)
             candidates.append(out.stdout.strip())
         candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
         which = shutil.which("initdb")

@@ -1,4 +1,4 @@
-"""``ctr.allocator``: glibc's malloc settings for training processes."""
+"""``ctr.training.memory``: glibc's malloc settings for training processes."""
 
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ import sys
 
 import pytest
 
-from ctr.run_config import ConfigError, load_run_config
+from config.strict import ConfigError
+from ctr.training.defaults import load_run_config
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_applies_on_glibc() -> None:
     """In a fresh process: every mallopt call is accepted (glibc returns 1), and a second call is a no-op."""
     code = (
-        "from ctr.allocator import keep_freed_memory\n"
+        "from ctr.training.memory import keep_freed_memory\n"
         "first = keep_freed_memory(); second = keep_freed_memory()\n"
         "print(first, second, keep_freed_memory.cache_info().misses)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.split()
     assert out == ["True", "True", "1"]
 
 

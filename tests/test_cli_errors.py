@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from ctr.data import ShardError, load_split
-from ctr.run_config import load_run_config
+from config.strict import ConfigError
+from ctr.data.shards import ShardError, load_split
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
 from pipelines.cli import _os_error, main
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-import ctr.train
-from ctr.run_config import load_run_config
-from ctr.train import train
+import ctr.training.train
+from ctr.runs import train_run
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
@@ -37,17 +37,17 @@ def test_gradient_clip_bounds_the_dense_gradient_norm(
     write_synthetic(4000, raw, seed=3)
     prepare(builtin_spec("criteo"), [raw], tmp_path / "data", PrepareOptions(progress=False, min_count=5))
     norms: dict[str, list[float]] = {}
-    trainer_cls = ctr.train.pl.Trainer
+    trainer_cls = ctr.training.train.pl.Trainer
     for clip in ("null", "0.01"):
         probe = _GradNorms()
         monkeypatch.setattr(
-            ctr.train.pl,
+            ctr.training.train.pl,
             "Trainer",
             lambda *a, probe=probe, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]}),
         )
         sets = ["trainer.progress_bar=false", "model.mlp=[32]", "trainer.max_epochs=1", "data.batch_size=256"]
         sets += [f"trainer.gradient_clip={clip}", f"trainer.precision={precision}", "trainer.limit_train_batches=5"]
-        train(load_run_config(None, sets, data=str(tmp_path / "data"), model="deepfm"), tmp_path / f"run-{clip}")
+        train_run(load_run_config(None, sets, data=str(tmp_path / "data"), model="deepfm"), tmp_path / f"run-{clip}")
         norms[clip] = probe.norms
     assert len(norms["0.01"]) == 5
     assert min(norms["null"]) > 0.05, norms["null"]  # unclipped, the norms are well above the bound

@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from config.strict import ConfigError
 from features.hashing import stable_hash
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import load_spec
-from features.strict import ConfigError
 
 SPEC = """
 name: clicks
@@ -68,10 +68,11 @@ def test_custom_csv_every_encoder(tmp_path: Path) -> None:
     ids = dict(zip(visits_vocab["value"], visits_vocab["id"], strict=True))
     assert df["visits"].to_list() == [ids["1"], ids["5"], ids["21"], 0]
     # age: quantile buckets from the train quantiles (nearest) 20, 30 (10 and 40 are the extremes)
+    # By hand: the "nearest" quartiles of 10, 20, 30, 40 are 20, 30, 30 -> boundaries (20, 30); a value's bucket
+    # counts the boundaries at or below it (10 -> 0, 20 -> 1, 30 and 40 -> 2), offset by the 2 reserved ids.
     age = fm.field("age")
-    assert age.kind == "quantile"
-    assert df["age"].to_list() == sorted(df["age"].to_list())
-    assert df["age"].max() < age.cardinality  # type: ignore[operator]
+    assert age.kind == "quantile" and age.boundaries == (20.0, 30.0) and age.cardinality == 5
+    assert df["age"].to_list() == [2, 3, 4, 4]
 
 
 def test_custom_parquet_input(tmp_path: Path) -> None:
@@ -84,16 +85,70 @@ def test_custom_parquet_input(tmp_path: Path) -> None:
     assert report["rows_read"] == 4 and report["rows_rejected"] == 0
 
 
+def test_delimiter_auto_reads_tabs_and_commas_as_the_explicit_delimiter_does(tmp_path: Path) -> None:
+    _, data = write(tmp_path)
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text("\n".join(row.replace(",", "\t") for row in ROWS) + "\n")
+    auto = tmp_path / "auto.yaml"
+    auto.write_text(SPEC.replace('delimiter: ","', 'delimiter: "auto"'))
+    (tmp_path / "tab.yaml").write_text(SPEC.replace('delimiter: ","', 'delimiter: "\\t"'))
+    written = {}
+    for name, spec, source in [("comma", tmp_path / "spec.yaml", data), ("tab", tmp_path / "tab.yaml", tsv)]:
+        for how, spec_path in (("explicit", spec), ("auto", auto)):
+            out = tmp_path / f"{name}-{how}"
+            report = prepare(load_spec(spec_path), [source], out, PrepareOptions(ratios=(1, 0, 0), progress=False))
+            assert report["rows_rejected"] == 0, (name, how)
+            written[name, how] = pl.read_parquet(out / "train" / "*.parquet")
+    assert written["comma", "auto"].equals(written["comma", "explicit"])
+    assert written["tab", "auto"].equals(written["tab", "explicit"])
+    assert written["tab", "auto"].equals(written["comma", "auto"]) and written["tab", "auto"].height == 4
+
+
 def test_time_split_orders_rows(tmp_path: Path) -> None:
     spec_path, _ = write(tmp_path)
     data = tmp_path / "many.csv"
-    lines = [ROWS[0]] + [f"2024-01-{d:02d},{d % 2},1,1,1,s,u,a,c" for d in range(1, 31)]
+    days = [
+        17,
+        3,
+        30,
+        25,
+        8,
+        1,
+        28,
+        12,
+        21,
+        5,
+        26,
+        14,
+        9,
+        29,
+        2,
+        19,
+        23,
+        6,
+        11,
+        27,
+        16,
+        4,
+        22,
+        10,
+        18,
+        7,
+        24,
+        13,
+        20,
+        15,
+    ]
+    lines = [ROWS[0]] + [f"2024-01-{d:02d},{d % 2},{d},1,1,s,u,a,c" for d in days]  # price: the day, shuffled
     data.write_text("\n".join(lines) + "\n")
     report = prepare(load_spec(spec_path), [data], tmp_path / "out", PrepareOptions(split="time", progress=False))
-    w = report["rows_written"]
-    assert w["train"] + w["valid"] + w["test"] == 30
+    assert report["rows_written"] == {"train": 24, "valid": 3, "test": 3}  # floor(0.8 n), floor(0.9 n) - floor(0.8 n)
     cut1, cut2 = report["split"]["time_cuts_us"]
-    assert cut1 < cut2 and w["train"] >= 20 and w["test"] >= 1
+    assert cut1 < cut2
+    # the days of each split, read back from the price column (log1p of the day): 1-24, 25-27, 28-30
+    got = {s: sorted(round(float(np.expm1(v))) for v in pl.read_parquet(tmp_path / "out" / s / "*.parquet")["price"])
+           for s in ("train", "valid", "test")}  # fmt: skip
+    assert got == {"train": list(range(1, 25)), "valid": [25, 26, 27], "test": [28, 29, 30]}
 
 
 def test_unknown_spec_key_names_it_and_suggests(tmp_path: Path) -> None:

@@ -1,8 +1,7 @@
-"""ctr/data.py: shards -> ColumnarSplit -> Batch(dense, KJT, labels); sampler; loader; data module."""
+"""ctr/data/: shards -> ColumnarSplit -> Batch(dense, KJT, labels); sampler; loader; data module."""
 
 from __future__ import annotations
 
-import doctest
 import itertools
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,15 +16,11 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.datasets.utils import Batch
 
-import ctr.data
-from ctr.data import (
-    ColumnarSplit,
-    CTRDataModule,
-    DataConfig,
-    EpochBatchSampler,
-    load_split,
-    make_loader,
-)
+from config.data import DataConfig
+from ctr.data.columnar import ColumnarSplit
+from ctr.data.datamodule import CTRDataModule
+from ctr.data.loader import EpochBatchSampler, make_loader
+from ctr.data.shards import load_split
 from features.schema import CategoricalField, DenseField, FeatureMap
 
 # Five training rows over two shards (rows 0-2 in part-0, rows 3-4 in part-1). Field order in the map is
@@ -196,10 +191,6 @@ def test_empty_split_and_unknown_split(prepared: tuple[Path, FeatureMap]) -> Non
     assert len(split) == 0 and split.dense.shape == (0, 2) and split.multi["m"].offsets.tolist() == [0]
     with pytest.raises(ValueError, match=r"'nope'.*splits are"):
         load_split(root, fm, "nope")
-
-
-def test_module_docstring_example() -> None:
-    assert doctest.testmod(ctr.data).failed == 0
 
 
 # ------------------------------------------------------------------------------------ validation

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctr.defaults import data_aware_defaults, train_rows
-from ctr.run_config import load_run_config
+from ctr.training.defaults import data_aware_defaults, load_run_config, train_rows
 
 
 @pytest.mark.parametrize(

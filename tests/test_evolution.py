@@ -13,10 +13,10 @@ import pytest
 from optuna.trial import Trial, TrialState
 
 import search.evolution
-from features.strict import ConfigError
+from config.evolution import EvolutionConfig
+from config.strict import ConfigError
 from search.evolution import (
     Candidate,
-    EvolutionConfig,
     Score,
     crossover,
     mutate,

@@ -17,13 +17,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 
-from ctr.data import CTRDataModule
-from ctr.embedding import LINEAR_DIM
-from ctr.init import is_table
-from ctr.metrics import auc
-from ctr.run_config import load_run_config
-from ctr.strategy import TorchRecStrategy
-from ctr.train import build_module
+from ctr.data.datamodule import CTRDataModule
+from ctr.runs import build_module
+from ctr.tables.embedding import LINEAR_DIM
+from ctr.tables.seeded_init import is_table
+from ctr.training.defaults import load_run_config
+from ctr.training.metrics import auc
+from ctr.training.strategy import TorchRecStrategy
 from features.schema import FeatureMap
 from tests.test_train import FAST, _cli, _restored
 
@@ -103,7 +103,7 @@ def test_every_plan_learns_the_same_weights_on_the_gpu_and_its_checkpoint_restor
 ) -> None:
     """One epoch with SGD on the tables (no optimiser state, so column blocks update exactly as whole rows):
     the plans must learn the same weights, and the checkpoint written from the GPU must load into a CPU model
-    (``ctr.restore.load_run``) that predicts what the run measured."""
+    (``ctr.runs.load_run``) that predicts what the run measured."""
     args = ["train", "--data", str(small), "--model", "deepfm"]
     sets = [*FAST, "data.batch_size=512", "trainer.max_epochs=1", "optim.sparse=sgd", "optim.sparse_lr=1.0"]
     args += [x for s in sets for x in ("--set", s)]

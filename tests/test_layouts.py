@@ -1,4 +1,4 @@
-"""Table strategies (ctr.layouts): stable salted hashing, exact parameter counts, the data transform, models
+"""Table methods (ctr.tables.methods): stable salted hashing, exact parameter counts, the data transform, models
 on every strategy, and a learning test: Unified Embedding beats per-field hashing at a tenth of the memory.
 """
 
@@ -12,17 +12,19 @@ import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
-from ctr.config import ModelConfig
-from ctr.data import ColumnarSplit, CSRColumn
-from ctr.embedding import LINEAR_DIM, embedding_params
-from ctr.layouts import METHODS, TablesConfig, build_layout, salted_bucket
-from ctr.models import MODELS, build_model
-from ctr.run_config import load_run_config
-from ctr.train import train
+from config.model import ModelConfig
+from config.strict import ConfigError
+from config.tables import METHODS, TablesConfig
+from ctr.data.columnar import ColumnarSplit, CSRColumn
+from ctr.models.zoo import MODELS, build_model
+from ctr.runs import train_run
+from ctr.tables.embedding import LINEAR_DIM, embedding_params
+from ctr.tables.methods import build_layout
+from ctr.tables.rules import salted_bucket
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.schema import CategoricalField, DenseField, FeatureMap
 from features.spec import builtin_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
 
 U64 = (1 << 64) - 1
@@ -189,7 +191,7 @@ def test_unified_embedding_beats_per_field_hashing_at_a_tenth_of_the_memory(tmp_
     out = {}
     for method in ("hash", "unified"):
         cfg = load_run_config(None, [*common, f"tables.method={method}"], data=str(tmp_path / "p"), model="dcnv2")
-        out[method] = train(cfg, tmp_path / method)
+        out[method] = train_run(cfg, tmp_path / method)
     hashed, unified = out["hash"], out["unified"]
     print(
         f"hash {hashed['test_auc']:.4f} ({hashed['embedding_params']}) unified {unified['test_auc']:.4f} "
@@ -210,32 +212,69 @@ def test_compress_bench_writes_records_table_and_plot(tmp_path: Path) -> None:
     sets = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
     sets += ["trainer.max_epochs=1", "data.batch_size=1024"]
     args = ["compress-bench", "--data", str(tmp_path / "p"), "--model", "fnn", "--out", str(tmp_path / "bench")]
-    args += ["--budgets", "0.5,0.1", "--methods", "full,hash,qr,unified", "--quiet"]
+    args += ["--budgets", "0.5,0.1", "--methods", "full,hash,shared_hash,qr,mde,unified", "--quiet"]
     args += [x for s in sets for x in ("--set", s)]
     dist = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
     env = {k: v for k, v in os.environ.items() if k not in dist}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert [(r["method"], r["budget"]) for r in records] == [
         ("full", 1.0),
         ("hash", 0.5),
         ("hash", 0.1),
+        ("shared_hash", 0.5),
+        ("shared_hash", 0.1),
         ("qr", 0.5),
         ("qr", 0.1),
+        ("mde", 0.5),
+        ("mde", 0.1),
         ("unified", 0.5),
         ("unified", 0.1),
     ]
     keys = {"method", "budget", "embedding_params", "test_auc", "test_logloss", "train_samples_per_sec"}
     assert all(set(r) == keys for r in records)
     full = records[0]["embedding_params"]
+    for r in records:  # each record is its run's own test metrics, above a constant predictor's 0.5
+        run = json.loads((tmp_path / "bench" / "runs" / f"{r['method']}@{r['budget']:g}" / "metrics.json").read_text())
+        assert (r["test_auc"], r["test_logloss"], r["embedding_params"]) == (
+            run["test_auc"],
+            run["test_logloss"],
+            run["embedding_params"],
+        )
+        assert r["test_auc"] > 0.52, r
     for r in records[1:]:
-        if r["method"] == "qr":  # small fields keep full tables (no larger than Q + R): below full, not exact
-            assert r["embedding_params"] < full, r
+        if r["method"] in ("qr", "mde"):  # qr: small fields keep full tables (no larger than Q + R); mde: dims
+            assert r["embedding_params"] < full, r  # rounded to multiples of 4: below full, not exact
+        elif r["method"] == "shared_hash":  # one table: its rows rounded up once
+            assert r["embedding_params"] <= r["budget"] * full + 8, r
         else:  # per-field hashing rounds each field's rows up: at most one row (8 params) per field over
             assert r["embedding_params"] <= r["budget"] * full + 26 * 8, r
     assert (tmp_path / "bench" / "results.md").read_text().count("\n") == 2 + len(records)
     assert (tmp_path / "bench" / "auc_vs_params.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_compress_bench_runs_optembed_and_optembed_unified_within_the_budget(tiny: Path, tmp_path: Path) -> None:
+    """The two OptEmbed methods of `ctr compress-bench` (each a whole pipeline), on 3,000 rows with a tiny search."""
+    import json
+
+    from pipelines.compress_bench import run_compress_bench
+
+    sets = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
+    sets += ["trainer.max_epochs=1", "data.batch_size=256", "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+    sets += ["search.population=4", "search.n_mutation=2", "search.n_crossover=2", "search.generations=2"]
+    sets += ["search.top_k=3", "search.workers=0", "tables.chunk=4"]
+    config = load_run_config(None, sets, data=str(tiny), model="fnn", sections=("supernet", "search", "retrain"))
+    records = run_compress_bench(config, tmp_path, ["optembed", "optembed-unified"], [0.5], progress=False)
+    assert [(r["method"], r["budget"]) for r in records] == [("optembed", 0.5), ("optembed-unified", 0.5)]
+    full = sum(f.cardinality for f in FeatureMap.load(tiny).categorical) * 8  # FNN: no first-order columns
+    for r in records:
+        final = json.loads((tmp_path / "runs" / f"{r['method']}@0.5" / "result.json").read_text())["final"]
+        assert (r["test_auc"], r["embedding_params"]) == (final["test_auc"], final["embedding_params"])
+        assert r["embedding_params"] <= 0.5 * full and r["test_auc"] > 0.52, r
 
 
 def test_a_field_with_zero_probes_is_dropped() -> None:
@@ -244,7 +283,7 @@ def test_a_field_with_zero_probes_is_dropped() -> None:
     assert [s.width for s in layout.fields] == [16, 0, 4] and not any(f.startswith("b@") for f in layout.features)
     split = _split(fm)
     virtual = layout.transform(split)
-    assert "b" not in {layout.rules[f.name][0] for f in virtual.feature_map.categorical}
+    assert "b" not in {layout.rules[f.name].field for f in virtual.feature_map.categorical}
     for name in ("fnn", "deepfm", "dcnv2"):
         model = build_model(fm, ModelConfig(name=name, embedding_dim=16, mlp=(8,)), layout=layout)  # type: ignore[arg-type]
         assert model.sparse_arch is not None

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ctr.metrics import all_metrics, auc, calibration, group_auc, logloss, normalized_entropy
+from ctr.training.metrics import all_metrics, auc, calibration, group_auc, logloss, normalized_entropy
 
 
 def brute_auc(p: np.ndarray, y: np.ndarray) -> float:

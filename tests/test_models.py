@@ -1,11 +1,12 @@
-"""ctr/config.py (ModelConfig), ctr/layers.py, ctr/embedding.py, ctr/models.py: shapes, exact maths, training,
-meta-device builds and a single-process DMP shard."""
+"""config/model.py (ModelConfig), ctr/models/layers.py, ctr/tables/embedding.py, ctr/models/zoo.py: shapes,
+exact maths, training, meta-device builds and a single-process DMP shard."""
 
 from __future__ import annotations
 
 import copy
 import doctest
 import inspect
+import math
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -17,17 +18,17 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
-import ctr.config
-import ctr.embedding
-import ctr.layers
-import ctr.models
-from ctr.config import MODEL_NAMES, ModelConfig
-from ctr.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, _FieldRows, embedding_params
-from ctr.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
-from ctr.models import MODELS, CTRModel, build_model
-from ctr.quantize import quantize_embeddings
+import config.model
+import ctr.models.layers
+import ctr.models.zoo
+import ctr.tables.embedding
+from config.model import MODEL_NAMES, ModelConfig
+from config.strict import ConfigError, from_dict
+from ctr.artifact.quantize import quantize_embeddings
+from ctr.models.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
+from ctr.models.zoo import MODELS, CTRModel, build_model
+from ctr.tables.embedding import LINEAR_DIM, DenseEmbedding, LinearArch, SparseArch, _FieldRows, embedding_params
 from features.schema import CategoricalField, DenseField, FeatureMap
-from features.strict import ConfigError, from_dict
 
 # Field order c0 (single), m (multi-valued), c1 (single), then two dense fields.
 CARD = {"c0": 5, "m": 12, "c1": 20}
@@ -51,7 +52,7 @@ DENSE = torch.tensor([[0.5, -1.0], [1.5, 0.0], [-0.5, 2.0]])
 
 
 def _kjt(rows: list[tuple[int, list[int], int]]) -> KeyedJaggedTensor:
-    """Key-major KJT over (c0, m, c1), as ctr/data.py builds it."""
+    """Key-major KJT over (c0, m, c1), as ctr/data/ builds it."""
     per_key: list[list[list[int]]] = [[[r[0]] for r in rows], [r[1] for r in rows], [[r[2]] for r in rows]]
     values = [v for key in per_key for row in key for v in row]
     lengths = [len(row) for key in per_key for row in key]
@@ -126,7 +127,7 @@ def test_model_constructors_reject_inconsistent_configs() -> None:
     with pytest.raises(ValueError, match="DLRM needs at least one dense field"):
         build_model(no_dense, _cfg("dlrm"))
     with pytest.raises(ValueError, match=r"FM is model 'fm', but config\.name is 'fnn'"):
-        ctr.models.FM(FM, _cfg("fnn"))
+        ctr.models.zoo.FM(FM, _cfg("fnn"))
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -451,7 +452,7 @@ def _planted(n: int = 96, seed: int = 0) -> Batch:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_learns_a_planted_field(name: str) -> None:
     torch.manual_seed(0)
-    data = _planted()
+    data, held_out = _planted(), _planted(seed=1)  # scored on rows it did not train on
     model = build_model(FM, _cfg(name))
     opt = torch.optim.Adam(model.parameters(), lr=0.03)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -459,7 +460,7 @@ def test_every_model_learns_a_planted_field(name: str) -> None:
     def eval_loss() -> float:
         model.eval()
         with torch.no_grad():
-            return float(loss_fn(model(data), data.labels))
+            return float(loss_fn(model(held_out), held_out.labels))
 
     before = eval_loss()
     for _ in range(30):
@@ -468,7 +469,9 @@ def test_every_model_learns_a_planted_field(name: str) -> None:
         loss_fn(model(data), data.labels).backward()
         opt.step()
     after = eval_loss()
-    assert after < 0.6 * before, (before, after)
+    rate = float(held_out.labels.mean())  # the trivial baseline: the base rate for every row
+    constant = float(loss_fn(torch.full_like(held_out.labels, math.log(rate / (1 - rate))), held_out.labels))
+    assert after < 0.75 * min(before, constant), (before, constant, after)  # LR, the slowest: 0.70
 
 
 # ---------------------------------------------------------------------------------------------- meta / DMP
@@ -505,7 +508,6 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.dist
 def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch.nn.parallel import DistributedDataParallel
     from torchrec.distributed import DistributedModelParallel
@@ -514,7 +516,7 @@ def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-    from ctr.dmp import shard
+    from ctr.training.sharding import shard
 
     owned = not dist.is_initialized()  # an earlier in-process Lightning fit may have left its world-1 group
     if owned:
@@ -578,7 +580,7 @@ def test_dmp_shards_a_meta_model_in_one_process_without_ddp(monkeypatch: pytest.
 # ---------------------------------------------------------------------------------------------- style
 
 
-MODULES = [ctr.config, ctr.layers, ctr.embedding, ctr.models]
+MODULES = [config.model, ctr.models.layers, ctr.tables.embedding, ctr.models.zoo]
 
 
 def _module_classes() -> list[type[nn.Module]]:

@@ -5,45 +5,53 @@ Mechanics tests on 8,000 planted rows (6.4k train) with a small DeepFM (dim 8, M
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import csv
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pytest
 import torch
 
-from ctr.data import load_split
-from ctr.embedding import LINEAR_DIM
-from ctr.export import export_run, load_exported
-from ctr.init import table_init
-from ctr.manifest import manifest
-from ctr.metrics import auc
-from ctr.plan import EmbeddingPlan, FieldPlan
-from ctr.pruned import PrunedTables
-from ctr.restore import load_run
-from ctr.run_config import RetrainConfig, SearchConfig, load_run_config
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
-from ctr.variants import VARIANTS
+from config.run import RetrainConfig, SearchConfig
+from config.strict import ConfigError
+from ctr.artifact.export import export_run, load_exported
+from ctr.artifact.manifest import manifest
+from ctr.data.shards import load_split
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.plan import EmbeddingPlan, FieldPlan
+from ctr.optembed.pruned import PrunedTables
+from ctr.optembed.scorer import CandidateScorer, FixedPrefix
+from ctr.optembed.variants import VARIANTS
+from ctr.runs import load_run, train_run
+from ctr.tables.embedding import LINEAR_DIM
+from ctr.tables.seeded_init import table_init
+from ctr.training.defaults import load_run_config
+from ctr.training.metrics import auc
 from features.outputs import LOCK, MARKER, owned_dir
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
 from pipelines.cli import main as cli_main
 from pipelines.optembed import run_optembed, search_stage
 from search.driver import SearchSpace, run_search
-from search.scorer import CandidateScorer
 
 SMALL = ["trainer.progress_bar=false", "model.mlp=[32]", "model.embedding_dim=8", "trainer.threads=1"]
 SMALL += ["trainer.max_epochs=1", "data.batch_size=512", "optim.sparse_lr=0.05"]
@@ -63,7 +71,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def supernet(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sn") / "supernet"
     sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
-    train(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), out)
+    train_run(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), out)
     return out
 
 
@@ -122,10 +130,22 @@ def test_scorer_matches_the_full_forward_pass_and_the_supernet_validation(
     # Evaluation of the supernet uses full dims with its row masks: exactly what the scorer precomputes.
     assert scorer.score(full) == pytest.approx(metrics["val_auc"], abs=1e-9)
     rng = np.random.default_rng(0)
+    run = load_run(supernet)
+    valid = load_split(run.config.data.path, run.feature_map, "valid")
+    batches = [valid.batch(np.arange(s, min(s + 700, len(valid)))) for s in range(0, len(valid), 700)]
+    logits = {}
     for _ in range(3):
         cand = tuple(int(d) for d in rng.choice([4, 8], len(scorer.fields)))
-        assert torch.allclose(scorer.logits(cand), scorer.logits(cand))
+        # the precomputed embeddings against the masked model's whole forward pass (table lookups included)
+        model = copy.copy(scorer.model)
+        model.field_transform = FixedPrefix(cand, 8)
+        with torch.no_grad():
+            forward = torch.cat([model(b) for b in batches])
+        logits[cand] = scorer.logits(cand)
+        assert torch.allclose(logits[cand], forward, atol=1e-5)
         assert scorer.score(cand) == pytest.approx(scorer.score_naive(cand), abs=1e-9)
+    first, *others = logits.values()
+    assert all(not torch.allclose(first, other) for other in others)  # the dims change the logits
     with pytest.raises(ValueError, match="is not 26 dims"):
         scorer.score((4, 4))
 
@@ -203,6 +223,41 @@ def test_the_study_note_describes_the_plan_written(supernet: Path, tmp_path: Pat
     assert f"validation AUC **{summary['final_val_auc']:.6f}** on the supernet" in note
 
 
+def test_shrink_steps_fields_down_within_the_tolerance_and_val_rows_samples_the_split(
+    supernet: Path, scorer: CandidateScorer, tmp_path: Path
+) -> None:
+    config = load_run_config(
+        None, [*TINY_SEARCH, "search.pick_tolerance=0.01"], data="x", model="deepfm", sections=("search",)
+    ).search
+    assert config is not None and config.shrink  # on by default
+    on = search_stage(supernet, tmp_path / "on", VARIANTS["optembed"], config, progress=False)
+    # Replay the shrink from the chosen candidate, scoring each step with the fixture's scorer (all validation
+    # rows, as the search's when val_rows is unset): largest table first, each field to its smallest dim (4),
+    # kept where the AUC stays within pick_tolerance of the best.
+    assert on["scorer_rows"] == scorer.num_rows
+    floor = on["best"]["val_auc"] - 0.01
+    dims = dict(on["chosen"]["dims"])
+    assert [s["field"] for s in on["shrink"]] == [f for f in _largest_first(tmp_path / "on") if dims[f] > 4] != []
+    for step in on["shrink"]:
+        assert (step["from"], step["to"]) == (dims[step["field"]], 4)
+        auc = scorer.score(tuple(4 if f == step["field"] else dims[f] for f in scorer.fields))
+        assert step["val_auc"] == pytest.approx(auc, abs=1e-12) and step["kept"] == (auc >= floor)
+        dims[step["field"]] = 4 if step["kept"] else dims[step["field"]]
+    assert on["dims"] == dims and on["final_val_auc"] >= floor
+    assert on["final_val_auc"] == pytest.approx(scorer.score(tuple(dims[f] for f in scorer.fields)), abs=1e-12)
+    off = dataclasses.replace(config, shrink=False, val_rows=300)
+    summary = search_stage(supernet, tmp_path / "off", VARIANTS["optembed"], off, progress=False)
+    assert summary["shrink"] == [] and summary["dims"] == summary["chosen"]["dims"]
+    assert summary["scorer_rows"] == 300 < scorer.num_rows
+
+
+def _largest_first(search: Path) -> list[str]:
+    """The fields by retrained table rows (kept rows and the OOV row), most first, ties in feature-map order: the
+    order in which shrink tries them."""
+    tables = PrunedTables.load(search)
+    return sorted((f.name for f in tables.plan.fields), key=lambda name: -tables.kept_ids(name).shape[0])
+
+
 @pytest.mark.dist
 def test_ray_evaluators_match_local_and_survive_a_killed_actor(scorer: CandidateScorer) -> None:
     from search.evaluators import LocalEvaluator, RayEvaluator
@@ -219,7 +274,7 @@ def test_ray_evaluators_match_local_and_survive_a_killed_actor(scorer: Candidate
 def _retrain(data: Path, supernet: Path, plan: Path, out: Path, init: str, extra: list[str]) -> dict[str, object]:
     retrain = RetrainConfig(init=init, supernet=str(supernet), plan=str(plan))  # type: ignore[arg-type]
     cfg = dataclasses.replace(load_run_config(None, [*SMALL, *extra], data=str(data), model="deepfm"), retrain=retrain)
-    return train(cfg, out)
+    return train_run(cfg, out)
 
 
 def test_retrain_builds_the_physical_table_and_initialises_as_asked(data: Path, supernet: Path, tmp_path: Path) -> None:
@@ -420,37 +475,155 @@ def _export_writes_only_into_its_own_folders(run: Path, notes: Path, capsys: pyt
     load_exported(run / "export")
 
 
-def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sets = [*SMALL, *TINY_SEARCH, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.pick_tolerance=0.002"]
-    args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
-    args += [x for s in sets for x in ("--set", s)]
-    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}  # left by the in-process runs above
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env)
+# 6.4k training rows at batch 128: 50 steps per epoch, a checkpoint every 5 (room to kill a stage mid-epoch)
+PIPELINE = [*SMALL, *TINY_SEARCH, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.pick_tolerance=0.002"]
+PIPELINE += ["data.batch_size=128", "trainer.checkpoint_every_n_steps=5", "trainer.log_every_n_steps=1"]
+PIPELINE_STEPS = 50
+
+
+def _optembed_cmd(data: Path, out: Path) -> list[str]:
+    args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(out), "--quiet"]
+    return [sys.executable, "-m", "pipelines.cli", *args, *[x for s in PIPELINE for x in ("--set", s)]]
+
+
+def _env() -> dict[str, str]:
+    """This environment without the process-group variables the in-process runs above leave behind."""
+    dist = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
+    return {k: v for k, v in os.environ.items() if k not in dist}
+
+
+@pytest.fixture(scope="module")
+def pipeline(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """An uninterrupted `ctr optembed` run (a subprocess) and its result.json as it was written."""
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    proc = subprocess.run(_optembed_cmd(data, out), capture_output=True, text=True, env=_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    return out, json.loads((out / "result.json").read_text())
+
+
+def _test_auc(data: Path, logits: npt.NDArray[np.floating[Any]]) -> float:
+    """The test split's AUC by the Mann-Whitney rank sum (ties averaged): an independent reference."""
+    labels = load_split(data, FeatureMap.load(data), "test").labels.astype(bool)
+    _, index, counts = np.unique(logits, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[index]  # 1-based, a tie's average rank
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def test_ctr_optembed_end_to_end(
+    data: Path, pipeline: tuple[Path, dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, result = pipeline
+    run = Path(shutil.copytree(source, tmp_path / "run"))  # this test rewrites the export; the fixture stays
     for part in ("baseline", "final"):
         assert set(result[part]) >= {"test_auc", "test_logloss", "embedding_params"}
-    plan = PrunedTables.load(tmp_path / "run" / "search").plan
+    plan = PrunedTables.load(run / "search").plan
     assert result["sparsity"] == pytest.approx(plan.sparsity) and result["row_sparsity"] == pytest.approx(
         plan.row_sparsity
     )
     assert [f["name"] for f in result["fields"]] == [f.name for f in plan.fields]
     assert result["final"]["embedding_params"] < result["baseline"]["embedding_params"]
-    assert {p.name for p in (tmp_path / "run" / "search" / "plots").iterdir()} == {
-        "dims.png",
-        "generations.png",
-        "pareto.png",
-    }
-    load_exported(tmp_path / "run" / "export")
-    _export_writes_only_into_its_own_folders(tmp_path / "run", tmp_path / "notes", capsys)
-    # Resume: only what is missing is redone; the search is not re-scored.
-    baseline_metrics = (tmp_path / "run" / "baseline" / "metrics.json").read_text()
-    (tmp_path / "run" / "result.json").unlink()
-    config = load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet", "search", "retrain"))
-    again = run_optembed(config, tmp_path / "run", VARIANTS["optembed"], progress=False)
+    assert {p.name for p in (run / "search" / "plots").iterdir()} == {"dims.png", "generations.png", "pareto.png"}
+    # The AUCs reported: the exported model's test predictions (and the baseline run's restored model) scored by
+    # an independent AUC, and the final model ahead of a constant predictor (0.5) by a margin.
+    test = load_split(data, FeatureMap.load(data), "test")
+    exported = load_exported(run / "export").predict(test)
+    assert result["final"]["test_auc"] == pytest.approx(_test_auc(data, exported), abs=1e-9)
+    baseline = load_run(run / "baseline").model
+    with torch.no_grad():
+        logits = torch.cat(
+            [baseline(test.batch(np.arange(s, min(s + 1000, len(test))))) for s in range(0, len(test), 1000)]
+        )
+    assert result["baseline"]["test_auc"] == pytest.approx(_test_auc(data, logits.numpy()), abs=1e-6)
+    assert result["final"]["test_auc"] > 0.55, result["final"]
+    _export_writes_only_into_its_own_folders(run, tmp_path / "notes", capsys)
+    # A finished pipeline run again: its stages are kept, result.json written again from them.
+    baseline_metrics = (run / "baseline" / "metrics.json").read_text()
+    (run / "result.json").unlink()
+    config = load_run_config(None, PIPELINE, data=str(data), model="deepfm", sections=("supernet", "search", "retrain"))
+    again = run_optembed(config, run, VARIANTS["optembed"], progress=False)
     assert again["final"] == result["final"] and again["search"]["trials"] == result["search"]["trials"]
-    assert (tmp_path / "run" / "baseline" / "metrics.json").read_text() == baseline_metrics
+    assert (run / "baseline" / "metrics.json").read_text() == baseline_metrics
+
+
+def _kill_when(proc: subprocess.Popen[str], reached: Callable[[], int | None], deadline_s: float = 300) -> int:
+    """SIGKILL ``proc`` (and its process group) as soon as ``reached()`` returns a number; returns it."""
+    deadline = time.monotonic() + deadline_s
+    while (value := reached()) is None:
+        assert proc.poll() is None, f"the run ended ({proc.returncode}) before it could be killed"
+        assert time.monotonic() < deadline, "the kill point was not reached"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return value
+
+
+def _checkpoint_step(run: Path) -> int | None:
+    """The supernet's last checkpointed step once it is at least 5 (its first checkpoint), else None."""
+    try:
+        meta = torch.load(run / "supernet" / "checkpoints" / "last.ckpt" / "lightning_meta.pt", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError):
+        return None  # not written yet, or being swapped in
+    step = int(meta["global_step"])
+    return step if step >= 5 else None
+
+
+def _complete_trials(run: Path) -> int | None:
+    """COMPLETE trials of the search's study once there are 7 (one generation of 6, and one more), else None."""
+    db = run / "search" / "study.db"
+    if not db.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1)) as con:
+            (n,) = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()
+    except sqlite3.OperationalError:
+        return None  # the tables are not created yet, or the file is locked by a write
+    return int(n) if n >= 7 else None
+
+
+@pytest.mark.slow
+def test_ctr_optembed_killed_in_the_supernet_and_in_the_search_resumes_to_the_same_result(
+    data: Path, pipeline: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Issue #21, item 1: each interrupted stage resumes (the supernet from its checkpoint, the search from its
+    study) and the pipeline ends where an uninterrupted run ends."""
+    whole_dir, whole = pipeline
+    run = tmp_path / "run"
+
+    def start() -> subprocess.Popen[str]:
+        out = subprocess.DEVNULL
+        return subprocess.Popen(
+            _optembed_cmd(data, run), env=_env(), text=True, stdout=out, stderr=out, start_new_session=True
+        )
+
+    killed_at = _kill_when(start(), lambda: _checkpoint_step(run))
+    assert 5 <= killed_at < PIPELINE_STEPS, killed_at
+    assert (run / "baseline" / "metrics.json").is_file() and not (run / "supernet" / "metrics.json").exists()
+    baseline_metrics = (run / "baseline" / "metrics.json").read_bytes()
+
+    _kill_when(start(), lambda: _complete_trials(run))
+    assert (run / "supernet" / "metrics.json").is_file() and not (run / "search" / "search.json").exists()
+    with contextlib.closing(sqlite3.connect(run / "search" / "study.db")) as con:
+        (done,) = con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()
+    assert 7 <= done < whole["search"]["trials"]
+
+    last = start()
+    assert last.wait(timeout=600) == 0
+    result = json.loads((run / "result.json").read_text())
+    keys = ("test_auc", "test_logloss", "val_auc", "embedding_params")
+    for part in ("baseline", "final"):
+        assert {k: result[part][k] for k in keys} == pytest.approx({k: whole[part][k] for k in keys}, abs=1e-6), part
+    assert result["fields"] == whole["fields"] and result["search"]["trials"] == whole["search"]["trials"]
+    assert (run / "baseline" / "metrics.json").read_bytes() == baseline_metrics  # the finished stage was kept
+    # The supernet went on from its checkpoint: a second log (version_1) that starts after the killed step.
+    logs = run / "supernet" / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["version_0", "version_1"]
+    steps = [int(r["step"]) for r in csv.DictReader((logs / "version_1" / "metrics.csv").open()) if r["step"]]
+    assert steps and min(steps) >= killed_at
+    # The search went on from its study: only the candidates not finished before the kill were scored.
+    search = json.loads((run / "search" / "search.json").read_text())
+    assert search["evaluated"] == whole["search"]["trials"] - done
+    assert (whole_dir / "search" / "search.json").is_file()
 
 
 def test_a_bad_search_section_fails_in_one_line_before_anything_trains(data: Path, tmp_path: Path) -> None:

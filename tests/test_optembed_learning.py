@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ctr.run_config import load_run_config
-from ctr.variants import VARIANTS
+from ctr.optembed.variants import VARIANTS
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
@@ -22,7 +22,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "optembed.yaml"
 
 
 @pytest.mark.slow
-def test_optembed_prunes_noise_keeps_signal_and_holds_auc_at_half_the_parameters(tmp_path: Path) -> None:
+def test_optembed_prunes_noise_keeps_signal_and_holds_auc_at_a_tenth_of_the_parameters(tmp_path: Path) -> None:
     truth = write_synthetic(120_000, tmp_path / "s.tsv", seed=0)
     prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], tmp_path / "p", PrepareOptions(progress=False, min_count=10))
     sets = ["trainer.threads=1", "trainer.progress_bar=false", "search.workers=0"]
@@ -44,5 +44,6 @@ def test_optembed_prunes_noise_keeps_signal_and_holds_auc_at_half_the_parameters
         f"baseline {base['test_auc']:.4f} ({base['embedding_params']}), final {final['test_auc']:.4f} "
         f"({final['embedding_params']}), sparsity {result['sparsity']:.3f}"
     )
+    # measured: baseline 0.7563, final 0.7588 with 5.9 % of the parameters (2026-12-07; 6.4 % on 2026-11-28)
     assert final["test_auc"] >= base["test_auc"] - 0.005
-    assert final["embedding_params"] <= 0.5 * base["embedding_params"]
+    assert final["embedding_params"] <= 0.10 * base["embedding_params"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ctr.plan import EmbeddingPlan, FieldPlan
-from features.strict import ConfigError
+from config.strict import ConfigError
+from ctr.optembed.plan import EmbeddingPlan, FieldPlan
 
 
 def plan() -> EmbeddingPlan:

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-from features.strict import ConfigError
+from config.strict import ConfigError
 from search.storage import open_storage, redact
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,4 +1,4 @@
-"""ctr/quantize.py: int8 TorchRec/FBGEMM embedding tables on CPU -- accuracy, size, isolation, save/load."""
+"""ctr/artifact/quantize.py: int8 TorchRec/FBGEMM embedding tables on CPU -- accuracy, size, isolation, save/load."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 
-import ctr.quantize
-from ctr.config import ModelConfig
-from ctr.embedding import LINEAR_DIM
-from ctr.models import CTRModel, build_model
-from ctr.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
+import ctr.artifact.quantize
+from config.model import ModelConfig
+from ctr.artifact.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
+from ctr.models.zoo import CTRModel, build_model
+from ctr.tables.embedding import LINEAR_DIM
 from features.schema import CategoricalField, DenseField, FeatureMap
 
 # Fields a (dim 16), m (multi-valued, dim 8), c (dim 16, odd cardinality); one dense field.
@@ -83,7 +83,7 @@ BATCH = _batch()
 
 
 def test_module_example() -> None:
-    result = doctest.testmod(ctr.quantize, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(ctr.artifact.quantize, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

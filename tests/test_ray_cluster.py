@@ -28,16 +28,15 @@ from subprocess import PIPE
 
 import pytest
 
-from ctr.data import load_split
-from ctr.restore import load_run
-from ctr.run_config import load_run_config
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
+from ctr.data.shards import load_split
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.scorer import CandidateScorer
+from ctr.runs import load_run, train_run
+from ctr.training.defaults import load_run_config
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
 from features.synth import write_synthetic
 from search.driver import SearchSpace, run_search
-from search.scorer import CandidateScorer
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -94,6 +93,14 @@ class Cluster:
     dashboard: str
     prefix: str
     env: dict[str, str]
+    temp: Path  # the cluster's --temp-dir: its sessions' logs
+
+    def actors(self, class_name: str) -> list[Path]:
+        """The cluster's worker logs of actors of ``class_name`` (Ray starts each actor's log with its name): an
+        actor that ran in a Ray the job started itself would log into that Ray's session, not this one."""
+        marker = f":actor_name:{class_name}"
+        logs = {p.resolve() for p in self.temp.glob("session_*/logs/worker-*.out")}  # session_latest: a link
+        return sorted(p for p in logs if marker in p.read_text(errors="replace"))
 
     def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         script = f"set -e\n{self.prefix}\n{command}"
@@ -140,7 +147,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
     start = f"{commands[3]} --port={port} --dashboard-port={dash} --num-cpus=2 --disable-usage-stats"
     start += f" --dashboard-agent-listen-port={_free_port()} --ray-client-server-port={_free_port()} --temp-dir={temp}"
-    up = Cluster(f"http://127.0.0.1:{dash}", prefix, env)
+    up = Cluster(f"http://127.0.0.1:{dash}", prefix, env, temp)
     started = up.run(f"{commands[2]}\n{start}", timeout=180)
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -214,12 +221,14 @@ def test_optembed_runs_as_a_ray_job_with_search_actors_on_the_cluster(
     result = json.loads((out / "result.json").read_text())
     assert result["search"]["trials"] == json.loads((out / "search" / "search.json").read_text())["trials"] > 0
     assert result["final"]["embedding_params"] < result["baseline"]["embedding_params"]
+    assert len(cluster.actors("_ScorerActor")) >= 1  # the search's evaluators ran on the cluster
 
 
 def test_ray_train_on_the_cluster_matches_two_local_processes(cluster: Cluster, data: Path, tmp_path: Path) -> None:
     sets = [*SMALL, "trainer.max_epochs=2"]
     proc = _submit(cluster, "train", data, tmp_path, _sets(sets))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(cluster.actors("RayTrainWorker")) == 2  # Ray Train's two workers ran on the cluster
     common = ["-m", "pipelines.cli", "train", "--data", str(data), "--model", "deepfm", *_sets(sets)]
     local = subprocess.run(
         [sys.executable, *common, "--out", str(tmp_path / "local"), "--nproc", "2"],
@@ -242,8 +251,8 @@ import sys
 
 import ray
 
-from ctr.run_config import SearchConfig
-from features.strict import ConfigError
+from config.run import SearchConfig
+from config.strict import ConfigError
 from search.driver import SearchSpace, run_search
 from search.evaluators import RayEvaluator
 
@@ -282,7 +291,7 @@ def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: 
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        proc.communicate(timeout=60)
         pytest.fail("the search with 4 workers on 2 CPUs did not finish in 300 s")
     assert proc.returncode == 0, stderr[-3000:]
     trials, error = stdout.splitlines()
@@ -299,7 +308,7 @@ def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(d
     from optuna.trial import TrialState
 
     sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
-    train(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), tmp_path / "sn")
+    train_run(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), tmp_path / "sn")
     run = load_run(tmp_path / "sn")
     masks = model_row_masks(run.model, run.feature_map, find_pruning(run.model))
     scorer = CandidateScorer(run.model, masks, load_split(data, run.feature_map, "valid"))

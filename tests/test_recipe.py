@@ -13,16 +13,17 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ctr.data import ColumnarSplit, load_split
-from ctr.init import table_init
-from ctr.metrics import auc
-from ctr.restore import load_run
-from ctr.run_config import OptimConfig, load_run_config
-from ctr.train import train
+from config.run import OptimConfig
+from config.strict import ConfigError
+from ctr.data.columnar import ColumnarSplit
+from ctr.data.shards import load_split
+from ctr.runs import load_run, train_run
+from ctr.tables.seeded_init import table_init
+from ctr.training.defaults import load_run_config
+from ctr.training.metrics import auc
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
 from features.spec import builtin_spec, load_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
 
 QUIET = ["trainer.progress_bar=false", "trainer.threads=1"]
@@ -51,7 +52,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _one_step_table(data: Path, run: Path, sets: list[str]) -> np.ndarray:
     """LR's first-order table after one training step over the whole training split."""
     one = [*QUIET, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "data.batch_size=4096"]
-    train(load_run_config(None, [*one, *sets], data=str(data), model="lr"), run)
+    train_run(load_run_config(None, [*one, *sets], data=str(data), model="lr"), run)
     model = load_run(run, "checkpoints/last.ckpt").model
     assert model.linear_arch is not None and model.linear_arch.ebc_linear is not None
     table: np.ndarray = model.linear_arch.ebc_linear.embedding_bags["lin_c"].weight.detach().double().numpy()
@@ -59,7 +60,8 @@ def _one_step_table(data: Path, run: Path, sets: list[str]) -> np.ndarray:
 
 
 def _reference(data: Path, sparse: str, lr: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """(start, after one step) of LR's table ``lin_c`` by the formulas of ctr/table_optim.py and ctr/row_l2.py."""
+    """(start, after one step) of LR's table ``lin_c`` by the formulas of ctr/tables/optimizers.py and
+    ctr/training/row_l2.py."""
     fm = FeatureMap.load(data)
     split = load_split(data, fm, "train")
     ids, labels = split.sparse[:, 0].astype(np.int64), split.labels.astype(np.float64)
@@ -102,7 +104,7 @@ def test_fbgemm_weight_decay_is_refused_where_its_kernels_ignore_it(three_ids: P
         OptimConfig(sparse="sgd", sparse_weight_decay=0.1)
     config = load_run_config(None, [*QUIET, "optim.sparse_weight_decay=0.1"], data=str(three_ids), model="lr")
     with pytest.raises(ConfigError, match=r"^optim\.sparse_weight_decay: FBGEMM's CPU kernels ignore weight decay"):
-        train(config, tmp_path / "run")
+        train_run(config, tmp_path / "run")
 
 
 class _LearningRates(Callback):
@@ -124,9 +126,9 @@ class _LearningRates(Callback):
 
 def _probed_train(monkeypatch: pytest.MonkeyPatch, sets: list[str], data: Path, run: Path, **kw: Any) -> Any:
     probe = _LearningRates()
-    trainer_cls = pl.Trainer  # what ctr.train builds its Trainer from
+    trainer_cls = pl.Trainer  # what ctr.training.train builds its Trainer from
     monkeypatch.setattr(pl, "Trainer", lambda *a, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]}))
-    metrics = train(load_run_config(None, sets, data=str(data), model="lr"), run, **kw)
+    metrics = train_run(load_run_config(None, sets, data=str(data), model="lr"), run, **kw)
     monkeypatch.undo()
     return probe, metrics
 
@@ -176,7 +178,7 @@ def test_a_dim_that_is_no_multiple_of_4_trains_counts_logical_params_and_restore
 ) -> None:
     sets = [*QUIET, f"model.embedding_dim={dim}", "model.mlp=[16]", "trainer.max_epochs=2", "data.batch_size=256"]
     sets += ["optim.embedding_l2=0.01", "optim.sparse_lr=0.01", "optim.scheduler=none"]  # not the data-aware ones
-    metrics = train(load_run_config(None, sets, data=str(synth), model=model), tmp_path / "run")
+    metrics = train_run(load_run_config(None, sets, data=str(synth), model=model), tmp_path / "run")
     fm = FeatureMap.load(synth)
     first_order = 4 if model == "deepfm" else 0
     assert metrics["embedding_params"] == sum(f.cardinality * (dim + first_order) for f in fm.categorical)
@@ -197,7 +199,7 @@ def test_a_dim_that_is_no_multiple_of_4_trains_counts_logical_params_and_restore
 
 
 def test_the_supernet_refuses_a_dim_that_is_no_multiple_of_4(synth: Path) -> None:
-    from ctr.train import build_module
+    from ctr.runs import build_module
 
     config = load_run_config(None, ["model.embedding_dim=10"], data=str(synth), model="deepfm", sections=["supernet"])
     with pytest.raises(ConfigError, match=r"^model\.embedding_dim: 10 is not a multiple of 4, which the OptEmbed"):

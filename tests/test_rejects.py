@@ -99,6 +99,7 @@ def test_cli_error_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
@@ -114,9 +115,16 @@ label_token = st.sampled_from(["0", "1", "", "2", "0.0", "1.0", "no"])
 
 
 @st.composite
+def forty_fields(draw: st.DrawFn) -> str:
+    """A line of 40 fields (its values may still be bad): the layout a file's first lines must show."""
+    fields = [draw(label_token)] + [draw(dense_token) for _ in range(13)] + [draw(cat_token) for _ in range(26)]
+    return "\t".join(fields)
+
+
+@st.composite
 def raw_line(draw: st.DrawFn) -> str:
     n = draw(st.sampled_from([40, 40, 40, 40, 39, 41, 1, 0, 45]))
-    fields = [draw(label_token)] + [draw(dense_token) for _ in range(13)] + [draw(cat_token) for _ in range(26)]
+    fields = draw(forty_fields()).split("\t")
     fields = (fields + [draw(cat_token) for _ in range(max(0, n - 40))])[:n]
     return "\t".join(fields)
 
@@ -131,24 +139,32 @@ def expected_ok(line: str) -> bool:
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(raw_line(), min_size=1, max_size=30))
+@given(first=forty_fields(), rest=st.lists(raw_line(), max_size=29))
 def test_parser_matches_reference_and_accounts_for_every_row(
-    tmp_path_factory: pytest.TempPathFactory, lines: list[str]
+    tmp_path_factory: pytest.TempPathFactory, first: str, rest: list[str]
 ) -> None:
+    # The layout is read from the first 20 lines (tab always wins the sniff: no token holds enough commas for 40
+    # fields): a first line of 40 fields makes every example a parsed file, never a refused one.
+    lines = [first, *rest]
     work = tmp_path_factory.mktemp("prop")
     path = work / "in.tsv"
     path.write_text("\n".join(lines) + "\n")
-    # The layout is read from the first 20 lines: tab always wins the sniff (no token holds enough commas for
-    # 40 fields), so the file is refused whole exactly when none of them has 40 fields.
-    head = lines[:20]
-    if all(len(line.split("\t")) != 40 for line in head):
-        message = "has no data" if not any(line.strip() for line in head) else "expects 40"
-        with pytest.raises(InputError, match=message):
-            prepare(builtin_spec("criteo"), [path], work / "out", QUIET)
-        assert not (work / "out").exists()
-        return
     report = prepare(builtin_spec("criteo"), [path], work / "out", QUIET)
     assert report["rows_read"] == len(lines)
     assert report["rows_read"] == sum(report["rows_written"].values()) + report["rows_rejected"]
     rejected = set(pl.read_parquet(work / "out" / "rejects.parquet")["line"].to_list())
     assert rejected == {i + 1 for i, line in enumerate(lines) if not expected_ok(line)}
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [(["1\t2\t3", "", "a\tb"], "expects 40"), (["", " "], "has no data"), (["\t".join(["1"] * 41)] * 25, "expects 40")],
+)
+def test_a_file_whose_first_lines_never_show_40_fields_is_refused_whole(
+    tmp_path: Path, lines: list[str], message: str
+) -> None:
+    path = tmp_path / "in.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=message):
+        prepare(builtin_spec("criteo"), [path], tmp_path / "out", QUIET)
+    assert not (tmp_path / "out").exists()

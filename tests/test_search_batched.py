@@ -14,20 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from ctr.data import load_split
-from ctr.layers import MLP
-from ctr.metrics import auc
-from ctr.restore import load_run
-from ctr.run_config import load_run_config
-from ctr.supernet_module import find_pruning, model_row_masks
-from ctr.train import train
+from config.strict import ConfigError
+from ctr.data.shards import load_split
+from ctr.models.layers import MLP
+from ctr.optembed.fast_head import FusedLinear, bf16_supported, fuse_mlp
+from ctr.optembed.module import find_pruning, model_row_masks
+from ctr.optembed.scorer import CandidateScorer
+from ctr.runs import load_run, train_run
+from ctr.training.defaults import load_run_config
+from ctr.training.metrics import auc
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
-from features.strict import ConfigError
 from features.synth import write_synthetic
-from search.fast_head import FusedLinear, bf16_supported, fuse_mlp
 from search.sample_size import auc_difference_se, rows_for_auc_noise, sized_sample
-from search.scorer import CandidateScorer
 
 SMALL = ["trainer.progress_bar=false", "model.mlp=[64,32]", "model.embedding_dim=8", "trainer.threads=1"]
 SMALL += ["trainer.max_epochs=1", "data.batch_size=512", "optim.sparse_lr=0.05"]
@@ -50,7 +49,7 @@ def supernets(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     class Trained(dict[str, Path]):
         def __missing__(self, model: str) -> Path:
             config = load_run_config(None, SMALL, data=str(data), model=model, sections=("supernet",))
-            train(config, root / model)
+            train_run(config, root / model)
             self[model] = root / model
             return root / model
 

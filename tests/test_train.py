@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctr.embedding import LINEAR_DIM
-from ctr.lit import NonFiniteLossError
-from ctr.restore import TrainedRun, load_run
-from ctr.run_config import load_run_config
-from ctr.strategy import CheckpointError
-from ctr.train import train
+from ctr.runs import load_run, train_run
+from ctr.tables.embedding import LINEAR_DIM
+from ctr.training.defaults import load_run_config
+from ctr.training.module import NonFiniteLossError
+from ctr.training.restore import TrainedRun
+from ctr.training.strategy import CheckpointError
 from features.synth import Truth
 from pipelines.cli import main
 
@@ -38,8 +38,8 @@ def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
 
 def _test_predictions(run: TrainedRun) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels on the test split of a run's checkpoint loaded back into one process
-    (``ctr.restore.load_run``)."""
-    from ctr.data import load_split
+    (``ctr.training.restore.load_run``)."""
+    from ctr.data.shards import load_split
 
     split = load_split(run.config.data.path, run.feature_map, "test")
     with torch.no_grad():
@@ -49,7 +49,7 @@ def _test_predictions(run: TrainedRun) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _restored_test_auc(run: TrainedRun) -> float:
-    from ctr.metrics import auc
+    from ctr.training.metrics import auc
 
     return float(auc(*_test_predictions(run)))
 
@@ -65,14 +65,15 @@ def test_deepfm_learns_planted_signal_and_beats_lr(planted: tuple[Path, Truth], 
     data, truth = planted
     common = ["trainer.progress_bar=false", "model.mlp=[200, 200]", "optim.sparse_lr=0.01", "data.batch_size=2048"]
     common += ["trainer.max_epochs=4", "trainer.patience=1", "trainer.threads=1"]
-    deepfm = train(load_run_config(None, common, data=str(data), model="deepfm"), tmp_path / "deepfm")
+    deepfm = train_run(load_run_config(None, common, data=str(data), model="deepfm"), tmp_path / "deepfm")
     lr_tuned = [*common, "optim.sparse_lr=0.05"]  # LR's best table learning rate (DeepFM's is 0.01)
-    lr = train(load_run_config(None, lr_tuned, data=str(data), model="lr"), tmp_path / "lr")
+    lr = train_run(load_run_config(None, lr_tuned, data=str(data), model="lr"), tmp_path / "lr")
     print(f"bayes {truth.bayes_auc:.4f} deepfm {deepfm['test_auc']:.4f} lr {lr['test_auc']:.4f}")
     # Measured on this data: Bayes 0.807, DeepFM 0.756, LR 0.749. The issue's target (within 0.02 of the Bayes
-    # AUC) is not reached yet (docs/benchmarks.md, "Learning on planted data"); this guards what works now.
-    assert deepfm["test_auc"] >= truth.bayes_auc - 0.06, (deepfm["test_auc"], truth.bayes_auc)
+    # AUC) is not reached at this size (tests/test_learning_target.py reaches it on 1M rows); the floor here is
+    # the trivial baseline on the same rows, LR, and no model may beat the Bayes-optimal AUC beyond noise.
     assert deepfm["test_auc"] > lr["test_auc"] + 0.005, (deepfm["test_auc"], lr["test_auc"])
+    assert deepfm["test_auc"] < truth.bayes_auc + 0.01, (deepfm["test_auc"], truth.bayes_auc)
     saved = json.loads((tmp_path / "deepfm" / "metrics.json").read_text())
     for key in ("val_auc", "val_logloss", "test_auc", "test_logloss", "embedding_params", "samples_per_sec"):
         assert saved[key] is not None and saved[key] > 0
@@ -94,10 +95,10 @@ def test_two_processes_match_one_process(small: Path, tmp_path: Path) -> None:
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["world_size"] == 2 and m1["world_size"] == 1
     assert m1["device"] == m2["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
-    # Same global batch and data order; only the tables' random init differs (each rank draws its shards),
-    # so the metrics agree closely but not bit for bit.
-    assert abs(m1["test_auc"] - m2["test_auc"]) < 0.015, (m1["test_auc"], m2["test_auc"])
-    assert abs(m1["test_logloss"] - m2["test_logloss"]) < 0.015
+    # Same global batch, data order and initial weights (drawn per table from the seed, not per rank); only the
+    # order of floating-point sums differs (two half-batch gradients averaged): measured 0.0034 apart.
+    assert abs(m1["test_auc"] - m2["test_auc"]) < 0.005, (m1["test_auc"], m2["test_auc"])
+    assert abs(m1["test_logloss"] - m2["test_logloss"]) < 0.005
     assert m1["embedding_params"] == m2["embedding_params"]
     shards = list((tmp_path / "two" / "checkpoints" / "last.ckpt").glob("*.distcp"))
     assert len(shards) == 2, "each rank writes its own shard file"
@@ -177,7 +178,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_pa
             break
         time.sleep(0.05)  # poll often: on a GPU the 63 steps pass in moments
     victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    victim.wait(timeout=60)
     assert 20 <= step < 63, f"killed at step {step}, expected mid-epoch"
     resumed = _cli([*args, "--out", str(tmp_path / "killed"), "--resume"])
     assert resumed.wait(timeout=600) == 0
@@ -193,24 +194,24 @@ def test_nan_loss_stops_with_a_clear_error(small: Path, tmp_path: Path) -> None:
         None, [*FAST, "optim.sparse=sgd", "optim.sparse_lr=1e30", "trainer.max_epochs=1"], data=str(small), model="fm"
     )
     with pytest.raises(NonFiniteLossError, match="training loss became"):
-        train(cfg, tmp_path / "run")
+        train_run(cfg, tmp_path / "run")
 
 
 def test_checkpoint_of_another_config_is_refused(small: Path, tmp_path: Path) -> None:
     base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
-    train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
+    train_run(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
     other = load_run_config(None, [*base, "model.embedding_dim=16"], data=str(small), model="fm")
     with pytest.raises(CheckpointError, match=r"model\.embedding_dim: checkpoint 8, this run 16"):
-        train(other, tmp_path / "run", resume=True)
+        train_run(other, tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match="pass --resume"):
-        train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
+        train_run(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run")
     # An FM checkpoint from before the first-order columns moved into the main tables (separate lin_ tables).
     meta_file = tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt"
     meta = torch.load(meta_file, weights_only=True)
     del meta["ctr_spec"]["first_order_columns"]
     torch.save(meta, meta_file)
     with pytest.raises(CheckpointError, match=r"first_order_columns: checkpoint None, this run 4"):
-        train(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run", resume=True)
+        train_run(load_run_config(None, base, data=str(small), model="fm"), tmp_path / "run", resume=True)
 
 
 RESUMABLE = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.batch_size=256"]
@@ -220,7 +221,7 @@ RESUMABLE = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "da
 def resumable(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An FM run of one 3-step epoch: a checkpoint to resume."""
     out = tmp_path_factory.mktemp("resumable") / "run"
-    train(load_run_config(None, RESUMABLE, data=str(small), model="fm"), out)
+    train_run(load_run_config(None, RESUMABLE, data=str(small), model="fm"), out)
     return out
 
 
@@ -264,7 +265,7 @@ def test_resume_refuses_a_change_of_the_sample_order(
 
 def test_resume_allows_more_epochs_and_other_evaluation_and_logging_settings(small: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train(load_run_config(None, RESUMABLE, data=str(small), model="fm"), run)
+    train_run(load_run_config(None, RESUMABLE, data=str(small), model="fm"), run)
     main(_resume_args(small, run, ["trainer.max_epochs=2", "trainer.log_every_n_steps=1", "data.eval_batch_size=1000"]))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 6 and metrics["epochs"] == 2  # 3 more steps: the second epoch
@@ -275,18 +276,20 @@ def test_a_checkpoint_with_a_bias_before_batch_norm_is_refused_by_name(small: Pa
     """DeepFM's MLP Linear layers lost their bias (BatchNorm's shift replaces it) on 2026-11-27: a checkpoint
     from before has bias weights the model no longer has, and its spec lacks the key that says so."""
     base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
-    train(load_run_config(None, base, data=str(small), model="deepfm"), tmp_path / "run")
+    train_run(load_run_config(None, base, data=str(small), model="deepfm"), tmp_path / "run")
     meta_file = tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt"
     meta = torch.load(meta_file, weights_only=True)
     assert meta["ctr_spec"]["linear_bias_before_batch_norm"] is False
     del meta["ctr_spec"]["linear_bias_before_batch_norm"]
     torch.save(meta, meta_file)
     with pytest.raises(CheckpointError, match=r"linear_bias_before_batch_norm: checkpoint None, this run False"):
-        train(load_run_config(None, base, data=str(small), model="deepfm"), tmp_path / "run", resume=True)
+        train_run(load_run_config(None, base, data=str(small), model="deepfm"), tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match=r"linear_bias_before_batch_norm: checkpoint None, this run False"):
         load_run(tmp_path / "run", checkpoint="checkpoints/last.ckpt")
     # a model without BatchNorm (FM; or model.batch_norm=false) carries no such key: its checkpoints are unaffected
-    train(load_run_config(None, [*base, "model.batch_norm=false"], data=str(small), model="deepfm"), tmp_path / "nobn")
+    train_run(
+        load_run_config(None, [*base, "model.batch_norm=false"], data=str(small), model="deepfm"), tmp_path / "nobn"
+    )
     nobn = torch.load(tmp_path / "nobn" / "checkpoints" / "last.ckpt" / "lightning_meta.pt", weights_only=True)
     assert "linear_bias_before_batch_norm" not in nobn["ctr_spec"]
 
@@ -294,13 +297,13 @@ def test_a_checkpoint_with_a_bias_before_batch_norm_is_refused_by_name(small: Pa
 def test_a_kill_during_a_checkpoint_swap_resumes_from_the_previous_checkpoint(small: Path, tmp_path: Path) -> None:
     base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
     cfg = load_run_config(None, base, data=str(small), model="fm")
-    first = train(cfg, tmp_path / "run")
+    first = train_run(cfg, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints"
     # The state a kill leaves between "last -> last.stale" and "last.partial -> last": a half-written partial.
     (ckpt / "last.ckpt").rename(ckpt / "last.ckpt.stale")
     (ckpt / "last.ckpt.partial").mkdir()
     (ckpt / "last.ckpt.partial" / "__0_0.distcp").write_bytes(b"half")
-    resumed = train(
+    resumed = train_run(
         load_run_config(None, [*base, "trainer.max_epochs=2"], data=str(small), model="fm"),
         tmp_path / "run",
         resume=True,
@@ -313,10 +316,10 @@ def test_a_kill_during_a_checkpoint_swap_resumes_from_the_previous_checkpoint(sm
 def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
     base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
     cfg = load_run_config(None, base, data=str(small), model="fm")
-    train(cfg, tmp_path / "run")
+    train_run(cfg, tmp_path / "run")
     (tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt checkpoint metadata"):
-        train(cfg, tmp_path / "run", resume=True)
+        train_run(cfg, tmp_path / "run", resume=True)
 
 
 @pytest.mark.parametrize(
@@ -335,9 +338,10 @@ def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
         "dashboard",
     ],
 )
-def test_every_command_has_help(command: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", command, "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "usage: ctr " + command in proc.stdout
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage: ctr " + command in capsys.readouterr().out
 
 
 def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) -> None:
@@ -358,6 +362,7 @@ def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) ->
         ],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert "unknown key 'sparse_learning_rate' (did you mean 'sparse_lr'?)" in proc.stderr
@@ -365,8 +370,8 @@ def test_unknown_config_key_suggests_the_nearest(small: Path, tmp_path: Path) ->
 
 def test_bf16_mixed_precision_learns_like_float32_and_keeps_float32_weights(small: Path, tmp_path: Path) -> None:
     sets = [*FAST, "trainer.max_epochs=2", "data.batch_size=512"]
-    full = train(load_run_config(None, sets, data=str(small), model="deepfm"), tmp_path / "fp32")
-    mixed = train(
+    full = train_run(load_run_config(None, sets, data=str(small), model="deepfm"), tmp_path / "fp32")
+    mixed = train_run(
         load_run_config(None, [*sets, "trainer.precision=bf16-mixed"], data=str(small), model="deepfm"),
         tmp_path / "bf16",
     )
@@ -379,9 +384,9 @@ def test_bf16_mixed_precision_learns_like_float32_and_keeps_float32_weights(smal
 
 def test_float16_tables_learn_like_float32_and_stay_float16(small: Path, tmp_path: Path) -> None:
     sets = [*FAST, "trainer.max_epochs=2", "data.batch_size=512"]
-    full = train(load_run_config(None, sets, data=str(small), model="deepfm"), tmp_path / "fp32")
+    full = train_run(load_run_config(None, sets, data=str(small), model="deepfm"), tmp_path / "fp32")
     half_sets = [*sets, "model.table_dtype=float16"]
-    half = train(load_run_config(None, half_sets, data=str(small), model="deepfm"), tmp_path / "fp16")
+    half = train_run(load_run_config(None, half_sets, data=str(small), model="deepfm"), tmp_path / "fp16")
     print(f"test AUC float32 tables {full['test_auc']:.4f}, float16 tables {half['test_auc']:.4f}")
     assert half["test_auc"] > 0.65  # it learns
     assert abs(half["test_auc"] - full["test_auc"]) < 0.01, (half["test_auc"], full["test_auc"])
@@ -394,22 +399,42 @@ def test_float16_tables_learn_like_float32_and_stay_float16(small: Path, tmp_pat
     assert abs(restored_auc - half["test_auc"]) < 1e-3, (restored_auc, half["test_auc"])
     # A float32 run's checkpoint does not resume as a float16 run.
     with pytest.raises(CheckpointError, match=r"model\.table_dtype: checkpoint None, this run 'float16'"):
-        train(load_run_config(None, half_sets, data=str(small), model="deepfm"), tmp_path / "fp32", resume=True)
+        train_run(load_run_config(None, half_sets, data=str(small), model="deepfm"), tmp_path / "fp32", resume=True)
 
 
 def test_group_auc_is_reported_when_a_group_field_is_set(small: Path, tmp_path: Path) -> None:
-    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.group_field=C9"]
-    metrics = train(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run")
-    assert 0.0 <= metrics["test_gauc"] <= 1.0
+    sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.group_field=C1"]
+    metrics = train_run(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run")
+    # The reference: the restored model's test logits, every (positive, negative) pair of each group counted in
+    # plain Python (a tie counts half), the groups with both classes weighted by their size.
+    run = load_run(tmp_path / "run")
+    logits, labels = _test_predictions(run)
+    from ctr.data.shards import load_split
+
+    groups = load_split(small, run.feature_map, "test").sparse[:, run.feature_map.sparse_names.index("C1")]
+    by_group: dict[int, list[tuple[float, float]]] = {}
+    for g, p, y in zip(groups.tolist(), logits.tolist(), labels.tolist(), strict=True):
+        by_group.setdefault(g, []).append((p, y))
+    weighted, weight = 0.0, 0
+    for rows in by_group.values():
+        pos, neg = [p for p, y in rows if y == 1], [p for p, y in rows if y == 0]
+        if pos and neg:
+            wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+            weighted += len(rows) * wins / (len(pos) * len(neg))
+            weight += len(rows)
+    assert weight < len(labels)  # some groups have one class only: the weighting is exercised
+    assert metrics["test_gauc"] == pytest.approx(weighted / weight, abs=1e-6)
     with pytest.raises(ValueError, match="group_field 'nope' is not a categorical field"):
-        train(load_run_config(None, [*FAST, "trainer.group_field=nope"], data=str(small), model="fm"), tmp_path / "r2")
+        train_run(
+            load_run_config(None, [*FAST, "trainer.group_field=nope"], data=str(small), model="fm"), tmp_path / "r2"
+        )
 
 
 def test_callbacks_given_to_train_run_after_the_throughput_clock_stops(small: Path, tmp_path: Path) -> None:
-    """``train(callbacks=...)`` (the training benchmark's turn-taking): their time is not in ``samples_per_sec``."""
+    """``train_run(callbacks=...)`` (the training benchmark's turn-taking): their time is not in ``samples_per_sec``."""
     from lightning.pytorch import Callback, LightningModule, Trainer
 
-    from ctr.train import Throughput
+    from ctr.training.train import Throughput
 
     seen: list[int] = []
 
@@ -420,7 +445,7 @@ def test_callbacks_given_to_train_run_after_the_throughput_clock_stops(small: Pa
             time.sleep(0.3)
 
     sets = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.batch_size=256"]
-    metrics = train(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run", callbacks=[Slow()])
+    metrics = train_run(load_run_config(None, sets, data=str(small), model="fm"), tmp_path / "run", callbacks=[Slow()])
     assert seen == [256, 512, 768]  # the clock has counted each batch when the callback runs
     assert 768 / metrics["samples_per_sec"] < 0.9  # three tiny steps, without the 0.9 s of sleeps
 
@@ -445,7 +470,7 @@ def test_column_and_row_wise_plans_split_tables_and_train_like_table_wise(small:
     """Two processes on CPU/gloo, SGD on the tables (no optimiser state: row-wise Adagrad keeps one accumulator per
     row *per column block*, so under column_wise it legitimately differs): cutting every table into column blocks or
     row blocks across the ranks must not change what is learned. Row-wise plans run on CPU through
-    ``ctr.lit.CpuRowWiseSharder`` (TorchRec lists them for CUDA only)."""
+    ``ctr.training.module.CpuRowWiseSharder`` (TorchRec lists them for CUDA only)."""
     from torch.distributed.checkpoint import FileSystemReader
 
     args = ["train", "--data", str(small), "--model", "deepfm", "--nproc", "2"]

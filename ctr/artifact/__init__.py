@@ -1,0 +1,1 @@
+"""The exported model artifact: writing, hashing, loading strictly."""

@@ -1,0 +1,211 @@
+"""Export a retrained OptEmbed model as one artifact that loads strictly for inference.
+
+An artifact directory holds everything serving needs, and nothing it must guess:
+
+==================  =====================================================================================
+``feature_map.json`` the fitted feature map (with ``vocab/``): encodes raw logs (``ctr apply``)
+``plan.json``        per-field dims and kept rows; ``masks.npz`` the kept rows (the id remap)
+``model.json``       :class:`ExportSpec`: model config, both feature-map hashes, rows per table, int8 or not,
+                     and the SHA-256 of every other file of the artifact (``files``)
+``weights.pt``       the state dict (plain tensors; int8 tables as uint8 rows through TorchRec/FBGEMM)
+==================  =====================================================================================
+
+:func:`load_exported` checks the spec strictly (unknown keys, format version), then that the directory holds
+exactly the files ``model.json`` lists with the same SHA-256 (vocabularies included: a swapped id would
+silently re-encode rows), the feature map's content hash, the plan against ``model.json`` and the feature map
+field by field, and every state-dict key before it returns an :class:`ExportedModel`; weights load with
+``weights_only=True``. A corrupt file is refused in one line naming it (:class:`~config.strict.ConfigError`).
+
+Format 2 added the file manifest; an artifact of format 1 (only the weights hashed) is refused: export the run
+again.
+
+Example:
+    >>> info = export_run("runs/optembed/retrain", "runs/optembed/export", int8=True)  # doctest: +SKIP
+    >>> model = load_exported("runs/optembed/export")  # doctest: +SKIP
+    >>> model.predict(load_split("new_data", model.feature_map, "test"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from config.model import ModelConfig
+from config.strict import ConfigError, first_line, from_dict, load_json, to_dict
+from ctr.artifact.manifest import manifest, verify
+from ctr.artifact.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
+from ctr.data.columnar import ColumnarSplit
+from ctr.models.zoo import CTRModel, build_model
+from ctr.optembed.pruned import MASKS_FILE, PLAN_FILE, PrunedTables
+from ctr.runs import load_run
+from ctr.tables.embedding import embedding_params
+from ctr.training.restore import read_run_config
+from features.outputs import replaced_dir
+from features.schema import FeatureMap
+
+__all__ = ["EXPORT_FORMAT", "ExportSpec", "ExportedModel", "export_run", "load_exported"]
+
+EXPORT_FORMAT = 2  # 2: every file hashed in ``files``, rows per table in ``table_rows``; 1: weights only
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    format: int
+    model: ModelConfig  # the retrained model's config: per-field dims, padded width
+    feature_map_hash: str  # the fitted feature map's
+    table_hash: str  # the reduced feature map's (cardinalities = kept rows)
+    int8: bool
+    table_rows: dict[str, int]  # per field: rows of the exported table (kept rows plus the OOV row)
+    embedding_params: int
+    embedding_bytes: int
+    files: dict[str, str]  # every other file of the artifact (relative path, ``/``-separated) -> its SHA-256
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    spec: ExportSpec
+    feature_map: FeatureMap
+    tables: PrunedTables
+    model: CTRModel  # eval mode, CPU
+
+    def predict(self, split: ColumnarSplit, batch_size: int = 8192) -> npt.NDArray[np.float32]:
+        """Click probabilities for every row of ``split`` (encoded with this artifact's feature map)."""
+        theirs = [(f.name, f.cardinality) for f in split.feature_map.categorical]
+        ours = [(f.name, f.cardinality) for f in self.feature_map.categorical]
+        if theirs != ours or split.feature_map.dense_names != self.feature_map.dense_names:
+            raise ConfigError("the data was not encoded with this artifact's feature map (fields differ)")
+        reduced = self.tables.feature_map(self.feature_map)
+        data = split.remapped(reduced, {name: self.tables.remap(name) for name in self.feature_map.sparse_names})
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                out.append(torch.sigmoid(self.model(data.batch(np.arange(start, min(start + batch_size, len(data)))))))
+        return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+
+
+def export_run(run: str | Path, out: str | Path, *, int8: bool = False, overwrite: bool = False) -> dict[str, object]:
+    """Export the best checkpoint of retraining run ``run`` into the artifact directory ``out``.
+
+    The artifact is built beside ``out`` and renamed into place (:func:`features.outputs.replaced_dir`): an
+    existing ``out`` is replaced only with ``overwrite`` and only if ``ctr export`` made it."""
+    data = Path(read_run_config(run).data.path)
+    with replaced_dir(Path(out), "ctr export", overwrite=overwrite, inputs=(Path(run), data)) as work:
+        info = _export(run, work, int8=int8)
+    return {**info, "path": str(out), "artifact_bytes": _size(Path(out))}
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _export(run: str | Path, out: Path, *, int8: bool) -> dict[str, object]:
+    config = read_run_config(run)
+    if config.retrain is None or config.retrain.plan is None:
+        raise ConfigError(f"{run}: not a retraining run (no retrain.plan in its config)")
+    fm = FeatureMap.load(config.data.path)
+    tables = PrunedTables.load(config.retrain.plan, fm.content_hash)
+    trained = load_run(run)  # builds the RetrainModule's reduced model and loads it strictly
+    model = quantize_embeddings(trained.model) if int8 else trained.model
+    out = Path(out)
+    fm.save(out / "feature_map.json")
+    vocab = Path(config.data.path) / "vocab"
+    if vocab.is_dir():
+        shutil.copytree(vocab, out / "vocab")
+    tables.save(out)
+    state = quantized_state_dict(model) if int8 else {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save(state, out / WEIGHTS_FILE)
+    reduced = tables.feature_map(fm)
+    spec = ExportSpec(
+        format=EXPORT_FORMAT,
+        model=tables.model_config(config.model),
+        feature_map_hash=fm.content_hash,
+        table_hash=reduced.content_hash,
+        int8=int8,
+        table_rows={f.name: f.cardinality for f in reduced.categorical},
+        embedding_params=embedding_params(reduced, tables.model_config(config.model)),
+        embedding_bytes=embedding_bytes(model),
+        files=manifest(out, exclude=SPEC_FILE),
+    )
+    (out / SPEC_FILE).write_text(json.dumps(to_dict(spec), indent=2) + "\n")
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {
+        "path": str(out),
+        "int8": int8,
+        "embedding_params": spec.embedding_params,
+        "embedding_bytes": spec.embedding_bytes,
+        "weights_bytes": (out / WEIGHTS_FILE).stat().st_size,
+        "artifact_bytes": size,
+    }
+
+
+def load_exported(path: str | Path) -> ExportedModel:
+    """Load an artifact strictly: its files, spec, feature map, plan and weights must all agree."""
+    root = Path(path)
+    spec_path = root / SPEC_FILE
+    raw = load_json(spec_path, "model spec", missing="missing (not an exported model)")
+    version = raw.get("format") if isinstance(raw, dict) else None
+    if version != EXPORT_FORMAT:
+        raise ConfigError(
+            f"{spec_path}: export format {version!r}, this version reads {EXPORT_FORMAT} only "
+            "(format 1 did not hash every file): export the run again with `ctr export`"
+        )
+    spec = from_dict(ExportSpec, raw, where=str(spec_path))
+    verify(root, spec.files, exclude=SPEC_FILE)
+    fm = FeatureMap.load(root)
+    if fm.content_hash != spec.feature_map_hash:
+        raise ConfigError(
+            f"{root}: feature map {fm.content_hash[:12]} is not the exported {spec.feature_map_hash[:12]}"
+        )
+    tables = PrunedTables.load(root, fm.content_hash)
+    _check_plan(root / PLAN_FILE, spec, tables, fm)
+    reduced = tables.feature_map(fm)
+    if reduced.content_hash != spec.table_hash:
+        raise ConfigError(f"{root}: {PLAN_FILE}/{MASKS_FILE} do not give the exported tables")
+    weights = root / WEIGHTS_FILE
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or truncated file: any decoder error
+        raise ConfigError(f"{weights}: corrupt weights ({first_line(e)})") from e
+    skeleton = build_model(reduced, spec.model)
+    try:
+        if spec.int8:
+            model = load_quantized(skeleton, state)
+        else:
+            skeleton.load_state_dict(state, strict=True)
+            model = skeleton
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"{weights}: does not fit the model of {SPEC_FILE} ({first_line(e)})") from e
+    return ExportedModel(spec, fm, tables, model.eval())
+
+
+def _check_plan(plan_path: Path, spec: ExportSpec, tables: PrunedTables, fm: FeatureMap) -> None:
+    """Refuse a plan that contradicts ``model.json`` or the feature map, naming the first field that does."""
+    try:
+        tables.check(fm)
+        tables.model_config(spec.model)  # full_dim against model.embedding_dim
+    except ConfigError as e:
+        raise ConfigError(f"{plan_path}: {e}") from e
+    if spec.model.pad_to != tables.plan.full_dim:
+        raise ConfigError(f"{plan_path}: full_dim {tables.plan.full_dim}, {SPEC_FILE} pads to {spec.model.pad_to}")
+    dims = {f.name: f.dim for f in tables.plan.fields}
+    rows = {f.name: int(tables.kept_ids(f.name).shape[0]) for f in tables.plan.fields}
+    for name in sorted(set(dims) | set(spec.model.field_dims)):
+        if dims.get(name) != spec.model.field_dims.get(name):
+            raise ConfigError(
+                f"{plan_path}: field {name!r} has dim {dims.get(name)}, "
+                f"{SPEC_FILE} says {spec.model.field_dims.get(name)}"
+            )
+    for name in sorted(set(rows) | set(spec.table_rows)):
+        if rows.get(name) != spec.table_rows.get(name):
+            raise ConfigError(
+                f"{plan_path}: field {name!r} keeps {rows.get(name)} rows (with {MASKS_FILE}), "
+                f"{SPEC_FILE} says {spec.table_rows.get(name)}"
+            )

@@ -1,0 +1,1 @@
+"""The data path: prepared shards -> columnar splits -> KJT batches -> loaders -> the Lightning data module."""

@@ -1,0 +1,1 @@
+"""Layers and the model zoo: the base CTR models over one embedding layer."""

@@ -1,0 +1,1 @@
+"""OptEmbed: the supernet, its module, variants, plans and masks, scoring, the pick, retraining."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the TorchRec strategy, sharding, checkpoints, metrics, the run loop."""

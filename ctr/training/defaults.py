@@ -1,0 +1,121 @@
+"""Data-aware defaults: the training settings a run's config leaves unset, chosen from the training split's size.
+
+Fixed defaults cannot suit both 8,000 and 1,000,000 training rows: a batch of 4096 gives an 8k split 2 optimiser
+steps an epoch, and 5 epochs with patience 1 stop a run while its validation AUC still rises. These rules follow
+FuxiCTR's training loop (early stopping on validation AUC with patience 2, the learning rates divided by 10
+after an epoch without a new best, the best epoch's weights kept) and size the batch so that every split gets
+enough steps an epoch to reach its plateau. docs/defaults.md holds the measurements behind each value.
+
+=====================  ==========================================================================================
+``data.batch_size``    a power of two near ``rows / STEPS_PER_EPOCH``, within [``MIN_BATCH``, ``MAX_BATCH``], shared
+                       by the processes (each takes its part: N processes take the steps of one)
+``trainer.max_epochs``  ``MAX_EPOCHS``: a bound, not a target; early stopping ends the run at its plateau
+``trainer.patience``   2 (FuxiCTR's ``early_stop_patience``)
+``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best)
+``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables); ``FM_SPARSE_LR`` for the models with a
+                       factorization machine (``fm``, ``deepfm``), whose pairwise term overfits faster
+``optim.embedding_l2`` ``EMBEDDING_L2`` (L2 on the rows a batch looks up: FuxiCTR's ``embedding_regularizer``)
+=====================  ==========================================================================================
+
+Only keys absent from the YAML and the ``--set`` overrides are filled; the run writes the values it used into
+``RUN/config.yaml``. A config built in code (``RunConfig(...)``) keeps the dataclasses' fixed defaults.
+
+Example:
+    >>> chosen = data_aware_defaults(6_400)
+    >>> chosen["data.batch_size"], chosen["trainer.patience"], chosen["optim.scheduler"]
+    (128, 2, 'plateau')
+    >>> chosen["optim.sparse_lr"], data_aware_defaults(6_400, model="deepfm")["optim.sparse_lr"]
+    (0.05, 0.01)
+    >>> data_aware_defaults(80_000)["data.batch_size"], data_aware_defaults(80_000, processes=2)["data.batch_size"]
+    (1024, 512)
+    >>> data_aware_defaults(1_000_000)["data.batch_size"]
+    4096
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Unpack
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from config.run import ConfigSources, RunConfig, _set, parse_run_config
+from features.schema import FeatureMap, FeatureMapError
+
+__all__ = ["data_aware_defaults", "load_run_config", "train_rows"]
+
+STEPS_PER_EPOCH = 100  # optimiser steps an epoch the batch size aims at
+MIN_BATCH = 128
+MAX_BATCH = 4096
+MAX_EPOCHS = 50
+SPARSE_LR = 0.05
+FM_SPARSE_LR = 0.01
+FM_MODELS = ("fm", "deepfm")
+EMBEDDING_L2 = 0.0
+
+
+def data_aware_defaults(rows: int, processes: int = 1, model: str | None = None) -> dict[str, Any]:
+    """The settings for ``model`` on a training split of ``rows`` rows trained by ``processes`` processes."""
+    target = max(rows / STEPS_PER_EPOCH, 1.0)
+    batch = min(max(2 ** round(math.log2(target)), MIN_BATCH), MAX_BATCH)
+    return {
+        "data.batch_size": max(batch // processes, 1),  # per process
+        "trainer.max_epochs": MAX_EPOCHS,
+        "trainer.patience": 2,
+        "optim.scheduler": "plateau",
+        "optim.sparse_lr": FM_SPARSE_LR if model in FM_MODELS else SPARSE_LR,
+        "optim.embedding_l2": EMBEDDING_L2,
+    }
+
+
+def train_rows(data: str | Path) -> int:
+    """Rows of the prepared data's training split, from the shards' parquet footers (no data is read)."""
+    root = Path(data)
+    fm = FeatureMap.load(root)
+    return sum(int(pq.ParquetFile(root / rel).metadata.num_rows) for rel in fm.splits.get("train", ()))
+
+
+def _has(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _fill_data_aware_defaults(tree: dict[str, Any], processes: int) -> None:
+    """Fill the keys the config leaves unset from the training split's size (:mod:`ctr.training.defaults`).
+
+    Without readable prepared data nothing is filled: the stage that reads the data reports the problem."""
+    path = tree.get("data", {}).get("path") if isinstance(tree.get("data"), dict) else None
+    if not isinstance(path, str):
+        return
+    try:
+        rows = train_rows(path)
+    except (FeatureMapError, OSError, ValueError, pa.ArrowException):
+        return
+    model = tree.get("model", {}).get("name") if isinstance(tree.get("model"), dict) else None
+    for key, value in data_aware_defaults(rows, max(processes, 1), model if isinstance(model, str) else None).items():
+        if not _has(tree, key):
+            _set(tree, key, value)
+
+
+def load_run_config(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    processes: int = 1,
+    **sources: Unpack[ConfigSources],
+) -> RunConfig:
+    """A command's run config: :func:`config.run.parse_run_config`, with the training settings left unset chosen
+    from the training split's size (:func:`data_aware_defaults`).
+
+    ``processes``: how many processes will train (the data-aware batch is shared by them).
+    """
+    fill = functools.partial(_fill_data_aware_defaults, processes=processes)
+    return parse_run_config(path, overrides, fill=fill, **sources)

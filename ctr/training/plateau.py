@@ -1,0 +1,71 @@
+"""``optim.scheduler: plateau``: FuxiCTR's ``reduce_lr_on_plateau`` for both the dense and the table optimiser.
+
+FuxiCTR (``rank_model.py``) checks the validation AUC after every epoch: a new best resets the count of bad
+epochs, anything else is a bad epoch, which multiplies every learning rate by ``factor`` (0.1) down to
+``min_lr`` (1e-6); training stops after ``patience`` bad epochs in a row and the best epoch's weights are
+reloaded. Here the stop is the trainer's ``EarlyStopping`` (same patience, same "a new best is strictly
+greater" rule, so both count the same epochs), the reload is the final evaluation of ``checkpoints/best.ckpt``
+(:func:`ctr.runs.train`), and :class:`PlateauDecay` does the decay: every dense parameter group and the fused
+FBGEMM table optimiser (:meth:`ctr.training.module.CTRModule.set_table_lr`). Decaying only after ``patience`` bad epochs
+would coincide with the stop, so the decay comes at each bad epoch within the patience window, as FuxiCTR's.
+
+Its state (best AUC, bad epochs, the table learning rate) goes into the checkpoint, so a resumed run decays as
+an uninterrupted one; the dense learning rates are in the dense optimiser's own state.
+
+Example:
+    >>> PlateauDecay(factor=0.1, min_lr=1e-6).state_dict()
+    {'best': None, 'bad_epochs': 0, 'table_lr': None}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+
+from ctr.training.module import CTRModule
+
+__all__ = ["PlateauDecay"]
+
+
+class PlateauDecay(Callback):
+    def __init__(self, factor: float, min_lr: float, monitor: str = "val_auc") -> None:
+        self.factor = factor
+        self.min_lr = min_lr
+        self.monitor = monitor
+        self.best: float | None = None
+        self.bad_epochs = 0
+        self.table_lr: float | None = None  # set by a decay or a restored checkpoint; None: the configured one
+
+    def _decayed(self, lr: float) -> float:
+        return max(lr * self.factor, self.min_lr) if lr > self.min_lr else lr
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(pl_module, CTRModule)
+        if self.table_lr is not None:  # resumed: the fused optimiser's state does not carry FBGEMM's lr
+            pl_module.set_table_lr(self.table_lr)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        assert isinstance(pl_module, CTRModule)
+        value = float(trainer.callback_metrics[self.monitor])
+        if self.best is None or value > self.best:
+            self.best, self.bad_epochs = value, 0
+            return
+        self.bad_epochs += 1
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = self._decayed(float(group["lr"]))
+        self.table_lr = self._decayed(pl_module.table_lr)
+        pl_module.set_table_lr(self.table_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "table_lr": self.table_lr}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        self.bad_epochs = int(state_dict["bad_epochs"])
+        self.table_lr = state_dict["table_lr"]
