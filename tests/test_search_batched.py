@@ -1,6 +1,6 @@
 """The search's fast path: many candidates per pass, the prepared (fused, oneDNN) head, bf16, the sample size.
 
-Real small supernets (DeepFM and DCNv2, dim 8, MLP [64, 32] with BatchNorm, one epoch on 8,000 planted rows) are
+Real small supernets (DeepFM and DCNv2, dim 8, MLP [64, 32] with BatchNorm, one epoch on 40,000 planted rows) are
 scored by :meth:`CandidateScorer.score_many` and compared with one-by-one scoring (:meth:`CandidateScorer.score`,
 the model's own float32 head) and with the naive full forward pass. DeLong's noise of an AUC difference is
 checked against a bootstrap.
@@ -36,7 +36,7 @@ SMALL += ["supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("batched")
-    write_synthetic(8000, root / "s.tsv", seed=5)
+    write_synthetic(40_000, root / "s.tsv", seed=5)
     prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "p", PrepareOptions(progress=False, min_count=3))
     return root / "p"
 
@@ -70,9 +70,9 @@ def _candidates(n: int, fields: int, seed: int) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("model", ["deepfm", "dcnv2"])
 def test_batched_scoring_equals_one_by_one_and_the_naive_pass(supernets: dict[str, Path], model: str) -> None:
-    # batch_size 300 over ~800 validation rows: three row blocks, the last one short; DeepFM takes the tower
+    # batch_size 1500 over ~4,000 validation rows: three row blocks, the last one short; DeepFM takes the tower
     # path (first layer on the kept columns only), DCNv2 the generic one (masked fields through the whole head)
-    scorer = _scorer(supernets[model], batch_size=300)
+    scorer = _scorer(supernets[model], batch_size=1500)
     cands = [*_candidates(9, len(scorer.fields), 0), tuple(8 for _ in scorer.fields)]
     one_by_one = [scorer.score(c) for c in cands]
     batched = scorer.score_many(cands)
@@ -89,10 +89,10 @@ def test_batched_scoring_equals_one_by_one_and_the_naive_pass(supernets: dict[st
 
 
 def test_small_samples_stack_candidates_in_the_batch_dimension(supernets: dict[str, Path]) -> None:
-    # 200 sampled rows, batch 1000: five candidates share one head call; the AUCs are those of one-by-one scoring
-    scorer = _scorer(supernets["dcnv2"], batch_size=1000, max_rows=200, seed=1)
+    # 2,000 sampled rows, batch 10,000: five candidates share one head call; the AUCs are one-by-one scoring's
+    scorer = _scorer(supernets["dcnv2"], batch_size=10_000, max_rows=2000, seed=1)
     cands = _candidates(7, len(scorer.fields), 1)
-    assert scorer.num_rows == 200
+    assert scorer.num_rows == 2000
     assert scorer.score_many(cands) == pytest.approx([scorer.score(c) for c in cands], abs=1e-6)
 
 
@@ -155,7 +155,7 @@ def test_delong_difference_noise_matches_a_bootstrap_and_scales_with_rows() -> N
 def test_sized_sample_scores_a_seeded_subset(supernets: dict[str, Path]) -> None:
     scorer = _scorer(supernets["deepfm"])
     choices = tuple((4, 8) for _ in scorer.fields)
-    kept, info = sized_sample(scorer, choices, 1e-6)  # noisier than that on ~800 rows: all of them
+    kept, info = sized_sample(scorer, choices, 1e-6)  # noisier than that on ~4,000 rows: all of them
     assert kept is scorer and info["rows"] == info["of_rows"] == scorer.num_rows and info["se_all_rows"] > 1e-6
     sampled, info = sized_sample(scorer, choices, info["se_all_rows"] * 2, seed=3, min_rows=100)
     assert sampled.num_rows == info["rows"] < scorer.num_rows
