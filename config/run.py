@@ -205,6 +205,10 @@ class SearchConfig(EvolutionConfig):
     table first, down to its smallest dim wherever the validation AUC stays within ``pick_tolerance`` of the
     best -- fields the AUC does not depend on end at the smallest dim even when their table is too small
     for the evolution to notice.
+    ``auc_noise``: when ``val_rows`` is unset, score on a sample just large enough that the standard error of an
+    AUC difference between two candidates (DeLong, between the largest and the smallest candidate) is about
+    this (:mod:`search.sample_size`); ``None``: every validation row. ``head_dtype``: the scoring head's
+    dtype (``bfloat16`` is faster where the CPU has it, but moves AUCs by about 1e-4).
     """
 
     seed: int = 0
@@ -212,6 +216,8 @@ class SearchConfig(EvolutionConfig):
     multi_objective: bool = False
     budget: float | None = None
     val_rows: int | None = None
+    auc_noise: float | None = 0.001
+    head_dtype: Literal["float32", "bfloat16"] = "float32"
     eval_batch_size: int = 8192
     pick_tolerance: float = 0.0
     shrink: bool = True
@@ -229,6 +235,7 @@ class SearchConfig(EvolutionConfig):
             workers=">= 0",
             budget="in (0, 1]",  # a fraction of the full table's parameters
             val_rows=">= 1",
+            auc_noise="> 0",
             eval_batch_size=">= 1",
             pick_tolerance=">= 0",
         )

@@ -46,6 +46,7 @@ from features.outputs import is_secondary_rank, owned_dir, remove_owned
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.pick import pick, shrink
 from search.plots import plot_search
+from search.sample_size import sized_sample
 from search.storage import PlanNote, attach_plots
 
 __all__ = ["run_optembed", "search_stage", "train_stage"]
@@ -121,6 +122,8 @@ def _search(
     if variant.search_dims:
         torch.set_num_threads(1)
         scorer = frozen.scorer(config)
+        if config.val_rows is None and config.auc_noise is not None:
+            scorer, summary["sample"] = sized_sample(scorer, space.choices, config.auc_noise, config.seed)
         url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
         outcome = run_search(
             scorer,
@@ -141,7 +144,7 @@ def _search(
             floor = outcome.best.val_auc - config.pick_tolerance
             dims, steps = shrink(scorer, space, dims, floor)
         summary["shrink"] = steps
-        summary["final_val_auc"] = scorer.score(tuple(dims[n] for n in fm.sparse_names))
+        summary["final_val_auc"] = scorer.score_many([tuple(dims[n] for n in fm.sparse_names)])[0]
         summary |= {
             "storage": url,
             "study": study,
@@ -151,7 +154,7 @@ def _search(
             "chosen": dataclasses.asdict(chosen),
             "pareto": [dataclasses.asdict(s) for s in outcome.pareto],
             "best_per_generation": outcome.best_per_generation,
-            "full_dims_val_auc": scorer.score(tuple(full for _ in frozen.rows)),
+            "full_dims_val_auc": scorer.score_many([tuple(full for _ in frozen.rows)])[0],
             "scorer_rows": scorer.num_rows,
         }
     else:

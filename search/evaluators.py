@@ -43,13 +43,14 @@ class _Context:
 
 
 class LocalEvaluator(_Context):
-    """Scores in this process, one candidate after another (``search.workers = 0``)."""
+    """Scores in this process, all candidates in one :meth:`~search.scoring.Scorer.score_many` call
+    (``search.workers = 0``)."""
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
 
     def __call__(self, candidates: Sequence[tuple[int, ...]]) -> list[float]:
-        return [self.scorer.score(c) for c in candidates]
+        return self.scorer.score_many(candidates)
 
     def close(self) -> None:
         pass
@@ -64,8 +65,8 @@ class _ScorerActor:
         torch.set_num_threads(1)
         self.scorer = scorer
 
-    def score(self, candidate: tuple[int, ...]) -> float:
-        return self.scorer.score(candidate)
+    def score_many(self, candidates: list[tuple[int, ...]]) -> list[float]:
+        return self.scorer.score_many(candidates)
 
     def pid(self) -> int:
         return os.getpid()
@@ -141,9 +142,13 @@ class RayEvaluator(_Context):
     def __call__(self, candidates: Sequence[tuple[int, ...]]) -> list[float]:
         import ray
 
-        # Round-robin over the actors: equal candidates cost the same, so static balance is good enough.
-        refs = [self.actors[i % len(self.actors)].score.remote(c) for i, c in enumerate(candidates)]
-        return [float(x) for x in ray.get(refs)]
+        # One share per actor, scored in one pass: equal candidates cost the same, so static balance is enough.
+        shares = [list(candidates[i :: len(self.actors)]) for i in range(len(self.actors))]
+        refs = [actor.score_many.remote(share) for actor, share in zip(self.actors, shares, strict=True) if share]
+        scores: list[float] = [0.0] * len(candidates)
+        for i, share_scores in enumerate(ray.get(refs)):
+            scores[i :: len(self.actors)] = [float(x) for x in share_scores]
+        return scores
 
     def close(self) -> None:
         import ray

@@ -40,7 +40,7 @@ def shrink(
         if current[i] == smallest:
             continue
         trial = [*current[:i], smallest, *current[i + 1 :]]
-        auc = scorer.score(trial)
+        auc = scorer.score_many([trial])[0]
         kept = auc >= floor
         steps.append({"field": space.fields[i], "from": current[i], "to": smallest, "val_auc": auc, "kept": kept})
         if kept:

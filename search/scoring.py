@@ -19,3 +19,6 @@ class Scorer(Protocol):
 
     def score(self, candidate: Sequence[int]) -> float:
         """The candidate's validation AUC (higher is better)."""
+
+    def score_many(self, candidates: Sequence[Sequence[int]]) -> list[float]:
+        """The candidates' validation AUCs, in their order (scored together: the evaluators call this)."""

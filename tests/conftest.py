@@ -99,7 +99,7 @@ def toy_search() -> Any:
     class ToySearchStop(Exception):
         pass
 
-    class ToyScorer:  # what run_search needs of a CandidateScorer: fields and score()
+    class ToyScorer:  # what run_search needs of a CandidateScorer: fields and score_many()
         def __init__(self, fail_after: int | None) -> None:
             self.fields = fields
             self.calls = 0
@@ -111,6 +111,9 @@ def toy_search() -> Any:
                 raise ToySearchStop(f"scorer stopped at call {self.calls}")
             # An AUC that likes dims (12, 4, 16, 8), with a non-trivial binary fraction.
             return 0.7 + sum(1 / (1 + abs(d - t)) for d, t in zip(dims, (12, 4, 16, 8), strict=True)) / 37
+
+        def score_many(self, candidates: Sequence[Sequence[int]]) -> list[float]:
+            return [self.score(c) for c in candidates]
 
     def run(storage: str, study: str, fail_after: int | None = None, stop_after: int | None = None) -> SearchOutcome:
         def on_generation(generation: int, _: object) -> None:

@@ -33,6 +33,8 @@ MODULES = [
     "ctr.training.writes",
     "search.evolution",
     "search.pick",
+    "search.sample_size",
+    "ctr.optembed.fast_head",
     "search.tune_space",
     "benchmarks.peer_table",
 ]

@@ -260,8 +260,8 @@ from search.evaluators import RayEvaluator
 class Scorer:  # a stand-in for CandidateScorer: what run_search needs of it
     fields = ("C0", "C1", "C2")
 
-    def score(self, dims):
-        return 0.5 + sum(dims) / 1000
+    def score_many(self, candidates):
+        return [0.5 + sum(dims) / 1000 for dims in candidates]
 
 
 ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
@@ -355,4 +355,4 @@ def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(d
     cands = [tuple(t.params[f] for f in scorer.fields) for t in complete]
     assert len(set(cands)) == len(cands)  # none counted twice
     for t in complete:  # every recorded score is the candidate's true score
-        assert t.value == pytest.approx(scorer.score(tuple(t.params[f] for f in scorer.fields)), abs=1e-12)
+        assert t.value == pytest.approx(scorer.score_many([tuple(t.params[f] for f in scorer.fields)])[0], abs=1e-12)

@@ -64,6 +64,7 @@ class FrozenSupernet:
             batch_size=config.eval_batch_size,
             max_rows=config.val_rows,
             seed=config.seed,
+            head_dtype=torch.bfloat16 if config.head_dtype == "bfloat16" else torch.float32,
         )
 
 
