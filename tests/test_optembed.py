@@ -354,7 +354,7 @@ def test_an_artifact_of_export_format_1_is_refused(artifact: Path, tmp_path: Pat
     spec = json.loads((root / "model.json").read_text())
     old = {k: v for k, v in spec.items() if k not in ("files", "table_rows")} | {"format": 1, "weights_sha256": "0"}
     (root / "model.json").write_text(json.dumps(old))
-    _refused(root, r"model\.json: export format 1, this version reads 2 only .*export the run again")
+    _refused(root, r"model\.json: export format 1, this version reads 3 only .*export the run again")
 
 
 def test_a_plan_contradicting_model_json_is_refused_naming_the_field(artifact: Path, tmp_path: Path) -> None:
