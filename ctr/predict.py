@@ -71,13 +71,13 @@ def split_of_frame(fm: FeatureMap, frame: pl.DataFrame) -> ColumnarSplit:
     for j, name in enumerate(single):
         sparse[:, j] = frame[name].to_numpy()
     multi = {}
-    for f in fm.categorical:
-        if f.multi_valued:
-            column = frame[f.name]
+    for c in fm.categorical:
+        if c.multi_valued:
+            column = frame[c.name]
             offsets = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(column.list.len().to_numpy(), out=offsets[1:])
             values = column.explode(empty_as_null=False).drop_nulls().to_numpy().astype(np.int32, copy=False)
-            multi[f.name] = CSRColumn(offsets, values)
+            multi[c.name] = CSRColumn(offsets, values)
     return ColumnarSplit(fm, dense=dense, labels=labels, sparse=sparse, multi=multi)
 
 
