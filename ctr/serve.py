@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from ray import serve
 from features.spec import InputError
 from features.strict import ConfigError, to_dict
 
-__all__ = ["APP_NAME", "ServeOptions", "build_app", "run_serve"]
+__all__ = ["APP_NAME", "ServeOptions", "build_app", "run_serve", "start_serve"]
 
 APP_NAME = "ctr"
 BATCH_WAIT_S = 0.002  # how long a batch waits for more requests (seconds)
@@ -138,14 +139,27 @@ def build_app(model: str | Path, *, replicas: int = 1, max_batch_size: int = 256
     return deployment.bind(path, max_batch_size)
 
 
-def run_serve(options: ServeOptions) -> None:
-    """Start (or join) Ray, start Serve's HTTP proxy on ``host:port`` and serve until interrupted."""
+def start_serve(options: ServeOptions) -> str:
+    """Start (or join) Ray, start Serve's HTTP proxy on ``host:port`` and deploy the artifact; returns its URL."""
     import ray
 
     app = build_app(options.model, replicas=options.replicas, max_batch_size=options.max_batch_size)
     ray.init(address=options.address, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": options.host, "port": options.port})
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    return f"http://{options.host}:{options.port}"
+
+
+def run_serve(options: ServeOptions) -> None:
+    """:func:`start_serve`, then serve until interrupted (Ctrl-C), and shut the application down."""
+    url = start_serve(options)
     print(
-        json.dumps({"url": f"http://{options.host}:{options.port}/predict", "replicas": options.replicas}), flush=True
+        json.dumps({"predict": f"{url}/predict", "health": f"{url}/health", "replicas": options.replicas}), flush=True
     )
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete(APP_NAME)
