@@ -43,7 +43,7 @@ from ray import serve
 from features.spec import InputError
 from features.strict import ConfigError, to_dict
 
-__all__ = ["APP_NAME", "ServeOptions", "build_app", "run_serve", "start_serve"]
+__all__ = ["APP_NAME", "ServeOptions", "app", "build_app", "run_serve", "start_serve"]
 
 APP_NAME = "ctr"
 BATCH_WAIT_S = 0.002  # how long a batch waits for more requests (seconds)
@@ -137,6 +137,17 @@ def build_app(model: str | Path, *, replicas: int = 1, max_batch_size: int = 256
         ray_actor_options={"num_cpus": 1},
     )(Scorer)
     return deployment.bind(path, max_batch_size)
+
+
+def app(args: dict[str, Any]) -> Any:
+    """The application builder of a Serve config file (``import_path: ctr.serve:app``, as KubeRay's RayService
+    deploys it): ``args`` are ``model`` (the artifact's path on every node) and optionally ``max_batch_size``; the
+    config's ``deployments`` section sets ``num_replicas`` of the deployment ``CTRScorer``."""
+    allowed = {"model", "max_batch_size"}
+    unknown = sorted(set(args) - allowed)
+    if unknown or "model" not in args:
+        raise ConfigError(f"ctr.serve:app args: expected model (and max_batch_size), got {sorted(args)}")
+    return build_app(str(args["model"]), max_batch_size=int(args.get("max_batch_size", 256)))
 
 
 def start_serve(options: ServeOptions) -> str:
