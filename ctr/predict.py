@@ -36,6 +36,7 @@ import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tqdm import tqdm
 
 from ctr.data import ColumnarSplit, CSRColumn
@@ -141,9 +142,13 @@ def predict_files(
     batch_size: int = 65536,
     progress: bool = True,
     overwrite: bool = False,
+    bf16: bool = False,
     model: ExportedModel | None = None,
 ) -> dict[str, Any]:
-    """Score ``inputs`` with the artifact in ``artifact`` into ``out`` (and its rejects file); returns the summary."""
+    """Score ``inputs`` with the artifact in ``artifact`` into ``out`` (and its rejects file); returns the summary.
+
+    ``bf16``: run the dense layers under bfloat16 autocast (faster on CPUs with AVX-512 BF16 or AMX); the scores
+    then differ from the float32 ones (``load_exported(...).predict``) by up to about 1e-2."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
     out = Path(out)
@@ -158,11 +163,13 @@ def predict_files(
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        summary = _score(exported, artifact, inputs, scratch, out, rejects, batch_size, progress)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            summary = _score(exported, artifact, inputs, scratch, out, rejects, batch_size, progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - started
-    return {**summary, "seconds": round(seconds, 3), "rows_per_sec": round(summary["rows_read"] / seconds, 1)}
+    rate = round(summary["rows_read"] / seconds, 1)
+    return {**summary, "bf16": bf16, "seconds": round(seconds, 3), "rows_per_sec": rate}
 
 
 def _score(

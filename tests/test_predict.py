@@ -214,3 +214,15 @@ def test_a_file_without_labels_scores_without_metrics_and_outputs_are_protected(
     missing = ["predict", "--model", str(artifact), "--input", str(tmp_path / "none.tsv"), "--out", str(tmp_path / "x")]
     assert _cli(missing, capsys)[::2] == (1, f"ctr predict: error: {tmp_path / 'none.tsv'}: input file not found\n")
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))  # no output, no scratch folder left
+
+
+def test_bf16_scoring_stays_close_to_float32(scoring_data: Path, scoring_run: Any, tmp_path: Path) -> None:
+    artifact = tmp_path / "artifact"
+    export_run(scoring_run("deepfm", "deepfm"), artifact)
+    test = [scoring_data / "test.tsv"]
+    exact = predict_files(artifact, test, tmp_path / "f32.parquet", progress=False)
+    fast = predict_files(artifact, test, tmp_path / "bf16.parquet", progress=False, bf16=True)
+    p32, p16 = (pl.read_parquet(tmp_path / f)["probability"].to_numpy() for f in ("f32.parquet", "bf16.parquet"))
+    assert (exact["bf16"], fast["bf16"]) == (False, True)
+    assert 0 < np.abs(p16 - p32).max() < 0.02
+    assert fast["auc"] == pytest.approx(exact["auc"], abs=0.01)
