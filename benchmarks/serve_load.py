@@ -51,7 +51,7 @@ from ctr.serve import ServeOptions, start_serve
 from ctr.train import train
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
-from features.stream import Encoder, check_records, encode_records
+from features.stream import Encoder, RecordEncoder, check_records
 from features.synth import write_synthetic
 
 COLUMNS = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
@@ -181,13 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         # the baseline: the replica's own work for one request, in this process (no HTTP, no Ray, no batching)
         model = load_exported(artifact)
         encoder = Encoder.load(artifact, model.feature_map)
+        records_encoder = RecordEncoder(encoder)
         baseline: dict[str, float] = {}
         for size in (1, 256):
             times = []
             for i in range(min(args.requests, 300)):
                 body = records[(i * size) % (n - size + 1) :][:size]
                 started = time.perf_counter()
-                chunk = encode_records(encoder, check_records(body, encoder.columns, "label"))
+                chunk = records_encoder.encode(check_records(body, encoder.columns, "label"))
                 model.predict(split_of_frame(model.feature_map, chunk.rows))
                 times.append(time.perf_counter() - started)
             baseline[f"{size}_p50_ms"] = round(statistics.median(times) * 1e3, 2)

@@ -14,7 +14,7 @@ Routes (the application's prefix is ``/``):
 =====================  =======================================================================================
 
 Each replica (a Ray actor; ``--replicas N``) loads the artifact strictly (:func:`~ctr.export.load_exported`),
-validates and encodes each request's records on arrival (:func:`features.stream.encode_records`: the same
+validates and encodes each request's records on arrival (:class:`features.stream.RecordEncoder`: the same
 encoders as ``ctr predict``, so the same scores), and scores them through :func:`ray.serve.batch`: the encoded rows
 of up to ``max_batch_size`` concurrent requests go through one forward pass. Any failure of a request is its own
 answer (400 for bad input, 500 naming the exception otherwise); the replica keeps serving.
@@ -74,24 +74,25 @@ class Scorer:
 
     def __init__(self, model: str, max_batch_size: int) -> None:
         from ctr.export import load_exported
-        from features.stream import Encoder
+        from features.stream import Encoder, RecordEncoder
 
         self.exported = load_exported(model)
         self.encoder = Encoder.load(Path(model), self.exported.feature_map)
+        self.records = RecordEncoder(self.encoder)
         spec = {k: v for k, v in to_dict(self.exported.spec).items() if k != "files"}
         label = self.encoder.spec.label.column
         self.metadata = {"model": spec, "columns": list(self.encoder.columns), "label": label, "path": model}
         self.score.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
 
     def _encode(self, body: bytes) -> pl.DataFrame:
-        from features.stream import check_records, encode_records
+        from features.stream import check_records
 
         try:
             records = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"body is not JSON ({e})") from None
         rows = check_records(records, self.encoder.columns, self.encoder.spec.label.column)
-        chunk = encode_records(self.encoder, rows)
+        chunk = self.records.encode(rows)
         if chunk.rejects.height:
             first = chunk.rejects.row(0, named=True)
             raise InputError(f"record {first['line']}: {first['reason']}")

@@ -10,9 +10,9 @@ the accepted rows (``__file``, ``__line``, ``label`` and the encoded columns) an
 ``line``, ``reason``, ``raw``, as in ``rejects.parquet``), so ``rows read = accepted + rejected`` per chunk.
 A file without the label column (header or parquet) is scored with a null label.
 
-:func:`encode_records` encodes in-memory records (a list of dicts of raw values, as a JSON API receives them) the
-same way, after :func:`check_records` has refused a missing field, a wrong type or an unknown column by record
-index and field name.
+:class:`RecordEncoder` encodes in-memory records (a list of dicts of raw values, as a JSON API receives them) the
+same way, with the query built once and run per request, after :func:`check_records` has refused a missing
+field, a wrong type or an unknown column by record index and field name.
 
 Example:
     >>> for chunk in encoded_chunks(Path("artifact"), [Path("day_1.tsv")], scratch, 65536):  # doctest: +SKIP
@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from features.spec import DatasetSpec, InputError
 from features.strict import from_dict
 from features.transforms import derive_time_parts, rejected_reasons, validate
 
-__all__ = ["EncodedChunk", "Encoder", "check_records", "encode_records", "encoded_chunks"]
+__all__ = ["EncodedChunk", "Encoder", "RecordEncoder", "check_records", "encoded_chunks"]
 
 _KEEP = ("__file", "__line", "__reason", "__raw")
 
@@ -128,18 +129,49 @@ def _text(value: Any, i: int, name: str) -> str | None:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def encode_records(encoder: Encoder, rows: Sequence[Mapping[str, str | None]]) -> EncodedChunk:
-    """Rows of raw strings (:func:`check_records`) encoded as one chunk; ``line`` is the record's index."""
-    columns = encoder.columns
-    data = {c: pl.Series(c, [r.get(c) for r in rows], dtype=pl.String) for c in columns}
-    frame = pl.LazyFrame(data).select(
-        pl.lit("request").alias("__file"),
-        pl.lit(0, dtype=pl.UInt64).alias("__file_idx"),
-        pl.int_range(pl.len(), dtype=pl.UInt64).alias("__line"),
-        pl.lit(None, dtype=pl.String).alias("__raw"),
-        pl.lit(None, dtype=pl.String).alias("__reject"),
-        pl.lit(None, dtype=pl.String).alias("__sep"),
-        pl.lit(None, dtype=pl.Int64).alias("__ncols"),
-        *columns,
-    )
-    return _split(encoder.encode(frame).collect())
+class RecordEncoder:
+    """Encodes in-memory records (:func:`check_records`) with one query built once.
+
+    A fitted map's query is hundreds of expressions, with an ``Enum`` of every vocabulary: building it costs far
+    more than running it on a few records. The query is built here over a Polars IO source that yields the
+    records of the current call, and each call only collects it. Calls are serialised (a lock)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        from polars.io.plugins import register_io_source
+
+        self.encoder = encoder
+        self._frame: pl.DataFrame | None = None
+        self._lock = threading.Lock()
+        columns = encoder.columns
+
+        def source(
+            with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
+        ) -> Iterator[pl.DataFrame]:
+            assert self._frame is not None, "collected outside RecordEncoder.encode"
+            frame = self._frame.select(with_columns) if with_columns is not None else self._frame
+            frame = frame.filter(predicate) if predicate is not None else frame
+            yield frame.head(n_rows) if n_rows is not None else frame
+
+        raw = register_io_source(source, schema=dict.fromkeys(columns, pl.String), is_pure=False)
+        self._query = encoder.encode(
+            raw.select(
+                pl.lit("request").alias("__file"),
+                pl.lit(0, dtype=pl.UInt64).alias("__file_idx"),
+                pl.int_range(pl.len(), dtype=pl.UInt64).alias("__line"),
+                pl.lit(None, dtype=pl.String).alias("__raw"),
+                pl.lit(None, dtype=pl.String).alias("__reject"),
+                pl.lit(None, dtype=pl.String).alias("__sep"),
+                pl.lit(None, dtype=pl.Int64).alias("__ncols"),
+                *columns,
+            )
+        )
+
+    def encode(self, rows: Sequence[Mapping[str, str | None]]) -> EncodedChunk:
+        """Rows of raw strings encoded as one chunk; ``line`` is the record's index (from 0)."""
+        data = {c: pl.Series(c, [r.get(c) for r in rows], dtype=pl.String) for c in self.encoder.columns}
+        with self._lock:
+            self._frame = pl.DataFrame(data)
+            try:
+                return _split(self._query.collect())
+            finally:
+                self._frame = None
