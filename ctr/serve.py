@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -104,7 +105,9 @@ class Scorer:
         from ctr.predict import split_of_frame
 
         rows = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
-        p = self.exported.predict(split_of_frame(self.exported.feature_map, rows), batch_size=max(rows.height, 1))
+        split = split_of_frame(self.exported.feature_map, rows)
+        # in a thread (torch releases the GIL): the event loop goes on receiving and encoding requests meanwhile
+        p = await asyncio.to_thread(self.exported.predict, split, max(rows.height, 1))
         bounds = np.cumsum([f.height for f in frames])[:-1]
         return [part.astype(float).tolist() for part in np.split(p, bounds)]
 
@@ -116,7 +119,7 @@ class Scorer:
             if request.method == "GET" and path == "/metadata":
                 return _json(self.metadata)
             if request.method == "POST" and path in ("/predict", "/"):
-                frame = self._encode(await request.body())
+                frame = await asyncio.to_thread(self._encode, await request.body())  # Polars releases the GIL
                 return _json(await self.score(frame) if frame.height else [])
             return _json({"error": f"{request.method} {path}: not found (POST /predict, GET /health, /metadata)"}, 404)
         except (InputError, ConfigError) as e:

@@ -497,3 +497,6 @@ def test_optembed_over_a_multiplexed_table_searches_probes(data: Path, tmp_path:
     retrained = load_run_config(tmp_path / "run" / "retrain" / "config.yaml", [], data=None, model=None)
     assert retrained.tables is not None and retrained.tables.method == "unified"
     assert [retrained.tables.probes[f["name"]] for f in result["fields"]] == probes
+    exported = load_exported(tmp_path / "run" / "export")  # the multiplexed table exports too (issue #19)
+    assert exported.spec.tables is not None and exported.spec.tables.probes == retrained.tables.probes
+    assert result["export"]["tables"] == "unified"

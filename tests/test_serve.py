@@ -112,3 +112,15 @@ def test_bad_records_get_a_400_naming_record_and_field_and_the_server_keeps_serv
     after = _post(url, good)
     assert after.status_code == 200
     np.testing.assert_allclose(after.json(), served["scores"]["probability"].to_numpy()[:3], atol=1e-6)
+
+
+def test_ctr_serve_refuses_a_bad_artifact_in_one_line_before_starting_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as code:
+        main(["serve", "--model", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code.value.code == 1
+    assert err == f"ctr serve: error: {tmp_path / 'none' / 'model.json'}: model spec missing (not an exported model)\n"
