@@ -402,7 +402,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="ARTIFACT", help="output directory of `ctr export`")
     p.add_argument("--input", required=True, nargs="+", metavar="FILE", help="raw files in the data set's format")
     p.add_argument("--out", required=True, metavar="SCORES", help="parquet file; rejects to SCORES.rejects.parquet")
-    p.add_argument("--batch-size", type=_POSITIVE, default=65536, metavar="N", help="rows per chunk and forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=_POSITIVE,
+        default=65536,
+        metavar="N",
+        help="rows per chunk (forward passes of at most 8192)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace scores that `ctr predict` wrote there")
     p.add_argument(
         "--bf16", action="store_true", help="dense layers under bfloat16 autocast: faster, scores off by up to ~1e-2"
