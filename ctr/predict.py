@@ -3,8 +3,9 @@
 The artifact's feature map encodes the raw files in the data set's own format (:mod:`features.stream`: one
 streaming pass, unseen values to the OOV id); each chunk is scored by the artifact's model
 (:meth:`~ctr.export.ExportedModel.score`, the scores of ``load_exported(...).predict``) while the next chunk is
-parsed and encoded in a background thread (Polars and PyTorch both release the GIL). Memory holds a few chunks,
-not the rows (plus 8 bytes per labelled row for the AUC).
+parsed and encoded in a background thread (Polars and PyTorch both release the GIL). The scoring side holds at
+most three chunks (plus 8 bytes per labelled row for the AUC); Polars' line scanner of the input still grows with
+the file (docs/benchmarks.md).
 
 Output: ``SCORES`` (parquet): ``file``, ``line`` (1-based line in that file; row number for parquet),
 ``probability`` and, when the input has labels, ``label``. Rejected rows go to ``SCORES`` with the suffix
