@@ -120,7 +120,7 @@ def _loop(
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1e3
+    ms = np.array(latencies or [float("nan")]) * 1e3
     return {
         "requests": len(latencies),
         "seconds": round(wall, 2),
