@@ -1,7 +1,7 @@
 """``ctr serve`` under load: a closed-loop load generator on 127.0.0.1, bounded in requests and in time.
 
 Setup (not timed): planted Criteo-format rows, prepared; a DeepFM with the data-aware defaults trained a few
-steps, exported; ``ctr serve``'s application started in this process (:func:`ctr.serve.start_serve`, a local Ray,
+steps, exported; ``ctr serve``'s application started in this process (:func:`ctr.serve.serving`, a local Ray,
 the HTTP proxy on 127.0.0.1). The expected score of every record comes from ``ctr predict`` on the same raw rows.
 
 Phases, each a closed loop (every client sends its next request when the last one is answered), stopped after
@@ -47,7 +47,7 @@ import requests
 from ctr.export import export_run, load_exported
 from ctr.predict import predict_files, split_of_frame
 from ctr.run_config import load_run_config
-from ctr.serve import ServeOptions, start_serve
+from ctr.serve import ServeOptions, serving
 from ctr.train import train
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
@@ -195,11 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             baseline[f"{size}_p99_ms"] = round(float(np.percentile(times, 99)) * 1e3, 2)
 
         port = _free_port()
-        url = start_serve(ServeOptions(str(artifact), port=port, replicas=args.replicas)) + "/predict"
-        import ray
-        from ray import serve
-
-        try:
+        with serving(ServeOptions(str(artifact), port=port, replicas=args.replicas)) as base:
+            url = base + "/predict"
             for _ in range(20):  # warm-up
                 requests.post(url, data=good(1)(0)[0], timeout=60)
             phases = {
@@ -210,9 +207,6 @@ def main(argv: list[str] | None = None) -> int:
             total = args.malformed + args.malformed // 4
             robust = _loop(args.clients, total, max(args.seconds, 600.0), mixed, url)
             after = _loop(1, 50, args.seconds, good(1), url)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
         report = {
             "date": dt.date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",

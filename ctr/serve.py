@@ -31,8 +31,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,7 @@ from ray import serve
 from features.spec import InputError
 from features.strict import ConfigError, to_dict
 
-__all__ = ["APP_NAME", "ServeOptions", "app", "build_app", "run_serve", "start_serve"]
+__all__ = ["APP_NAME", "ServeOptions", "app", "build_app", "run_serve", "serving"]
 
 APP_NAME = "ctr"
 BATCH_WAIT_S = 0.002  # how long a batch waits for more requests (seconds)
@@ -154,27 +157,28 @@ def app(args: dict[str, Any]) -> Any:
     return build_app(str(args["model"]), max_batch_size=int(args.get("max_batch_size", 256)))
 
 
-def start_serve(options: ServeOptions) -> str:
-    """Start (or join) Ray, start Serve's HTTP proxy on ``host:port`` and deploy the artifact; returns its URL."""
-    import ray
+@contextlib.contextmanager
+def serving(options: ServeOptions) -> Iterator[str]:
+    """The artifact deployed on Ray Serve, its HTTP proxy on ``host:port``, for the duration of the block; yields
+    the base URL. Ray is the cluster at ``options.address`` (else ``RAY_ADDRESS``) or a new local Ray bound to
+    127.0.0.1 (:func:`search.ray_session.ray_session`), shut down at the end if this block started it."""
+    from search.ray_session import ray_session
 
     app = build_app(options.model, replicas=options.replicas, max_batch_size=options.max_batch_size)
-    ray.init(address=options.address, include_dashboard=False, configure_logging=False)
-    serve.start(http_options={"host": options.host, "port": options.port})
-    serve.run(app, name=APP_NAME, route_prefix="/")
-    return f"http://{options.host}:{options.port}"
+    with ray_session(options.address, num_cpus=options.replicas):
+        serve.start(http_options={"host": options.host, "port": options.port})
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/")
+            yield f"http://{options.host}:{options.port}"
+        finally:
+            serve.delete(APP_NAME)  # only this application: others on a shared cluster keep running
 
 
 def run_serve(options: ServeOptions) -> None:
-    """:func:`start_serve`, then serve until interrupted (Ctrl-C), and shut the application down."""
-    url = start_serve(options)
-    print(
-        json.dumps({"predict": f"{url}/predict", "health": f"{url}/health", "replicas": options.replicas}), flush=True
-    )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.delete(APP_NAME)
+    """:func:`serving` until interrupted (Ctrl-C)."""
+    with serving(options) as url:
+        print(json.dumps({"predict": f"{url}/predict", "health": f"{url}/health", "replicas": options.replicas}))
+        sys.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)

@@ -20,7 +20,7 @@ import requests
 
 from ctr.export import export_run
 from ctr.predict import predict_files
-from ctr.serve import ServeOptions, start_serve
+from ctr.serve import ServeOptions, serving
 from pipelines.cli import _build_parser
 
 COLUMNS = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
@@ -45,20 +45,13 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def served(scoring_data: Path, scoring_run: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    import ray
-    from ray import serve
-
     root = tmp_path_factory.mktemp("serve")
     export_run(scoring_run("deepfm", "deepfm"), root / "artifact")
     summary = predict_files(root / "artifact", [scoring_data / "test.tsv"], root / "scores.parquet", progress=False)
     options = ServeOptions(str(root / "artifact"), port=_free_port(), max_batch_size=16)
     assert options.host == "127.0.0.1" and _build_parser().parse_args(["serve", "--model", "m"]).host == "127.0.0.1"
-    url = start_serve(options)
-    try:
+    with serving(options) as url:
         yield {"url": url, "scores": pl.read_parquet(root / "scores.parquet"), "summary": summary}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def _post(url: str, body: Any) -> requests.Response:
