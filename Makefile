@@ -55,6 +55,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/table_dtype.py
 	$(BIN)/python benchmarks/search_speed.py
 	$(BIN)/python benchmarks/multiplex.py
+	$(BIN)/python benchmarks/predict.py
+	$(BIN)/python benchmarks/serve_load.py
 
 # The peer benchmark (docs/quality.md): FuxiCTR 2.3.10 and scikit-learn in their own environment, .venv-peer/
 # (FuxiCTR needs polars<2, the platform polars 2). torch first, alone: the local CPU wheel, not PyPI's CUDA build.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,11 @@ class EncodePlan:
         vocabs = {f.name: pl.read_parquet(root / f.vocab_file) for f in fm.categorical if f.vocab_file is not None}
         return cls(spec, fm.dense, fm.categorical, vocabs)
 
+    @cached_property
+    def _enums(self) -> dict[str, pl.Enum]:
+        """Each vocabulary as an ``Enum`` in id order, built once per plan (a plan encodes many chunks)."""
+        return {name: pl.Enum(vocab["value"]) for name, vocab in self.vocabs.items()}
+
     def bind(self, codes: Codes) -> EncodePlan:
         """This plan with the lookups for rows staged with ``codes``."""
         lookups = {}
@@ -204,7 +210,7 @@ class EncodePlan:
         else:
             # A multi-valued vocabulary: an Enum whose categories are in id order (the cast is an elementwise
             # hash lookup that streams, unlike ``replace_strict``); values outside it cast to null, the OOV id.
-            enum = pl.Enum(self.vocabs[f.name]["value"])
+            enum = self._enums[f.name]
 
             def one(e: pl.Expr) -> pl.Expr:
                 code = e.cast(enum, strict=False).to_physical().cast(pl.Int32)

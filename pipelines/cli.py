@@ -222,6 +222,27 @@ def _export(args: argparse.Namespace) -> None:
     print(json.dumps(export_run(Path(args.run), Path(args.out), int8=args.int8, overwrite=args.overwrite)))
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from ctr.artifact.predict import predict_files
+
+    summary = predict_files(
+        Path(args.model),
+        [Path(p) for p in args.input],
+        Path(args.out),
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        bf16=args.bf16,
+    )
+    print(json.dumps(summary))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from pipelines.serve import ServeOptions, run_serve
+
+    run_serve(ServeOptions(args.model, args.host, args.port, args.replicas, args.address, args.max_batch_size))
+
+
 def _compress_bench(args: argparse.Namespace) -> None:
     from config.strict import ConfigError
     from pipelines.compress_bench import run_compress_bench
@@ -364,12 +385,44 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_tune)
 
-    p = sub.add_parser("export", help="export a retrained model as one strictly loading artifact")
-    p.add_argument("--run", required=True, metavar="RUN", help="run directory of `ctr retrain`")
+    p = sub.add_parser("export", help="export any trained run as one strictly loading artifact")
+    p.add_argument(
+        "--run",
+        required=True,
+        metavar="RUN",
+        help="run directory of `ctr train`, `ctr retrain` or a compress-bench run",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--int8", action="store_true", help="int8 embedding tables (TorchRec/FBGEMM quantisation)")
     p.add_argument("--overwrite", action="store_true", help="replace an artifact that `ctr export` wrote there")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("predict", help="score raw files with an exported model (parquet: file, line, probability)")
+    p.add_argument("--model", required=True, metavar="ARTIFACT", help="output directory of `ctr export`")
+    p.add_argument("--input", required=True, nargs="+", metavar="FILE", help="raw files in the data set's format")
+    p.add_argument("--out", required=True, metavar="SCORES", help="parquet file; rejects to SCORES.rejects.parquet")
+    p.add_argument(
+        "--batch-size",
+        type=_POSITIVE,
+        default=65536,
+        metavar="N",
+        help="rows per chunk (forward passes of at most 8192)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace scores that `ctr predict` wrote there")
+    p.add_argument(
+        "--bf16", action="store_true", help="dense layers under bfloat16 autocast: faster, scores off by up to ~1e-2"
+    )
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("serve", help="serve an exported model over HTTP with Ray Serve (JSON records in, scores out)")
+    p.add_argument("--model", required=True, metavar="ARTIFACT", help="output directory of `ctr export`")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_POSITIVE, default=8000)
+    p.add_argument("--replicas", type=_POSITIVE, default=1, metavar="N", help="model replicas (Ray actors)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--max-batch-size", type=_POSITIVE, default=256, metavar="N", help="requests batched per call")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("compress-bench", help="every embedding-compression method at every budget: AUC vs parameters")
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
@@ -444,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     errors: tuple[type[Exception], ...] = (InputError, ConfigError, FeatureMapError)
-    if args.command in ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench", "tune"):
+    stages = ("train", "supernet", "optembed", "search", "retrain", "export", "compress-bench", "tune")
+    if args.command in (*stages, "predict", "serve"):
         from ctr.training.module import NonFiniteLossError
         from ctr.training.strategy import CheckpointError
 

@@ -257,7 +257,6 @@ def _run(
             progress=progress,
         )
     plan = PrunedTables.load(out / "search").plan
-    exported: dict[str, Any] | None = None
     if multiplexed is not None:  # the same shared table, each field with its searched number of probes
         probes = {f.name: f.dim // multiplexed.chunk for f in plan.fields}
         final_cfg = dataclasses.replace(base, tables=dataclasses.replace(multiplexed, probes=probes))
@@ -269,8 +268,7 @@ def _run(
     final = timed("retrain", train_stage, final_cfg, out / "retrain", nproc=nproc)
     if is_secondary_rank():
         return {}
-    if multiplexed is None:
-        exported = timed("export", export_run, out / "retrain", out / "export", int8=int8, overwrite=True)
+    exported = timed("export", export_run, out / "retrain", out / "export", int8=int8, overwrite=True)
     keys = ("test_auc", "test_logloss", "val_auc", "embedding_params", "samples_per_sec")
     result: dict[str, Any] = {
         "variant": variant.name,
@@ -291,6 +289,6 @@ def _run(
         full_table = sum(f.rows_total for f in plan.fields) * plan.full_dim
         result["sparsity"] = 1.0 - final["embedding_params"] / full_table
         result["fields"] = [{**f, "probes": f["dim"] // multiplexed.chunk} for f in result["fields"]]
-        result["note"] = "multiplexed: one shared table of fixed size; no export (Unified Embedding tables)"
+        result["note"] = "multiplexed: one shared table of fixed size (Unified Embedding tables)"
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

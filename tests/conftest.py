@@ -211,3 +211,46 @@ def postgres_url() -> Iterator[str]:
                 **run_as,
             )
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- exported models (test_predict.py, test_serve.py)
+SCORING_SETS = ["trainer.progress_bar=false", "model.embedding_dim=8", "model.mlp=[16]", "trainer.threads=1"]
+SCORING_SETS += ["trainer.max_epochs=1", "data.batch_size=256", "optim.sparse_lr=0.05", "model.cross_layers=1"]
+
+
+@pytest.fixture(scope="session")
+def scoring_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,000 planted rows prepared from pre-split raw files (``train.tsv``, ``valid.tsv``, ``test.tsv`` beside
+    ``prepared/``): the raw test file holds the test split's rows in order, so scoring it must reproduce the runs'
+    own test predictions."""
+    from features.prepare import GivenSplits
+
+    root = tmp_path_factory.mktemp("scoring")
+    write_synthetic(2000, root / "all.tsv", seed=5)
+    lines = (root / "all.tsv").read_text().splitlines(keepends=True)
+    for name, part in (("train", lines[:1500]), ("valid", lines[1500:1700]), ("test", lines[1700:])):
+        (root / f"{name}.tsv").write_text("".join(part))
+    given = GivenSplits(*((root / f"{name}.tsv",) for name in ("train", "valid", "test")))
+    prepare(
+        builtin_spec("criteo"), given, root / "prepared", PrepareOptions(split="given", progress=False, min_count=2)
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def scoring_run(scoring_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``scoring_run(name, model, *sets)``: a tiny ``ctr train`` run on ``scoring_data``, trained once per session."""
+    from ctr.runs import train_run
+    from ctr.training.defaults import load_run_config
+
+    done: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("scoring-runs")
+
+    def run(name: str, model: str, *sets: str) -> Path:
+        if name not in done:
+            prepared = str(scoring_data / "prepared")
+            train_run(load_run_config(None, [*SCORING_SETS, *sets], data=prepared, model=model), root / name)
+            done[name] = root / name
+        return done[name]
+
+    return run

@@ -92,6 +92,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["synth", "--rows", "5", "--seed", "-3"], "ctr synth: error: --seed: must be >= 0, got -3"),
         (["synth", "--rows", "5"], "ctr synth: error: the following arguments are required: --out"),
         (["train", "--model", "xgb"], "ctr train: error: --model: invalid choice: 'xgb' (choose from"),
+        (["predict", "--batch-size", "0"], "ctr predict: error: --batch-size: must be >= 1, got 0"),
+        (["serve", "--replicas", "0"], "ctr serve: error: --replicas: must be >= 1, got 0"),
+        (["serve", "--port", "-1"], "ctr serve: error: --port: must be >= 1, got -1"),
         (["frobnicate"], "ctr: error: COMMAND: invalid choice: 'frobnicate' (choose from"),
     ],
 )

@@ -39,6 +39,7 @@ SCHEMA_FOR = {
     ("apps/v1", "Deployment"): f"{BUILTIN}/deployment-apps-v1.json",
     ("ray.io/v1", "RayCluster"): "crds/ray.io/raycluster_v1.json",
     ("ray.io/v1", "RayJob"): "crds/ray.io/rayjob_v1.json",
+    ("ray.io/v1", "RayService"): "crds/ray.io/rayservice_v1.json",
     ("kubeflow.org/v1", "PyTorchJob"): "crds/kubeflow.org/pytorchjob_v1.json",
 }
 Resource = dict[str, Any]
@@ -127,10 +128,11 @@ def _pin(package: str) -> str:
 def test_the_kustomizations_build_and_tie_everything_together(resources: tuple[Resource, ...]) -> None:
     kinds = sorted(r["kind"] for r in resources)
     platform_kinds = ["Namespace", "ServiceAccount", "PersistentVolumeClaim", "Deployment", "Service", "RayCluster"]
-    assert kinds == sorted([*platform_kinds, "RayJob", "PyTorchJob"])
-    platform, jobs = _build("platform"), _build("jobs")
-    assert sorted(map(json.dumps, resources)) == sorted(map(json.dumps, platform + jobs))
+    assert kinds == sorted([*platform_kinds, "RayJob", "PyTorchJob", "RayService"])
+    platform, jobs, serving = _build("platform"), _build("jobs"), _build("serving")
+    assert sorted(map(json.dumps, resources)) == sorted(map(json.dumps, platform + jobs + serving))
     assert {r["kind"] for r in jobs} == {"RayJob", "PyTorchJob"}
+    assert [r["kind"] for r in serving] == ["RayService"]
     for r in resources:
         if r["kind"] != "Namespace":
             assert r["metadata"]["namespace"] == "ctr", r["metadata"]["name"]
@@ -226,6 +228,26 @@ BROKEN = {
         _set("spec.managedBy", "someone-else"),
         "'someone-else' is not one of",
     ),
+    "rayservice: serveConfigV2 as a mapping (the CRD takes the Serve config as a string)": (
+        "RayService",
+        _set("spec.serveConfigV2", {"applications": []}),
+        "is not of type 'string'",
+    ),
+    "rayservice: misspelled rayClusterConfig": (
+        "RayService",
+        _rename("spec.rayClusterConfig", "rayClusterConfg"),
+        "'rayClusterConfg' was unexpected",
+    ),
+    "rayservice: the cluster's worker group without rayStartParams": (
+        "RayService",
+        _delete("spec.rayClusterConfig.workerGroupSpecs.0.rayStartParams"),
+        "'rayStartParams' is a required property",
+    ),
+    "rayservice: serve port is a string": (
+        "RayService",
+        _set("spec.rayClusterConfig.headGroupSpec.template.spec.containers.0.ports.3.containerPort", "8000"),
+        "'8000' is not of type 'integer'",
+    ),
     "pytorchjob: runPolicy missing": ("PyTorchJob", _delete("spec.runPolicy"), "'runPolicy' is a required property"),
     "pytorchjob: misspelled field in the pod template": (
         "PyTorchJob",
@@ -308,6 +330,50 @@ def test_raycluster_head_ports_and_bind_address_are_what_kuberay_expects(resourc
     for container in _containers(cluster) + _containers(_one(resources, "RayJob")):
         assert _env(container, "RAY_AUTH_MODE")["value"] == "disabled"
         assert "command" not in container  # KubeRay writes `ray start ...` / `ray job submit ...`
+
+
+def test_rayservice_deploys_ctr_serve_with_a_serve_config_ray_accepts(
+    resources: tuple[Resource, ...], scoring_run: Any, tmp_path: Path
+) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    import pipelines.serve
+    from ctr.artifact.export import export_run
+
+    service = _one(resources, "RayService")
+    spec = service["spec"]
+    config = ServeDeploySchema.model_validate(yaml.safe_load(spec["serveConfigV2"]))  # Ray's own parser
+    (application,) = config.applications
+    assert (application.name, application.route_prefix) == (pipelines.serve.APP_NAME, "/")
+    module, _, name = application.import_path.partition(":")
+    assert (module, getattr(pipelines.serve, name)) == ("pipelines.serve", pipelines.serve.app)
+    (deployment,) = application.deployments
+    assert deployment.name == "CTRScorer" and deployment.num_replicas == 2
+    assert application.args["model"].startswith("/data/")
+    assert application.args["model"] in (ROOT / "docs" / "kubernetes.md").read_text(), "docs export it there"
+    # the builder accepts exactly these args (a real artifact in place of the volume's)
+    export_run(scoring_run("deepfm", "deepfm"), tmp_path / "artifact")
+    built = pipelines.serve.app({**application.args, "model": str(tmp_path / "artifact")})
+    assert type(built).__name__ == "Application"
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == _pin("ray")
+    head = cluster["headGroupSpec"]
+    head_ports = {p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
+    assert head_ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": config.http_options.port}
+    assert config.http_options.host == "0.0.0.0"  # inside the pods, behind KubeRay's ClusterIP serve Service
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    claim = _one(resources, "PersistentVolumeClaim")["metadata"]["name"]
+    for group in [head, *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        assert {(m["mountPath"], m.get("readOnly")) for m in container["volumeMounts"]} == {("/data", True)}
+        assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+        assert _env(container, "RAY_AUTH_MODE")["value"] == "disabled" and "command" not in container
+    workers = cluster["workerGroupSpecs"]
+    cpus = sum(
+        g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) for g in workers
+    )
+    assert deployment.num_replicas * deployment.ray_actor_options.num_cpus <= cpus
 
 
 def test_pytorchjob_pods_run_ctr_train_under_torchrun(resources: tuple[Resource, ...]) -> None:

@@ -409,7 +409,7 @@ def test_an_artifact_of_export_format_1_is_refused(artifact: Path, tmp_path: Pat
     spec = json.loads((root / "model.json").read_text())
     old = {k: v for k, v in spec.items() if k not in ("files", "table_rows")} | {"format": 1, "weights_sha256": "0"}
     (root / "model.json").write_text(json.dumps(old))
-    _refused(root, r"model\.json: export format 1, this version reads 2 only .*export the run again")
+    _refused(root, r"model\.json: export format 1, this version reads 3 only .*export the run again")
 
 
 def test_a_plan_contradicting_model_json_is_refused_naming_the_field(artifact: Path, tmp_path: Path) -> None:
@@ -670,3 +670,6 @@ def test_optembed_over_a_multiplexed_table_searches_probes(data: Path, tmp_path:
     retrained = load_run_config(tmp_path / "run" / "retrain" / "config.yaml", [], data=None, model=None)
     assert retrained.tables is not None and retrained.tables.method == "unified"
     assert [retrained.tables.probes[f["name"]] for f in result["fields"]] == probes
+    exported = load_exported(tmp_path / "run" / "export")  # the multiplexed table exports too (issue #19)
+    assert exported.spec.tables is not None and exported.spec.tables.probes == retrained.tables.probes
+    assert result["export"]["tables"] == "unified"

@@ -1,23 +1,28 @@
-"""Export a retrained OptEmbed model as one artifact that loads strictly for inference.
+"""Export any finished run as one artifact that loads strictly for inference.
 
-An artifact directory holds everything serving needs, and nothing it must guess:
+Runs of ``ctr train`` (every model, every table layout of ``tables:``, float16 tables), ``ctr retrain`` (an
+OptEmbed plan) and the runs of ``ctr compress-bench`` (``runs/<method>@<budget>``; an OptEmbed method's folder
+exports its ``retrain/`` run) all export to the same format. An artifact directory holds everything serving
+needs, and nothing it must guess:
 
 ==================  =====================================================================================
-``feature_map.json`` the fitted feature map (with ``vocab/``): encodes raw logs (``ctr apply``)
-``plan.json``        per-field dims and kept rows; ``masks.npz`` the kept rows (the id remap)
-``model.json``       :class:`ExportSpec`: model config, both feature-map hashes, rows per table, int8 or not,
-                     and the SHA-256 of every other file of the artifact (``files``)
+``feature_map.json`` the fitted feature map (with ``vocab/``): encodes raw logs (``ctr predict``, ``ctr serve``)
+``plan.json``        a retrained plan only: per-field dims and kept rows; ``masks.npz`` the kept rows (id remap)
+``model.json``       :class:`ExportSpec`: the run's command, model config, table strategy (``tables``), both
+                     feature-map hashes, rows per model input, int8 or not, and the SHA-256 of every other file
+                     of the artifact (``files``)
 ``weights.pt``       the state dict (plain tensors; int8 tables as uint8 rows through TorchRec/FBGEMM)
 ==================  =====================================================================================
 
 :func:`load_exported` checks the spec strictly (unknown keys, format version), then that the directory holds
 exactly the files ``model.json`` lists with the same SHA-256 (vocabularies included: a swapped id would
 silently re-encode rows), the feature map's content hash, the plan against ``model.json`` and the feature map
-field by field, and every state-dict key before it returns an :class:`ExportedModel`; weights load with
-``weights_only=True``. A corrupt file is refused in one line naming it (:class:`~config.strict.ConfigError`).
+field by field, the model's input feature map (pruned rows, table layout) against ``table_hash``, and every
+state-dict key before it returns an :class:`ExportedModel`; weights load with ``weights_only=True``. A corrupt
+file is refused in one line naming it (:class:`~config.strict.ConfigError`).
 
-Format 2 added the file manifest; an artifact of format 1 (only the weights hashed) is refused: export the run
-again.
+Format 3 exports every kind of run (``command``, ``tables``); format 2 (retrained OptEmbed models only) and
+format 1 (only the weights hashed) are refused: export the run again.
 
 Example:
     >>> info = export_run("runs/optembed/retrain", "runs/optembed/export", int8=True)  # doctest: +SKIP
@@ -38,20 +43,21 @@ import torch
 
 from config.model import ModelConfig
 from config.strict import ConfigError, first_line, from_dict, load_json, to_dict
+from config.tables import TablesConfig
+from ctr.artifact.inputs import ModelInputs
 from ctr.artifact.manifest import manifest, verify
 from ctr.artifact.quantize import embedding_bytes, load_quantized, quantize_embeddings, quantized_state_dict
 from ctr.data.columnar import ColumnarSplit
-from ctr.models.zoo import CTRModel, build_model
+from ctr.models.zoo import CTRModel
 from ctr.optembed.pruned import MASKS_FILE, PLAN_FILE, PrunedTables
 from ctr.runs import load_run
-from ctr.tables.embedding import embedding_params
 from ctr.training.restore import read_run_config
 from features.outputs import replaced_dir
 from features.schema import FeatureMap
 
-__all__ = ["EXPORT_FORMAT", "ExportSpec", "ExportedModel", "export_run", "load_exported"]
+__all__ = ["EXPORT_FORMAT", "ExportSpec", "ExportedModel", "export_run", "load_exported", "resolve_run"]
 
-EXPORT_FORMAT = 2  # 2: every file hashed in ``files``, rows per table in ``table_rows``; 1: weights only
+EXPORT_FORMAT = 3  # 3: any run (command, tables); 2: retrained plans only, every file hashed; 1: weights only
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -59,11 +65,13 @@ WEIGHTS_FILE = "weights.pt"
 @dataclass(frozen=True)
 class ExportSpec:
     format: int
-    model: ModelConfig  # the retrained model's config: per-field dims, padded width
+    command: str  # the run's: "ctr train" or "ctr retrain"
+    model: ModelConfig  # the model the weights fit (a retrain's per-field dims and padded width)
+    tables: TablesConfig | None  # the table strategy of the run's ``tables:`` (None: one table per field)
     feature_map_hash: str  # the fitted feature map's
-    table_hash: str  # the reduced feature map's (cardinalities = kept rows)
+    table_hash: str  # the model's input feature map's (kept rows of a plan, virtual features of a layout)
     int8: bool
-    table_rows: dict[str, int]  # per field: rows of the exported table (kept rows plus the OOV row)
+    table_rows: dict[str, int]  # per model input (field or virtual feature): rows of its table
     embedding_params: int
     embedding_bytes: int
     files: dict[str, str]  # every other file of the artifact (relative path, ``/``-separated) -> its SHA-256
@@ -73,17 +81,25 @@ class ExportSpec:
 class ExportedModel:
     spec: ExportSpec
     feature_map: FeatureMap
-    tables: PrunedTables
+    inputs: ModelInputs
     model: CTRModel  # eval mode, CPU
 
-    def predict(self, split: ColumnarSplit, batch_size: int = 8192) -> npt.NDArray[np.float32]:
-        """Click probabilities for every row of ``split`` (encoded with this artifact's feature map)."""
+    @property
+    def tables(self) -> PrunedTables | None:
+        """The retrained plan's pruned tables (None for a run without a plan)."""
+        return self.inputs.pruned
+
+    def check_encoding(self, split: ColumnarSplit) -> None:
+        """Refuse a split not encoded with this artifact's feature map."""
         theirs = [(f.name, f.cardinality) for f in split.feature_map.categorical]
         ours = [(f.name, f.cardinality) for f in self.feature_map.categorical]
         if theirs != ours or split.feature_map.dense_names != self.feature_map.dense_names:
             raise ConfigError("the data was not encoded with this artifact's feature map (fields differ)")
-        reduced = self.tables.feature_map(self.feature_map)
-        data = split.remapped(reduced, {name: self.tables.remap(name) for name in self.feature_map.sparse_names})
+
+    def predict(self, split: ColumnarSplit, batch_size: int = 8192) -> npt.NDArray[np.float32]:
+        """Click probabilities for every row of ``split`` (encoded with this artifact's feature map)."""
+        self.check_encoding(split)
+        data = self.inputs.transform(split)
         out = []
         with torch.no_grad():
             for start in range(0, len(data), batch_size):
@@ -91,11 +107,21 @@ class ExportedModel:
         return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
 
 
+def resolve_run(run: str | Path) -> Path:
+    """The run directory to export: ``run`` itself, or the ``retrain/`` run of an OptEmbed folder (``ctr optembed``,
+    a ``ctr compress-bench`` method ``optembed@<budget>`` or ``optembed-unified@<budget>``)."""
+    root = Path(run)
+    if not (root / "config.yaml").is_file() and (root / "retrain" / "config.yaml").is_file():
+        return root / "retrain"
+    return root
+
+
 def export_run(run: str | Path, out: str | Path, *, int8: bool = False, overwrite: bool = False) -> dict[str, object]:
-    """Export the best checkpoint of retraining run ``run`` into the artifact directory ``out``.
+    """Export the best checkpoint of run ``run`` into the artifact directory ``out``.
 
     The artifact is built beside ``out`` and renamed into place (:func:`features.outputs.replaced_dir`): an
     existing ``out`` is replaced only with ``overwrite`` and only if ``ctr export`` made it."""
+    run = resolve_run(run)
     data = Path(read_run_config(run).data.path)
     with replaced_dir(Path(out), "ctr export", overwrite=overwrite, inputs=(Path(run), data)) as work:
         info = _export(run, work, int8=int8)
@@ -108,41 +134,46 @@ def _size(folder: Path) -> int:
 
 def _export(run: str | Path, out: Path, *, int8: bool) -> dict[str, object]:
     config = read_run_config(run)
-    if config.retrain is None or config.retrain.plan is None:
-        raise ConfigError(f"{run}: not a retraining run (no retrain.plan in its config)")
     fm = FeatureMap.load(config.data.path)
-    tables = PrunedTables.load(config.retrain.plan, fm.content_hash)
-    trained = load_run(run)  # builds the RetrainModule's reduced model and loads it strictly
+    inputs = ModelInputs.of_run(config, fm)  # refuses a supernet run by name
+    if int8:
+        inputs.model_config.require_float32_tables("int8 export")
+    trained = load_run(run)  # builds the run's model (reduced tables, layout) and loads it strictly
     model = quantize_embeddings(trained.model) if int8 else trained.model
     out = Path(out)
     fm.save(out / "feature_map.json")
     vocab = Path(config.data.path) / "vocab"
     if vocab.is_dir():
         shutil.copytree(vocab, out / "vocab")
-    tables.save(out)
+    if inputs.pruned is not None:
+        inputs.pruned.save(out)
     state = quantized_state_dict(model) if int8 else {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save(state, out / WEIGHTS_FILE)
-    reduced = tables.feature_map(fm)
+    model_fm = inputs.input_feature_map
     spec = ExportSpec(
         format=EXPORT_FORMAT,
-        model=tables.model_config(config.model),
+        command="ctr retrain" if inputs.pruned is not None else "ctr train",
+        model=inputs.model_config,
+        tables=config.tables,
         feature_map_hash=fm.content_hash,
-        table_hash=reduced.content_hash,
+        table_hash=model_fm.content_hash,
         int8=int8,
-        table_rows={f.name: f.cardinality for f in reduced.categorical},
-        embedding_params=embedding_params(reduced, tables.model_config(config.model)),
+        table_rows={f.name: f.cardinality for f in model_fm.categorical},
+        embedding_params=inputs.embedding_params,
         embedding_bytes=embedding_bytes(model),
         files=manifest(out, exclude=SPEC_FILE),
     )
     (out / SPEC_FILE).write_text(json.dumps(to_dict(spec), indent=2) + "\n")
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {
         "path": str(out),
+        "command": spec.command,
+        "model": spec.model.name,
+        "tables": spec.tables.method if spec.tables is not None else "full",
         "int8": int8,
         "embedding_params": spec.embedding_params,
         "embedding_bytes": spec.embedding_bytes,
         "weights_bytes": (out / WEIGHTS_FILE).stat().st_size,
-        "artifact_bytes": size,
+        "artifact_bytes": _size(out),
     }
 
 
@@ -155,7 +186,8 @@ def load_exported(path: str | Path) -> ExportedModel:
     if version != EXPORT_FORMAT:
         raise ConfigError(
             f"{spec_path}: export format {version!r}, this version reads {EXPORT_FORMAT} only "
-            "(format 1 did not hash every file): export the run again with `ctr export`"
+            "(format 1 did not hash every file, format 2 held retrained plans only): "
+            "export the run again with `ctr export`"
         )
     spec = from_dict(ExportSpec, raw, where=str(spec_path))
     verify(root, spec.files, exclude=SPEC_FILE)
@@ -164,17 +196,24 @@ def load_exported(path: str | Path) -> ExportedModel:
         raise ConfigError(
             f"{root}: feature map {fm.content_hash[:12]} is not the exported {spec.feature_map_hash[:12]}"
         )
-    tables = PrunedTables.load(root, fm.content_hash)
-    _check_plan(root / PLAN_FILE, spec, tables, fm)
-    reduced = tables.feature_map(fm)
-    if reduced.content_hash != spec.table_hash:
-        raise ConfigError(f"{root}: {PLAN_FILE}/{MASKS_FILE} do not give the exported tables")
+    has_plan = (root / PLAN_FILE).is_file()
+    if has_plan != (spec.command == "ctr retrain"):
+        raise ConfigError(f"{root}: {PLAN_FILE} {'present' if has_plan else 'missing'} for a run of {spec.command}")
+    tables = PrunedTables.load(root, fm.content_hash) if has_plan else None
+    if tables is not None:
+        _check_plan(root / PLAN_FILE, spec, tables, fm)
+    try:
+        inputs = ModelInputs.of_parts(fm, spec.model, spec.tables, tables)
+    except ConfigError as e:
+        raise ConfigError(f"{spec_path}: {e}") from e
+    if inputs.input_feature_map.content_hash != spec.table_hash:
+        raise ConfigError(f"{root}: the feature map, plan and `tables` do not give the exported tables (table_hash)")
     weights = root / WEIGHTS_FILE
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or truncated file: any decoder error
         raise ConfigError(f"{weights}: corrupt weights ({first_line(e)})") from e
-    skeleton = build_model(reduced, spec.model)
+    skeleton = inputs.build()
     try:
         if spec.int8:
             model = load_quantized(skeleton, state)
@@ -183,7 +222,7 @@ def load_exported(path: str | Path) -> ExportedModel:
             model = skeleton
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"{weights}: does not fit the model of {SPEC_FILE} ({first_line(e)})") from e
-    return ExportedModel(spec, fm, tables, model.eval())
+    return ExportedModel(spec, fm, inputs, model.eval())
 
 
 def _check_plan(plan_path: Path, spec: ExportSpec, tables: PrunedTables, fm: FeatureMap) -> None:
@@ -196,13 +235,15 @@ def _check_plan(plan_path: Path, spec: ExportSpec, tables: PrunedTables, fm: Fea
     if spec.model.pad_to != tables.plan.full_dim:
         raise ConfigError(f"{plan_path}: full_dim {tables.plan.full_dim}, {SPEC_FILE} pads to {spec.model.pad_to}")
     dims = {f.name: f.dim for f in tables.plan.fields}
-    rows = {f.name: int(tables.kept_ids(f.name).shape[0]) for f in tables.plan.fields}
     for name in sorted(set(dims) | set(spec.model.field_dims)):
         if dims.get(name) != spec.model.field_dims.get(name):
             raise ConfigError(
                 f"{plan_path}: field {name!r} has dim {dims.get(name)}, "
                 f"{SPEC_FILE} says {spec.model.field_dims.get(name)}"
             )
+    if spec.tables is not None and spec.tables.method != "full":
+        return  # the tables are the layout's: ``table_hash`` checks them
+    rows = {f.name: int(tables.kept_ids(f.name).shape[0]) for f in tables.plan.fields}
     for name in sorted(set(rows) | set(spec.table_rows)):
         if rows.get(name) != spec.table_rows.get(name):
             raise ConfigError(

@@ -15,8 +15,8 @@ kubeconform uses. Inputs, all from PyPI except the KubeRay CRD extract::
 * kubeflow-training 1.9.4 (the Training Operator SDK): ``kubeflow/training/models/kubeflow_org_v1_*.py``, the
   OpenAPI-generator models of the operator's swagger (field names, types, required fields, descriptions), read with
   ``ast`` (nothing is imported) for PyTorchJob.
-* ``sources/kuberay-v1-crd.json`` for RayCluster and RayJob: the spec schemas of KubeRay's CRDs, with the corev1
-  types they inline replaced by references to the Kubernetes 1.33.0 definitions (see that file).
+* ``sources/kuberay-v1-crd.json`` for RayCluster, RayJob and RayService: the spec schemas of KubeRay's CRDs, with
+  the corev1 types they inline replaced by references to the Kubernetes 1.33.0 definitions (see that file).
 """
 
 from __future__ import annotations
