@@ -180,6 +180,7 @@ class SupernetConfig:
     candidates: tuple[int, ...] | None = None
     sample_dims: bool = True
     prune_rows: bool = True
+    relative: bool = True
 
     def __post_init__(self) -> None:
         _check(self, alpha=">= 0", threshold_lr="> 0")

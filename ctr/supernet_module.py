@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -50,7 +51,8 @@ class SupernetModule(CTRModule):
         assert model.sparse_arch is not None
         steps: list[nn.Module] = []
         if self.supernet_config.prune_rows:
-            steps.append(RowPruning(model.sparse_arch.num_fields, device=device))
+            relative = self.supernet_config.relative
+            steps.append(RowPruning(model.sparse_arch.num_fields, device=device, relative=relative))
         if self.supernet_config.sample_dims:
             steps.append(DimensionSampler(model.sparse_arch.embedding_dim, self.supernet_config.candidates))
         model.field_transform = nn.Sequential(*steps)
@@ -80,8 +82,17 @@ class SupernetModule(CTRModule):
         t = pruning.thresholds if pruning is not None else None
         if t is not None and t.grad is not None:
             with torch.no_grad():
-                t.sub_(self.supernet_config.threshold_lr * t.grad)
+                t.sub_(self.threshold_step() * t.grad)
             t.grad = None
+
+    def threshold_step(self) -> float:
+        """The thresholds' SGD step: ``threshold_lr``, divided by the steps of an epoch in the relative form
+        (so that an epoch moves them as far, whatever the number of rows or the batch size)."""
+        lr = self.supernet_config.threshold_lr
+        if not self.supernet_config.relative:
+            return lr
+        steps = self.trainer.num_training_batches
+        return lr / steps if math.isfinite(steps) and steps > 0 else lr
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """As ``CTRModule``'s, minus the thresholds (they take :meth:`on_after_backward`'s SGD step)."""
@@ -125,7 +136,7 @@ def model_row_masks(
     assert isinstance(inner, CTRModel) and inner.sparse_arch is not None, "a supernet has field embeddings"
     dim = inner.sparse_arch.embedding_dim
     masks: dict[str, torch.Tensor] = {}
-    thresholds = pruning.thresholds.detach().cpu() if pruning is not None else None
+    thresholds = pruning.effective_thresholds().cpu() if pruning is not None else None
     for i, field in enumerate(fm.categorical):
         weight = unwrap(state[f"sparse_arch.ebc.embedding_bags.t_{field.name}.weight"])
         weight = weight[:, :dim]  # not FM/DeepFM's first-order columns
