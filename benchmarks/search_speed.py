@@ -70,7 +70,7 @@ def main() -> None:
             prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "p", PrepareOptions(progress=False, min_count=10))
             data = root / "p"
         sets = ["trainer.progress_bar=false", "trainer.max_epochs=1", "model.embedding_dim=16", "trainer.threads=1"]
-        sets += ["supernet.alpha=0.01", "supernet.threshold_lr=0.1"]
+        sets += ["supernet.alpha=0.01", "supernet.threshold_lr=0.1", "supernet.relative=false"]
         config = load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",))
         train(config, root / "supernet")
         run = load_run(root / "supernet")

@@ -30,7 +30,9 @@ from ctr.supernet import DimensionSampler, RowPruning, row_keep_mask
 from features.schema import FeatureMap
 from features.strict import ConfigError
 
-__all__ = ["SupernetModule", "find_pruning", "model_row_masks"]
+__all__ = ["MAX_RELATIVE_STEP", "SupernetModule", "find_pruning", "model_row_masks"]
+
+MAX_RELATIVE_STEP = 0.25  # the most one batch moves a relative threshold (the surrogate's window is +-1)
 
 
 class SupernetModule(CTRModule):
@@ -75,20 +77,23 @@ class SupernetModule(CTRModule):
         if pruning is None:
             return loss
         self.log("threshold_mean", pruning.thresholds.detach().mean(), prog_bar=False)
-        return loss + pruning.regularizer(self.supernet_config.alpha)
+        return loss + pruning.regularizer(self.supernet_config.effective_alpha)
 
     def on_after_backward(self) -> None:
         pruning = self.pruning
         t = pruning.thresholds if pruning is not None else None
         if t is not None and t.grad is not None:
             with torch.no_grad():
-                t.sub_(self.threshold_step() * t.grad)
+                step = self.threshold_step() * t.grad
+                if self.supernet_config.relative:  # no batch moves a threshold across the surrogate's window
+                    step = step.clamp(-MAX_RELATIVE_STEP, MAX_RELATIVE_STEP)
+                t.sub_(step)
             t.grad = None
 
     def threshold_step(self) -> float:
         """The thresholds' SGD step: ``threshold_lr``, divided by the steps of an epoch in the relative form
         (so that an epoch moves them as far, whatever the number of rows or the batch size)."""
-        lr = self.supernet_config.threshold_lr
+        lr = self.supernet_config.effective_threshold_lr
         if not self.supernet_config.relative:
             return lr
         steps = self.trainer.num_training_batches

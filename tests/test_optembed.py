@@ -62,7 +62,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def supernet(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sn") / "supernet"
-    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "supernet.relative=false"]
     train(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), out)
     return out
 
@@ -421,7 +421,14 @@ def _export_writes_only_into_its_own_folders(run: Path, notes: Path, capsys: pyt
 
 
 def test_ctr_optembed_end_to_end_and_resume(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sets = [*SMALL, *TINY_SEARCH, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.pick_tolerance=0.002"]
+    sets = [
+        *SMALL,
+        *TINY_SEARCH,
+        "supernet.alpha=0.5",
+        "supernet.threshold_lr=0.2",
+        "supernet.relative=false",
+        "search.pick_tolerance=0.002",
+    ]
     args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
     args += [x for s in sets for x in ("--set", s)]
     dist_vars = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
