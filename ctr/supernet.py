@@ -81,6 +81,8 @@ class RowPruning(nn.Module):
         ([1.5], [0.0])
     """
 
+    scales: torch.Tensor
+
     def __init__(
         self, num_fields: int, device: torch.device | None = None, relative: bool = False, momentum: float = 0.9
     ) -> None:
