@@ -181,6 +181,9 @@ class SupernetConfig:
     ``relative: false`` is the paper's form (thresholds in the table's own units, ``threshold_lr`` per step):
     scale-dependent, see ../shared/ref/optembed.md, section 2. ``alpha`` and ``threshold_lr`` left unset take
     the form's default (:data:`RELATIVE_DEFAULTS` or :data:`PAPER_DEFAULTS`).
+    ``hold_auc``: a tolerance in AUC, which switches on :mod:`ctr.threshold_control` (``alpha`` doubled after a
+    validation epoch within ``hold_auc`` of ``reference_auc``, else divided by 4 and the thresholds halved);
+    ``reference_auc`` unset: the supernet's best validation AUC so far (``ctr optembed`` sets its baseline's).
     ``candidates`` defaults to the multiples of 4 up to the embedding dim.
     ``prune_rows`` and ``sample_dims`` switch the two halves of the supernet (see :mod:`ctr.variants`).
 
@@ -195,6 +198,8 @@ class SupernetConfig:
     sample_dims: bool = True
     prune_rows: bool = True
     relative: bool = True
+    hold_auc: float | None = None
+    reference_auc: float | None = None
 
     @property
     def effective_alpha(self) -> float:
@@ -209,7 +214,7 @@ class SupernetConfig:
         return RELATIVE_DEFAULTS if self.relative else PAPER_DEFAULTS
 
     def __post_init__(self) -> None:
-        _check(self, alpha=">= 0", threshold_lr="> 0")
+        _check(self, alpha=">= 0", threshold_lr="> 0", hold_auc=">= 0", reference_auc="in (0, 1]")
         bad = self.candidates is not None and (
             not self.candidates or max(self.candidates) == 0 or any(c < 0 or c % 4 for c in self.candidates)
         )

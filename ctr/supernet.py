@@ -82,9 +82,15 @@ class RowPruning(nn.Module):
     """
 
     scales: torch.Tensor
+    alpha_log2: torch.Tensor
 
     def __init__(
-        self, num_fields: int, device: torch.device | None = None, relative: bool = False, momentum: float = 0.9
+        self,
+        num_fields: int,
+        device: torch.device | None = None,
+        relative: bool = False,
+        momentum: float = 0.9,
+        controlled: bool = False,
     ) -> None:
         super().__init__()
         if num_fields < 1:
@@ -96,11 +102,16 @@ class RowPruning(nn.Module):
         self.momentum = momentum
         if relative:  # zeros until the first training batch (also what DMP writes into a meta-device buffer)
             self.register_buffer("scales", torch.zeros(num_fields, device=device))
+        self.controlled = controlled
+        if controlled:  # log2 of the factor ctr.threshold_control puts on alpha (0: none), kept in checkpoints
+            self.register_buffer("alpha_log2", torch.zeros((), device=device))
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.thresholds)
         if self.relative:
             nn.init.zeros_(self.scales)
+        if self.controlled:
+            nn.init.zeros_(self.alpha_log2)
 
     @torch.no_grad()
     def _track(self, norms: torch.Tensor) -> None:
@@ -132,7 +143,9 @@ class RowPruning(nn.Module):
         return emb * self.mask(emb).unsqueeze(-1)
 
     def regularizer(self, alpha: float) -> torch.Tensor:
-        """``alpha * sum_f exp(-t_f)``: always pushes thresholds up, more weakly as they grow."""
+        """``alpha * sum_f exp(-t_f)``, times the controller's factor: pushes thresholds up, weaker as they grow."""
+        if self.controlled:
+            alpha = alpha * 2.0 ** float(self.alpha_log2)
         return alpha * torch.exp(-self.thresholds).sum()
 
 

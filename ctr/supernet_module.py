@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 from torchrec.datasets.utils import Batch
@@ -27,6 +28,7 @@ from ctr.models import CTRModel
 from ctr.plan import EmbeddingPlan, FieldPlan
 from ctr.run_config import RunConfig, SupernetConfig
 from ctr.supernet import DimensionSampler, RowPruning, row_keep_mask
+from ctr.threshold_control import PULL_BACK, control_step
 from features.schema import FeatureMap
 from features.strict import ConfigError
 
@@ -53,8 +55,9 @@ class SupernetModule(CTRModule):
         assert model.sparse_arch is not None
         steps: list[nn.Module] = []
         if self.supernet_config.prune_rows:
-            relative = self.supernet_config.relative
-            steps.append(RowPruning(model.sparse_arch.num_fields, device=device, relative=relative))
+            cfg = self.supernet_config
+            fields = model.sparse_arch.num_fields
+            steps.append(RowPruning(fields, device=device, relative=cfg.relative, controlled=cfg.hold_auc is not None))
         if self.supernet_config.sample_dims:
             steps.append(DimensionSampler(model.sparse_arch.embedding_dim, self.supernet_config.candidates))
         model.field_transform = nn.Sequential(*steps)
@@ -89,6 +92,23 @@ class SupernetModule(CTRModule):
                     step = step.clamp(-MAX_RELATIVE_STEP, MAX_RELATIVE_STEP)
                 t.sub_(step)
             t.grad = None
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        tolerance, pruning = self.supernet_config.hold_auc, self.pruning
+        if tolerance is None or pruning is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        val_auc = float(self.final_metrics["val_auc"])
+        self._best_val_auc = max(val_auc, getattr(self, "_best_val_auc", val_auc))
+        reference = self.supernet_config.reference_auc
+        step = control_step(
+            val_auc, reference if reference is not None else self._best_val_auc, tolerance, int(pruning.alpha_log2)
+        )
+        with torch.no_grad():
+            pruning.alpha_log2.fill_(step.log2_scale)
+            if step.pull_back:
+                pruning.thresholds.mul_(PULL_BACK)
+        self.log("alpha", self.supernet_config.effective_alpha * 2.0**step.log2_scale)
 
     def threshold_step(self) -> float:
         """The thresholds' SGD step: ``threshold_lr``, divided by the steps of an epoch in the relative form

@@ -18,6 +18,7 @@ from ctr.restore import load_run
 from ctr.run_config import load_run_config
 from ctr.supernet import RowPruning
 from ctr.supernet_module import find_pruning
+from ctr.threshold_control import MAX_LOG2, ControlStep, control_step
 from ctr.train import train
 from features.prepare import PrepareOptions, prepare
 from features.spec import builtin_spec
@@ -104,3 +105,57 @@ def test_relative_thresholds_do_not_depend_on_length_or_batch_size(tmp_path: Pat
     p_long, _ = _thresholds(tmp_path, *long_, relative=False, extra=paper)
     print(f"paper's form: mean thresholds {p_short.mean():.3f} / {p_long.mean():.3f}")
     assert float(p_long.mean() / p_short.mean()) > 2.0
+
+
+def test_control_step_rule() -> None:
+    assert control_step(0.80, 0.80, 0.002, 0) == ControlStep(1, False)
+    assert control_step(0.798, 0.80, 0.002, 3) == ControlStep(4, False)  # exactly at the tolerance: within
+    assert control_step(0.7979, 0.80, 0.002, 3) == ControlStep(1, True)
+    assert control_step(0.90, 0.80, 0.002, MAX_LOG2) == ControlStep(MAX_LOG2, False)
+    assert control_step(0.10, 0.80, 0.002, -MAX_LOG2 + 1) == ControlStep(-MAX_LOG2, True)
+
+
+def _epoch_logs(run: Path) -> list[dict[str, float]]:
+    lines = next((run / "logs").rglob("metrics.csv")).read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+    return [{k: float(v) for k, v in row.items() if v} for row in rows]
+
+
+@pytest.mark.slow
+def test_controller_pulls_an_over_pruning_supernet_back_to_the_reference(tmp_path: Path) -> None:
+    data = tmp_path / "p"
+    write_synthetic(16_000, tmp_path / "s.tsv", seed=3)
+    prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], data, PrepareOptions(progress=False))
+    sets = ["trainer.progress_bar=false", "trainer.max_epochs=4", "trainer.patience=10", "model.mlp=[32]"]
+    sets += ["model.embedding_dim=8", "trainer.threads=1", "data.batch_size=256", "trainer.log_every_n_steps=1"]
+    sets += ["supernet.alpha=0.1"]  # 100x the default: cuts far too deep, 300 typical norms' worth an epoch
+    runs = {}
+    for name, extra in (("free", []), ("held", ["supernet.hold_auc=0.002"])):
+        config = load_run_config(None, [*sets, *extra], data=str(data), model="deepfm", sections=("supernet",))
+        runs[name] = train(config, tmp_path / name)
+    logs = _epoch_logs(tmp_path / "held")
+    epochs = [row for row in logs if "val_auc" in row]
+    assert len(epochs) == 4 and all("alpha" in row for row in epochs)
+    # the logged alpha follows the rule on the logged validation AUCs (reference: the best so far)
+    log2, best, pulled = 0, 0.0, []
+    for row in epochs:
+        best = max(best, row["val_auc"])
+        step = control_step(row["val_auc"], best, 0.002, log2)
+        log2 = step.log2_scale
+        assert row["alpha"] == pytest.approx(0.1 * 2.0**log2)
+        pulled.append(step.pull_back)
+    assert any(pulled), "the over-pruning supernet falls below the tolerance at least once"
+    # each pull-back halves the thresholds: the first step of the next epoch starts at about half the last
+    means = [(row["epoch"], row["threshold_mean"]) for row in logs if "threshold_mean" in row]
+    for e, was_pulled in enumerate(pulled[:-1]):
+        last = [t for ep, t in means if ep == e][-1]
+        first = next(t for ep, t in means if ep == e + 1)
+        if was_pulled:
+            assert first < 0.5 * last + 0.3, (e, last, first)
+    free, held = runs["free"], runs["held"]
+    print(
+        f"free: val {free['val_auc']:.4f} rows {free['row_sparsity']:.3f}; held: val {held['val_auc']:.4f} "
+        f"rows {held['row_sparsity']:.3f}; pulled {pulled}"
+    )
+    assert held["val_auc"] >= free["val_auc"] - 0.002
