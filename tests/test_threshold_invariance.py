@@ -111,7 +111,7 @@ def test_control_step_rule() -> None:
     assert control_step(0.80, 0.80, 0.002, 0) == ControlStep(1, False)
     assert control_step(0.798, 0.80, 0.002, 3) == ControlStep(4, False)  # exactly at the tolerance: within
     assert control_step(0.7979, 0.80, 0.002, 3) == ControlStep(1, True)
-    assert control_step(0.90, 0.80, 0.002, MAX_LOG2) == ControlStep(MAX_LOG2, False)
+    assert control_step(0.90, 0.80, 0.002, MAX_LOG2) == ControlStep(MAX_LOG2, False)  # bounded
     assert control_step(0.10, 0.80, 0.002, -MAX_LOG2 + 1) == ControlStep(-MAX_LOG2, True)
 
 
@@ -123,30 +123,29 @@ def _epoch_logs(run: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.slow
-def test_controller_pulls_an_over_pruning_supernet_back_to_the_reference(tmp_path: Path) -> None:
+def test_controller_holds_an_over_pruning_supernet_within_the_tolerance(tmp_path: Path) -> None:
     data = tmp_path / "p"
     write_synthetic(16_000, tmp_path / "s.tsv", seed=3)
     prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], data, PrepareOptions(progress=False))
-    sets = ["trainer.progress_bar=false", "trainer.max_epochs=4", "trainer.patience=10", "model.mlp=[32]"]
+    sets = ["trainer.progress_bar=false", "trainer.max_epochs=3", "trainer.patience=10", "model.mlp=[32]"]
     sets += ["model.embedding_dim=8", "trainer.threads=1", "data.batch_size=256", "trainer.log_every_n_steps=1"]
-    sets += ["supernet.alpha=0.1"]  # 100x the default: cuts far too deep, 300 typical norms' worth an epoch
+    reference = train(load_run_config(None, sets, data=str(data), model="deepfm"), tmp_path / "base")["val_auc"]
+    sets += ["supernet.alpha=0.1", f"supernet.reference_auc={reference}"]  # 100x the default alpha: cuts every row
     runs = {}
     for name, extra in (("free", []), ("held", ["supernet.hold_auc=0.002"])):
         config = load_run_config(None, [*sets, *extra], data=str(data), model="deepfm", sections=("supernet",))
         runs[name] = train(config, tmp_path / name)
     logs = _epoch_logs(tmp_path / "held")
     epochs = [row for row in logs if "val_auc" in row]
-    assert len(epochs) == 4 and all("alpha" in row for row in epochs)
-    # the logged alpha follows the rule on the logged validation AUCs (reference: the best so far)
-    log2, best, pulled = 0, 0.0, []
+    assert len(epochs) == 3 and all("alpha" in row for row in epochs)
+    log2, pulled = 0, []  # the logged alpha follows the rule on the logged validation AUCs
     for row in epochs:
-        best = max(best, row["val_auc"])
-        step = control_step(row["val_auc"], best, 0.002, log2)
+        step = control_step(row["val_auc"], reference, 0.002, log2)
         log2 = step.log2_scale
         assert row["alpha"] == pytest.approx(0.1 * 2.0**log2)
         pulled.append(step.pull_back)
-    assert any(pulled), "the over-pruning supernet falls below the tolerance at least once"
-    # each pull-back halves the thresholds: the first step of the next epoch starts at about half the last
+    assert pulled[0], "one epoch at alpha 0.1 falls below the unpruned reference"
+    # each pull-back halves the thresholds: the next epoch's first step starts at half the last one's
     means = [(row["epoch"], row["threshold_mean"]) for row in logs if "threshold_mean" in row]
     for e, was_pulled in enumerate(pulled[:-1]):
         last = [t for ep, t in means if ep == e][-1]
@@ -155,7 +154,8 @@ def test_controller_pulls_an_over_pruning_supernet_back_to_the_reference(tmp_pat
             assert first < 0.5 * last + 0.3, (e, last, first)
     free, held = runs["free"], runs["held"]
     print(
-        f"free: val {free['val_auc']:.4f} rows {free['row_sparsity']:.3f}; held: val {held['val_auc']:.4f} "
-        f"rows {held['row_sparsity']:.3f}; pulled {pulled}"
+        f"reference {reference:.4f}; free: val {free['val_auc']:.4f} rows {free['row_sparsity']:.3f}; "
+        f"held: val {held['val_auc']:.4f} rows {held['row_sparsity']:.3f}; pulled {pulled}"
     )
-    assert held["val_auc"] >= free["val_auc"] - 0.002
+    assert free["val_auc"] < reference - 0.002  # without the controller: below the tolerance
+    assert held["val_auc"] >= reference - 0.002  # with it: back within (measured 0.6687 against 0.6688)
