@@ -85,7 +85,7 @@ def _supernet(args: argparse.Namespace, root: Path) -> Path:
         prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "p", PrepareOptions(progress=False, min_count=10))
         data = root / "p"
     sets = ["trainer.progress_bar=false", "trainer.max_epochs=1", "model.embedding_dim=16", "trainer.threads=1"]
-    sets += ["supernet.alpha=0.01", "supernet.threshold_lr=0.1"]
+    sets += ["supernet.alpha=0.01", "supernet.threshold_lr=0.1", "supernet.relative=false"]
     config = load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",))
     train_run(config, root / "supernet")
     return root / "supernet"

@@ -164,23 +164,55 @@ class TrainerConfig:
         )
 
 
+RELATIVE_DEFAULTS = (1e-3, 3000.0)  # (alpha, threshold_lr per epoch) of the relative form: docs/optembed.md
+PAPER_DEFAULTS = (1e-4, 1e-2)  # (alpha, threshold_lr per step) of the paper's form: starting points, not tuned
+
+
 @dataclass(frozen=True)
 class SupernetConfig:
     """OptEmbed supernet: thresholds' regulariser ``alpha``, their own SGD learning rate, dim candidates.
 
-    ``candidates`` defaults to the multiples of 4 up to the embedding dim. ``alpha`` and ``threshold_lr`` are
-    scale-dependent (see ../shared/ref/optembed.md, section 2): the defaults are starting points, not tuned.
+    ``relative`` (default): each field's threshold is in units of the running mean L1 norm of its looked-up
+    rows, and ``threshold_lr`` is the thresholds' step per epoch (divided by the steps of an epoch), so that
+    ``alpha`` and ``threshold_lr`` mean the same at any number of rows, batch size, table initialisation or
+    table learning rate (docs/optembed.md: the derivation and the measurements behind the defaults).
+    ``relative: false`` is the paper's form (thresholds in the table's own units, ``threshold_lr`` per step):
+    scale-dependent, see ../shared/ref/optembed.md, section 2. ``alpha`` and ``threshold_lr`` left unset take
+    the form's default (:data:`RELATIVE_DEFAULTS` or :data:`PAPER_DEFAULTS`).
+    ``hold_auc``: a tolerance in AUC, which switches on :mod:`ctr.optembed.threshold_control` (``alpha`` doubled after a
+    validation epoch within ``hold_auc`` of ``reference_auc``, else divided by 4 and the thresholds halved);
+    ``reference_auc`` unset: the supernet's best validation AUC so far (``ctr optembed`` sets its baseline's).
+    ``candidates`` defaults to the multiples of 4 up to the embedding dim.
     ``prune_rows`` and ``sample_dims`` switch the two halves of the supernet (see :mod:`ctr.optembed.variants`).
+
+    Example:
+        >>> SupernetConfig().effective_alpha, SupernetConfig(relative=False).effective_threshold_lr
+        (0.001, 0.01)
     """
 
-    alpha: float = 1e-4
-    threshold_lr: float = 1e-2
+    alpha: float | None = None
+    threshold_lr: float | None = None
     candidates: tuple[int, ...] | None = None
     sample_dims: bool = True
     prune_rows: bool = True
+    relative: bool = True
+    hold_auc: float | None = None
+    reference_auc: float | None = None
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else self._defaults[0]
+
+    @property
+    def effective_threshold_lr(self) -> float:
+        return self.threshold_lr if self.threshold_lr is not None else self._defaults[1]
+
+    @property
+    def _defaults(self) -> tuple[float, float]:
+        return RELATIVE_DEFAULTS if self.relative else PAPER_DEFAULTS
 
     def __post_init__(self) -> None:
-        _check(self, alpha=">= 0", threshold_lr="> 0")
+        _check(self, alpha=">= 0", threshold_lr="> 0", hold_auc=">= 0", reference_auc="in (0, 1]")
         bad = self.candidates is not None and (
             not self.candidates or max(self.candidates) == 0 or any(c < 0 or c % 4 for c in self.candidates)
         )

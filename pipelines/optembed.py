@@ -239,6 +239,8 @@ def _run(
         chunk, full_dim = multiplexed.chunk, config.model.embedding_dim
         supernet = dataclasses.replace(supernet, candidates=tuple(range(0, full_dim + 1, chunk)))  # k_f in 0..K
     baseline = timed("baseline", train_stage, base, out / "baseline", nproc=nproc)
+    if supernet.hold_auc is not None and supernet.reference_auc is None:  # the controller holds the baseline's AUC
+        supernet = dataclasses.replace(supernet, reference_auc=baseline["val_auc"])
     supernet_cfg = dataclasses.replace(base, supernet=supernet)
     timed("supernet", train_stage, supernet_cfg, out / "supernet", nproc=nproc)
     if is_secondary_rank():  # only rank 0 searches, exports and writes result.json; this rank joins retraining

@@ -158,6 +158,8 @@ def test_bad_config_value_is_one_line_naming_key_and_value(
     [
         ("supernet.threshold_lr=nan", "SupernetConfig.threshold_lr: must be finite and > 0, got nan"),
         ("supernet.alpha=-1", "SupernetConfig.alpha: must be finite and >= 0, got -1.0"),
+        ("supernet.hold_auc=-0.1", "SupernetConfig.hold_auc: must be finite and >= 0, got -0.1"),
+        ("supernet.reference_auc=1.5", "SupernetConfig.reference_auc: must be finite and in (0, 1], got 1.5"),
         ("search.population=0", "SearchConfig.population: must be >= 1, got 0"),
         ("search.mutation_prob=1.5", "SearchConfig.mutation_prob: must be finite and in [0, 1], got 1.5"),
         ("search.generations=0", "SearchConfig.generations: must be >= 1, got 0"),

@@ -30,7 +30,7 @@ from pipelines.cli import main
 
 SMALL = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
 SMALL += ["trainer.max_epochs=1", "data.batch_size=256", "optim.sparse_lr=0.05"]
-SUPERNET = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+SUPERNET = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "supernet.relative=false"]
 SEARCH = ["search.population=4", "search.n_mutation=2", "search.n_crossover=2", "search.generations=2"]
 SEARCH += ["search.top_k=3", "search.workers=0"]
 

@@ -265,6 +265,7 @@ def test_compress_bench_runs_optembed_and_optembed_unified_within_the_budget(tin
 
     sets = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
     sets += ["trainer.max_epochs=1", "data.batch_size=256", "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+    sets += ["supernet.relative=false"]
     sets += ["search.population=4", "search.n_mutation=2", "search.n_crossover=2", "search.generations=2"]
     sets += ["search.top_k=3", "search.workers=0", "tables.chunk=4"]
     config = load_run_config(None, sets, data=str(tiny), model="fnn", sections=("supernet", "search", "retrain"))

@@ -70,7 +70,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def supernet(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sn") / "supernet"
-    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "supernet.relative=false"]
     train_run(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), out)
     return out
 
@@ -476,7 +476,14 @@ def _export_writes_only_into_its_own_folders(run: Path, notes: Path, capsys: pyt
 
 
 # 6.4k training rows at batch 128: 50 steps per epoch, a checkpoint every 5 (room to kill a stage mid-epoch)
-PIPELINE = [*SMALL, *TINY_SEARCH, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.pick_tolerance=0.002"]
+PIPELINE = [
+    *SMALL,
+    *TINY_SEARCH,
+    "supernet.alpha=0.5",
+    "supernet.threshold_lr=0.2",
+    "supernet.relative=false",
+    "search.pick_tolerance=0.002",
+]
 PIPELINE += ["data.batch_size=128", "trainer.checkpoint_every_n_steps=5", "trainer.log_every_n_steps=1"]
 PIPELINE_STEPS = 50
 

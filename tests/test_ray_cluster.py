@@ -212,7 +212,14 @@ def test_the_documented_cluster_refuses_a_client_without_the_token(cluster: Clus
 def test_optembed_runs_as_a_ray_job_with_search_actors_on_the_cluster(
     cluster: Cluster, data: Path, tmp_path: Path
 ) -> None:
-    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "search.population=6", "search.n_mutation=3"]
+    sets = [
+        *SMALL,
+        "supernet.alpha=0.5",
+        "supernet.threshold_lr=0.2",
+        "supernet.relative=false",
+        "search.population=6",
+        "search.n_mutation=3",
+    ]
     sets += ["search.n_crossover=3", "search.generations=2", "search.top_k=4"]
     proc = _submit(cluster, "optembed", data, tmp_path, ["--quiet", *_sets(sets)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -307,7 +314,7 @@ def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(d
     import optuna
     from optuna.trial import TrialState
 
-    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+    sets = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "supernet.relative=false"]
     train_run(load_run_config(None, sets, data=str(data), model="deepfm", sections=("supernet",)), tmp_path / "sn")
     run = load_run(tmp_path / "sn")
     masks = model_row_masks(run.model, run.feature_map, find_pruning(run.model))

@@ -30,7 +30,7 @@ from search.sample_size import auc_difference_se, rows_for_auc_noise, sized_samp
 
 SMALL = ["trainer.progress_bar=false", "model.mlp=[64,32]", "model.embedding_dim=8", "trainer.threads=1"]
 SMALL += ["trainer.max_epochs=1", "data.batch_size=512", "optim.sparse_lr=0.05"]
-SMALL += ["supernet.alpha=0.5", "supernet.threshold_lr=0.2"]
+SMALL += ["supernet.alpha=0.5", "supernet.threshold_lr=0.2", "supernet.relative=false"]
 
 
 @pytest.fixture(scope="module")

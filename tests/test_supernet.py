@@ -100,7 +100,13 @@ def test_supernet_trains_under_lightning_and_thresholds_learn(tmp_path: Path) ->
     write_synthetic(6000, tmp_path / "s.tsv", seed=2)
     prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], tmp_path / "p", PrepareOptions(progress=False))
     sets = ["trainer.progress_bar=false", "trainer.max_epochs=1", "model.mlp=[32]", "model.embedding_dim=8"]
-    sets += ["supernet.alpha=0.5", "supernet.threshold_lr=0.1", "trainer.threads=1", "trainer.log_every_n_steps=1"]
+    sets += [
+        "supernet.alpha=0.5",
+        "supernet.threshold_lr=0.1",
+        "supernet.relative=false",
+        "trainer.threads=1",
+        "trainer.log_every_n_steps=1",
+    ]
     sets += ["data.batch_size=256"]
     metrics = train_run(load_run_config(None, sets, data=str(tmp_path / "p"), model="deepfm"), tmp_path / "run")
     # The previous stage on the same rows: the base model with full tables (OptEmbed's baseline). The supernet

@@ -13,11 +13,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 from torchrec.datasets.utils import Batch
@@ -28,11 +30,14 @@ from config.strict import ConfigError
 from ctr.models.zoo import CTRModel
 from ctr.optembed.plan import EmbeddingPlan, FieldPlan
 from ctr.optembed.supernet import DimensionSampler, RowPruning, row_keep_mask
+from ctr.optembed.threshold_control import PULL_BACK, control_step
 from ctr.tables.names import table_weight_key
 from ctr.training.module import CTRModule
 from features.schema import FeatureMap
 
-__all__ = ["SupernetModule", "find_pruning", "model_row_masks"]
+__all__ = ["MAX_RELATIVE_STEP", "SupernetModule", "find_pruning", "model_row_masks"]
+
+MAX_RELATIVE_STEP = 0.25  # the most one batch moves a relative threshold (the surrogate's window is +-1)
 
 
 class SupernetModule(CTRModule):
@@ -63,7 +68,9 @@ class SupernetModule(CTRModule):
         assert model.sparse_arch is not None
         steps: list[nn.Module] = []
         if self.supernet_config.prune_rows:
-            steps.append(RowPruning(model.sparse_arch.num_fields, device=device))
+            cfg = self.supernet_config
+            fields = model.sparse_arch.num_fields
+            steps.append(RowPruning(fields, device=device, relative=cfg.relative, controlled=cfg.hold_auc is not None))
         if self.supernet_config.sample_dims:
             steps.append(DimensionSampler(model.sparse_arch.embedding_dim, self.supernet_config.candidates))
         model.field_transform = nn.Sequential(*steps)
@@ -86,15 +93,44 @@ class SupernetModule(CTRModule):
         if pruning is None:
             return loss
         self.log("threshold_mean", pruning.thresholds.detach().mean(), prog_bar=False)
-        return loss + pruning.regularizer(self.supernet_config.alpha)
+        return loss + pruning.regularizer(self.supernet_config.effective_alpha)
 
     def on_after_backward(self) -> None:
         pruning = self.pruning
         t = pruning.thresholds if pruning is not None else None
         if t is not None and t.grad is not None:
             with torch.no_grad():
-                t.sub_(self.supernet_config.threshold_lr * t.grad)
+                step = self.threshold_step() * t.grad
+                if self.supernet_config.relative:  # no batch moves a threshold across the surrogate's window
+                    step = step.clamp(-MAX_RELATIVE_STEP, MAX_RELATIVE_STEP)
+                t.sub_(step)
             t.grad = None
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        tolerance, pruning = self.supernet_config.hold_auc, self.pruning
+        if tolerance is None or pruning is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        val_auc = float(self.final_metrics["val_auc"])
+        self._best_val_auc = max(val_auc, getattr(self, "_best_val_auc", val_auc))
+        reference = self.supernet_config.reference_auc
+        step = control_step(
+            val_auc, reference if reference is not None else self._best_val_auc, tolerance, int(pruning.alpha_log2)
+        )
+        with torch.no_grad():
+            pruning.alpha_log2.fill_(step.log2_scale)
+            if step.pull_back:
+                pruning.thresholds.mul_(PULL_BACK)
+        self.log("alpha", self.supernet_config.effective_alpha * 2.0**step.log2_scale)
+
+    def threshold_step(self) -> float:
+        """The thresholds' SGD step: ``threshold_lr``, divided by the steps of an epoch in the relative form
+        (so that an epoch moves them as far, whatever the number of rows or the batch size)."""
+        lr = self.supernet_config.effective_threshold_lr
+        if not self.supernet_config.relative:
+            return lr
+        steps = self.trainer.num_training_batches
+        return lr / steps if math.isfinite(steps) and steps > 0 else lr
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """As ``CTRModule``'s, minus the thresholds (they take :meth:`on_after_backward`'s SGD step)."""
@@ -138,7 +174,7 @@ def model_row_masks(
     assert isinstance(inner, CTRModel) and inner.sparse_arch is not None, "a supernet has field embeddings"
     dim = inner.sparse_arch.embedding_dim
     masks: dict[str, torch.Tensor] = {}
-    thresholds = pruning.thresholds.detach().cpu() if pruning is not None else None
+    thresholds = pruning.effective_thresholds().cpu() if pruning is not None else None
     for i, field in enumerate(fm.categorical):
         weight = unwrap(state[table_weight_key(field.name)])
         weight = weight[:, :dim]  # not FM/DeepFM's first-order columns

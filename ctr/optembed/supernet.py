@@ -63,34 +63,89 @@ def row_keep_mask(weight: torch.Tensor, threshold: float) -> torch.Tensor:
 class RowPruning(nn.Module):
     """Per-field learnable thresholds on the L1 norm of each looked-up row (OptEmbed-E).
 
+    ``relative=False`` is the paper's form: a row is kept when ``||e||_1 > t_f``, in the table's own units.
+    ``relative=True`` (the platform's default, see docs/optembed.md) compares ``||e||_1 / c_f`` with ``t_f``,
+    where ``c_f`` (buffer ``scales``) is a running mean of the L1 norm of field ``f``'s looked-up rows in
+    training (momentum ``momentum``, set from the first batch): the thresholds, the surrogate's window and the
+    regulariser then act in units of the field's typical row norm, whatever the initialisation, the table's
+    size or the table learning rate. Evaluation and the frozen mask use the stored ``c_f``.
+
     Example:
         >>> pruning = RowPruning(num_fields=3)
         >>> pruning.thresholds.tolist(), round(pruning.regularizer(alpha=1e-4).item(), 6)
         ([0.0, 0.0, 0.0], 0.0003)
+        >>> rel = RowPruning(num_fields=1, relative=True)
+        >>> rel(torch.tensor([[[2.0, 0.0]], [[1.0, 0.0]]])).flatten().tolist()  # scale set to 1.5; t = 0 keeps
+        [2.0, 0.0, 1.0, 0.0]
+        >>> rel.scales.tolist(), rel.effective_thresholds().tolist()
+        ([1.5], [0.0])
     """
 
-    def __init__(self, num_fields: int, device: torch.device | None = None) -> None:
+    scales: torch.Tensor
+    alpha_log2: torch.Tensor
+
+    def __init__(
+        self,
+        num_fields: int,
+        device: torch.device | None = None,
+        relative: bool = False,
+        momentum: float = 0.9,
+        controlled: bool = False,
+    ) -> None:
         super().__init__()
         if num_fields < 1:
             raise ValueError(f"RowPruning needs at least one field, got {num_fields}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"RowPruning momentum must be in [0, 1), got {momentum}")
         self.thresholds = nn.Parameter(torch.zeros(num_fields, device=device))
+        self.relative = relative
+        self.momentum = momentum
+        if relative:  # zeros until the first training batch (also what DMP writes into a meta-device buffer)
+            self.register_buffer("scales", torch.zeros(num_fields, device=device))
+        self.controlled = controlled
+        if controlled:  # log2 of the factor ctr.optembed.threshold_control puts on alpha (0: none), kept in checkpoints
+            self.register_buffer("alpha_log2", torch.zeros((), device=device))
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.thresholds)
+        if self.relative:
+            nn.init.zeros_(self.scales)
+        if self.controlled:
+            nn.init.zeros_(self.alpha_log2)
+
+    @torch.no_grad()
+    def _track(self, norms: torch.Tensor) -> None:
+        batch = norms.mean(dim=0)
+        unset = self.scales == 0
+        self.scales.copy_(torch.where(unset, batch, self.momentum * self.scales + (1 - self.momentum) * batch))
+
+    def _unit(self) -> torch.Tensor:
+        return self.scales.clamp_min(1e-12)
+
+    def effective_thresholds(self) -> torch.Tensor:
+        """The thresholds in the table's own L1 units (what :func:`row_keep_mask` compares row norms with)."""
+        t = self.thresholds.detach()
+        return t * self.scales if self.relative else t
 
     def mask(self, emb: torch.Tensor) -> torch.Tensor:
         """``[B, F]`` keep mask (1.0 or 0.0) for field embeddings ``[B, F, D]``, differentiable by surrogate."""
         if emb.dim() != 3 or emb.shape[1] != self.thresholds.numel():
             raise ValueError(f"expected [B, {self.thresholds.numel()}, D] field embeddings, got {tuple(emb.shape)}")
-        score = emb.abs().sum(dim=2) - self.thresholds
-        keep: torch.Tensor = _Step.apply(score)  # type: ignore[no-untyped-call]
+        norms = emb.abs().sum(dim=2)
+        if self.relative:
+            if self.training:
+                self._track(norms.detach())
+            norms = norms / self._unit()
+        keep: torch.Tensor = _Step.apply(norms - self.thresholds)  # type: ignore[no-untyped-call]
         return keep
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return emb * self.mask(emb).unsqueeze(-1)
 
     def regularizer(self, alpha: float) -> torch.Tensor:
-        """``alpha * sum_f exp(-t_f)``: always pushes thresholds up, more weakly as they grow."""
+        """``alpha * sum_f exp(-t_f)``, times the controller's factor: pushes thresholds up, weaker as they grow."""
+        if self.controlled:
+            alpha = alpha * 2.0 ** float(self.alpha_log2)
         return alpha * torch.exp(-self.thresholds).sum()
 
 
