@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,25 @@ def subprocess_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in dist}
 
 
-def _prepared(root: Path, rows: int, seed: int) -> tuple[Path, Truth]:
+def _prepared(root: Path, rows: int, seed: int, min_count: int = 10) -> tuple[Path, Truth]:
     raw = root / "synth.tsv"
     truth = write_synthetic(rows, raw, seed=seed)
-    prepare(builtin_spec("criteo"), [raw], root / "prepared", PrepareOptions(progress=False, min_count=10))
+    prepare(builtin_spec("criteo"), [raw], root / "prepared", PrepareOptions(progress=False, min_count=min_count))
     return root / "prepared", truth
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``synth_data(name, rows, seed, min_count)``: planted rows prepared once per session and arguments."""
+    made: dict[tuple[str, int, int, int], Path] = {}
+
+    def make(name: str, rows: int, seed: int, min_count: int = 3) -> Path:
+        key = (name, rows, seed, min_count)
+        if key not in made:
+            made[key] = _prepared(tmp_path_factory.mktemp(name), rows, seed, min_count)[0]
+        return made[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -45,10 +45,7 @@ from ctr.tables.seeded_init import table_init
 from ctr.training.defaults import load_run_config
 from ctr.training.metrics import auc
 from features.outputs import LOCK, MARKER, owned_dir
-from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
-from features.spec import builtin_spec
-from features.synth import write_synthetic
 from pipelines.cli import main as cli_main
 from pipelines.optembed import run_optembed, search_stage
 from search.driver import SearchSpace, run_search
@@ -60,11 +57,8 @@ TINY_SEARCH += ["search.top_k=4", "search.workers=0"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("oe")
-    write_synthetic(8000, root / "s.tsv", seed=3)
-    prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "p", PrepareOptions(progress=False, min_count=3))
-    return root / "p"
+def data(synth_data: Callable[..., Path]) -> Path:
+    return synth_data("oe", 8000, seed=3)
 
 
 @pytest.fixture(scope="module")

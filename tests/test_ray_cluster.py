@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import PIPE
@@ -33,9 +33,6 @@ from ctr.optembed.module import find_pruning, model_row_masks
 from ctr.optembed.scorer import CandidateScorer
 from ctr.runs import load_run, train_run
 from ctr.training.defaults import load_run_config
-from features.prepare import PrepareOptions, prepare
-from features.spec import builtin_spec
-from features.synth import write_synthetic
 from search.driver import SearchSpace, run_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,11 +107,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ray")
-    write_synthetic(8000, root / "s.tsv", seed=4)
-    prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "p", PrepareOptions(progress=False, min_count=3))
-    return root / "p"
+def data(synth_data: Callable[..., Path]) -> Path:
+    return synth_data("ray", 8000, seed=4)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ and embedding dims that are no multiple of 4."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,7 @@ from ctr.training.defaults import load_run_config
 from ctr.training.metrics import auc
 from features.prepare import PrepareOptions, prepare
 from features.schema import FeatureMap
-from features.spec import builtin_spec, load_spec
-from features.synth import write_synthetic
+from features.spec import load_spec
 
 QUIET = ["trainer.progress_bar=false", "trainer.threads=1"]
 SPEC = "name: tiny\ndelimiter: ','\nheader: true\nlabel: {column: y}\ncategorical:\n  - {name: c}\n"
@@ -42,11 +42,8 @@ def three_ids(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    write_synthetic(3000, root / "s.tsv", seed=5)
-    prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "prepared", PrepareOptions(progress=False, min_count=5))
-    return root / "prepared"
+def synth(synth_data: Callable[..., Path]) -> Path:
+    return synth_data("synth", 3000, seed=5, min_count=5)
 
 
 def _one_step_table(data: Path, run: Path, sets: list[str]) -> np.ndarray:

@@ -8,6 +8,7 @@ checked against a bootstrap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,6 @@ from ctr.optembed.scorer import CandidateScorer
 from ctr.runs import load_run, train_run
 from ctr.training.defaults import load_run_config
 from ctr.training.metrics import auc
-from features.prepare import PrepareOptions, prepare
-from features.spec import builtin_spec
-from features.synth import write_synthetic
 from search.sample_size import auc_difference_se, rows_for_auc_noise, sized_sample
 
 SMALL = ["trainer.progress_bar=false", "model.mlp=[64,32]", "model.embedding_dim=8", "trainer.threads=1"]
@@ -34,11 +32,8 @@ SMALL += ["supernet.alpha=0.5", "supernet.threshold_lr=0.2", "supernet.relative=
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("batched")
-    write_synthetic(40_000, root / "s.tsv", seed=5)
-    prepare(builtin_spec("criteo"), [root / "s.tsv"], root / "p", PrepareOptions(progress=False, min_count=3))
-    return root / "p"
+def data(synth_data: Callable[..., Path]) -> Path:
+    return synth_data("batched", 40_000, seed=5)
 
 
 @pytest.fixture(scope="module")
