@@ -174,7 +174,8 @@ def test_each_stage_reports_a_bad_input_in_one_line(
         f"ctr retrain: error: {nowhere}/plan.json: plan not found"
     )
     assert fails("export", "--run", supernet, "--out", out["export"]) == (
-        f"ctr export: error: {supernet}: not a retraining run (no retrain.plan in its config)"
+        f"ctr export: error: {supernet}: an OptEmbed supernet run: "
+        "search and retrain its plan, then export the retraining run"
     )
     assert not any(p.exists() for p in out.values())  # nothing written (retrain leaves its config in --out)
 

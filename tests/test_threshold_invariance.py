@@ -126,7 +126,7 @@ def test_controller_holds_an_over_pruning_supernet_within_the_tolerance(tmp_path
     data = tmp_path / "p"
     write_synthetic(16_000, tmp_path / "s.tsv", seed=3)
     prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], data, PrepareOptions(progress=False))
-    sets = ["trainer.progress_bar=false", "trainer.max_epochs=3", "trainer.patience=10", "model.mlp=[32]"]
+    sets = ["trainer.progress_bar=false", "trainer.max_epochs=5", "trainer.patience=10", "model.mlp=[32]"]
     sets += ["model.embedding_dim=8", "trainer.threads=1", "data.batch_size=256", "trainer.log_every_n_steps=1"]
     reference = train_run(load_run_config(None, sets, data=str(data), model="deepfm"), tmp_path / "base")["val_auc"]
     sets += ["supernet.alpha=0.1", f"supernet.reference_auc={reference}"]  # 100x the default alpha: cuts every row
@@ -136,7 +136,7 @@ def test_controller_holds_an_over_pruning_supernet_within_the_tolerance(tmp_path
         runs[name] = train_run(config, tmp_path / name)
     logs = _epoch_logs(tmp_path / "held")
     epochs = [row for row in logs if "val_auc" in row]
-    assert len(epochs) == 3 and all("alpha" in row for row in epochs)
+    assert len(epochs) == 5 and all("alpha" in row for row in epochs)
     log2, pulled = 0, []  # the logged alpha follows the rule on the logged validation AUCs
     for row in epochs:
         step = control_step(row["val_auc"], reference, 0.002, log2)
@@ -156,5 +156,10 @@ def test_controller_holds_an_over_pruning_supernet_within_the_tolerance(tmp_path
         f"reference {reference:.4f}; free: val {free['val_auc']:.4f} rows {free['row_sparsity']:.3f}; "
         f"held: val {held['val_auc']:.4f} rows {held['row_sparsity']:.3f}; pulled {pulled}"
     )
-    assert free["val_auc"] < reference - 0.002  # without the controller: below the tolerance
-    assert held["val_auc"] >= reference - 0.002  # with it: back within (measured 0.6687 against 0.6688)
+    # Without the controller alpha 0.1 cuts every row; with it the thresholds are pulled back until an epoch is
+    # within the tolerance again, and then left alone (5 epochs: 3 pulls, then 2 held; the best epoch is within).
+    # On these 16k rows the embeddings barely beat the dense fields alone, so the free run's AUC is no contrast:
+    # the rows it keeps are (2026-12-07: free 0.6881 with every row cut, held 0.7012 with 9.7% kept, ref 0.6688).
+    assert free["row_sparsity"] > held["row_sparsity"]
+    assert not pulled[-1], "the controller stops pulling back once an epoch is within the tolerance"
+    assert held["val_auc"] >= reference - 0.002

@@ -135,7 +135,10 @@ def _size(folder: Path) -> int:
 def _export(run: str | Path, out: Path, *, int8: bool) -> dict[str, object]:
     config = read_run_config(run)
     fm = FeatureMap.load(config.data.path)
-    inputs = ModelInputs.of_run(config, fm)  # refuses a supernet run by name
+    try:
+        inputs = ModelInputs.of_run(config, fm)  # refuses a supernet run by name
+    except ConfigError as e:
+        raise ConfigError(f"{run}: {e}") from None
     if int8:
         inputs.model_config.require_float32_tables("int8 export")
     trained = load_run(run)  # builds the run's model (reduced tables, layout) and loads it strictly
