@@ -2,7 +2,7 @@
 
 TorchRec hands an ``apply_optimizer_in_backward`` class and its keyword arguments to FBGEMM's TBE as
 ``fused_params`` (``lr`` becomes ``learning_rate``; ``weight_decay``, ``weight_decay_mode`` pass through). What
-fbgemm-gpu-cpu 1.8.0 runs on CPU, tried one step at a time on a 3-row table (``tests/test_table_optim.py``):
+fbgemm-gpu-cpu 1.8.0 runs on CPU, tried one step at a time on a 3-row table (``tests/test_recipe.py``):
 
 ===================  ===========================================================  ================================
 ``optim.sparse``     update of a looked-up row ``w`` with gradient ``g`` (lr, eps)  CPU weight decay
