@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -48,6 +49,11 @@ class ModelConfig:
     * ``pooling``: how a multi-valued field's embeddings are pooled (``"sum"`` or ``"mean"``).
     * ``pad_to``: pad the field vectors to at least this width (a retrained OptEmbed table keeps the
       supernet's width, so its dense layers have the supernet's shapes); ``None``: the largest field dim.
+    * ``init_std``: the tables' initial weights: normal with this standard deviation (FuxiCTR's
+      ``embedding_initializer``, std 1e-4), or uniform in +-sqrt(1/rows), TorchRec's default, when ``None``.
+      With a small scale every model starts as its bias alone and its pairwise and deep terms grow only as the
+      data asks (docs/defaults.md). Pair it with ``batch_norm: false``: batch norm would rescale the tiny first
+      activations to unit variance.
     * ``table_dtype``: how the embedding tables are stored (FBGEMM's ``weights_precision``): ``float32``, or
       ``float16``, half the table memory. FBGEMM pools and computes every update in float32 and rounds the new
       row to float16 (to nearest, on CPU), so an update smaller than ~1/2000 of a weight is lost: a concern
@@ -67,6 +73,7 @@ class ModelConfig:
     dense_mlp: tuple[int, ...] = (64,)
     pooling: Literal["sum", "mean"] = "sum"
     pad_to: int | None = None
+    init_std: float | None = None
     table_dtype: Literal["float32", "float16"] = "float32"
 
     def __post_init__(self) -> None:
@@ -87,6 +94,8 @@ class ModelConfig:
             for i, size in enumerate(sizes):
                 if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
                     raise ConfigError(f"{where}.{key}[{i}]: {size!r} is not a positive layer size")
+        if self.init_std is not None and not (math.isfinite(self.init_std) and self.init_std > 0):
+            raise ConfigError(f"{where}.init_std: {self.init_std!r} is not a positive scale (or null for uniform)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{where}.dropout: {self.dropout!r} is not in [0, 1)")
         if self.cross_layers < 1:

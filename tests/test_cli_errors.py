@@ -260,15 +260,16 @@ def test_only_user_caused_os_errors_become_one_line(error: OSError, line: str | 
     assert _os_error(error, "/out") == line
 
 
-def test_dlrm_on_data_without_numeric_fields_is_one_line(
+def test_dlrm_with_unequal_dims_is_one_line(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "ml"
     u_data = shared_data / "movielens_100k" / "grouplens_original" / "u.data"
     prepare(builtin_spec("movielens"), [u_data], data, PrepareOptions(progress=False))
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--data", str(data), "--model", "dlrm", "--out", str(tmp_path / "run")])
+        main(["train", "--data", str(data), "--model", "dlrm", "--out", str(tmp_path / "run"),
+              "--set", "model.field_dims={age: 4}"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1 and len(err) == 1, err
-    problem = "DLRM needs at least one dense field; feature map 'movielens' has none"
-    assert err[0] == f"ctr train: error: --model dlrm: {problem}"
+    problem = "DLRM needs every categorical dim equal to embedding_dim=16"
+    assert err[0].startswith(f"ctr train: error: --model dlrm: {problem}"), err

@@ -123,11 +123,31 @@ def test_model_constructors_reject_inconsistent_configs() -> None:
         embedding_params(FM, ModelConfig(name="fnn", field_dims={"nope": 8}))
     with pytest.raises(ValueError, match=r"DLRM needs every categorical dim equal to embedding_dim=8.*'m': 4"):
         build_model(FM, _cfg("dlrm", field_dims={"m": 4}))
-    no_dense = FeatureMap(**{**FM.__dict__, "dense": ()})
-    with pytest.raises(ValueError, match="DLRM needs at least one dense field"):
-        build_model(no_dense, _cfg("dlrm"))
     with pytest.raises(ValueError, match=r"FM is model 'fm', but config\.name is 'fnn'"):
         ctr.models.zoo.FM(FM, _cfg("fnn"))
+
+
+def test_dlrm_without_numeric_fields_dots_each_field_with_a_learned_vector() -> None:
+    """On data without dense fields DLRM's bottom vector is one learned vector ``u``: the top MLP's input is
+    ``[u, u.e_c0, u.e_m, u.e_c1, e_c0.e_m, e_c0.e_c1, e_m.e_c1]``, computed here by hand from the tables."""
+    no_dense = FeatureMap(**{**FM.__dict__, "dense": ()})
+    model = build_model(no_dense, _cfg("dlrm"))
+    assert model.num_fields == 4  # 3 categorical + the learned vector
+    batch = _batch(dense=torch.zeros(3, 0))
+    fields = model.fields(batch)
+    u = model.dense_arch.weight  # type: ignore[union-attr]
+    assert torch.equal(fields[:, -1], u.expand(3, -1))
+    seen: list[torch.Tensor] = []
+    model.top.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    logits = model(batch)
+    e = fields[:, :3]
+    pairs = ((0, 1), (0, 2), (1, 2))
+    dots = [(u * e[:, i]).sum(-1) for i in range(3)] + [(e[:, i] * e[:, j]).sum(-1) for i, j in pairs]
+    expected = torch.cat([u.expand(3, -1), torch.stack(dots, dim=1)], dim=1)
+    assert logits.shape == (3,)
+    torch.testing.assert_close(seen[0], expected)
+    logits.sum().backward()
+    assert u.grad is not None and bool(u.grad.abs().sum() > 0)  # the vector learns
 
 
 # ---------------------------------------------------------------------------------------------- layers

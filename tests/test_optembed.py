@@ -267,7 +267,9 @@ def test_ray_evaluators_match_local_and_survive_a_killed_actor(scorer: Candidate
 # ---------------------------------------------------------------------- retraining and export
 def _retrain(data: Path, supernet: Path, plan: Path, out: Path, init: str, extra: list[str]) -> dict[str, object]:
     retrain = RetrainConfig(init=init, supernet=str(supernet), plan=str(plan))  # type: ignore[arg-type]
-    cfg = dataclasses.replace(load_run_config(None, [*SMALL, *extra], data=str(data), model="deepfm"), retrain=retrain)
+    # As `ctr retrain` does: the supernet's own config.yaml (its model section), with the overrides.
+    base = load_run_config(supernet / "config.yaml", [*SMALL, *extra], data=str(data), model=None)
+    cfg = dataclasses.replace(base, supernet=None, search=None, retrain=retrain)
     return train_run(cfg, out)
 
 

@@ -157,34 +157,44 @@ def test_fewer_training_rows_than_processes_is_one_line(tmp_path: Path, capsys: 
     assert not (run / "checkpoints").exists()
 
 
-def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_path: Path) -> None:
-    args = ["train", "--data", str(small), "--model", "deepfm"]
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.dist)])
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_path: Path, nproc: int) -> None:
+    """SIGKILL to the whole process group mid-epoch (what a killed job or pod gets: every rank at once), then
+    ``--resume`` with the same ``--nproc``: the run ends exactly as one that was never interrupted."""
+    args = ["train", "--data", str(small), "--model", "deepfm", "--nproc", str(nproc)]
     sets = [*FAST, "data.batch_size=256", "trainer.max_epochs=1", "trainer.checkpoint_every_n_steps=10"]
     args += [x for s in sets for x in ("--set", s)]
     full = _cli([*args, "--out", str(tmp_path / "full")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert full.wait(timeout=600) == 0
-    # 16k train rows / 256 = 63 steps in the epoch: kill after the step-20 checkpoint, mid-epoch.
-    victim = _cli([*args, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # 16k train rows / 256 = 63 steps in the epoch (each of 2 processes: 32): kill after the step-20 (-10)
+    # checkpoint, mid-epoch.
+    steps, kill_at = (63, 20) if nproc == 1 else (32, 10)
+    victim = _cli(
+        [*args, "--out", str(tmp_path / "killed")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the ranks it starts are killed with it
+    )
     meta = tmp_path / "killed" / "checkpoints" / "last.ckpt" / "lightning_meta.pt"
     deadline = time.time() + 300
-    import torch
-
-    while time.time() < deadline:
+    step = -1
+    while time.time() < deadline and victim.poll() is None:
         try:
             step = torch.load(meta, weights_only=True)["global_step"]
         except (OSError, EOFError, RuntimeError):
             step = -1  # not written yet, or being swapped in
-        if step >= 20:
+        if step >= kill_at:
             break
-        time.sleep(0.05)  # poll often: on a GPU the 63 steps pass in moments
-    victim.send_signal(signal.SIGKILL)
+        time.sleep(0.05)  # poll often: on a GPU the steps pass in moments
+    os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
-    assert 20 <= step < 63, f"killed at step {step}, expected mid-epoch"
+    assert kill_at <= step < steps, f"killed at step {step}, expected mid-epoch"
     resumed = _cli([*args, "--out", str(tmp_path / "killed"), "--resume"])
     assert resumed.wait(timeout=600) == 0
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())
     b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    assert b["global_step"] == a["global_step"]
+    assert b["global_step"] == a["global_step"] == steps
+    assert b["world_size"] == a["world_size"] == nproc
     for key in ("val_auc", "val_logloss", "test_auc", "test_logloss"):
         assert b[key] == pytest.approx(a[key], abs=1e-5), key
 
@@ -275,7 +285,7 @@ def test_resume_allows_more_epochs_and_other_evaluation_and_logging_settings(sma
 def test_a_checkpoint_with_a_bias_before_batch_norm_is_refused_by_name(small: Path, tmp_path: Path) -> None:
     """DeepFM's MLP Linear layers lost their bias (BatchNorm's shift replaces it) on 2026-11-27: a checkpoint
     from before has bias weights the model no longer has, and its spec lacks the key that says so."""
-    base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "model.batch_norm=true"]
     train_run(load_run_config(None, base, data=str(small), model="deepfm"), tmp_path / "run")
     meta_file = tmp_path / "run" / "checkpoints" / "last.ckpt" / "lightning_meta.pt"
     meta = torch.load(meta_file, weights_only=True)

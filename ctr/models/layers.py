@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MLP", "CrossNet", "CrossNetV2", "DotInteraction", "FMInteraction", "InnerProduct"]
+__all__ = ["MLP", "CrossNet", "CrossNetV2", "DotInteraction", "FMInteraction", "InnerProduct", "LearnedVector"]
 
 
 class MLP(nn.Module):
@@ -237,3 +237,29 @@ class DotInteraction(nn.Module):
         gram = torch.bmm(combined, combined.transpose(1, 2))
         rows, cols = torch.triu_indices(self.num_vectors, self.num_vectors, offset=1, device=dense.device)
         return torch.cat([dense, gram[:, rows, cols]], dim=1)
+
+
+class LearnedVector(nn.Module):
+    """One learned vector for every row: ``[B, 0] -> [B, 1, dim]``, DLRM's bottom vector on data without numeric
+    fields (a bottom MLP of a constant input), so each field still meets it in the dot interaction.
+
+    Example:
+        >>> vec = LearnedVector(3)
+        >>> out = vec(torch.zeros(2, 0))
+        >>> out.shape, bool((out[0] == out[1]).all())
+        (torch.Size([2, 1, 3]), True)
+    """
+
+    def __init__(self, dim: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"LearnedVector needs dim >= 1, got {dim}")
+        self.weight = nn.Parameter(torch.empty(dim, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = self.weight.shape[0] ** -0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.weight.expand(dense.shape[0], 1, -1)

@@ -55,7 +55,7 @@ from torchrec.datasets.utils import Batch
 
 from config.model import MODEL_NAMES, ModelConfig
 from config.strict import ConfigError
-from ctr.models.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct
+from ctr.models.layers import MLP, CrossNet, CrossNetV2, DotInteraction, FMInteraction, InnerProduct, LearnedVector
 from ctr.tables.embedding import (
     FIRST_ORDER_MODELS,
     FOLDED_MODELS,
@@ -385,8 +385,10 @@ class DLRM(CTRModel):
     """DLRM: top MLP over :class:`~ctr.models.layers.DotInteraction` of the bottom-MLP dense vector and the embeddings.
 
     The bottom MLP (``config.dense_mlp`` then a last layer of ``embedding_dim``, ReLU throughout, no batch
-    norm) is ``dense_arch``; its vector is the last field. Needs at least one dense field and every
-    categorical dim equal to ``embedding_dim``.
+    norm) is ``dense_arch``; its vector is the last field. On data without numeric fields the bottom vector is a
+    learned one (:class:`~ctr.models.layers.LearnedVector`, the bottom MLP of a constant input), so the top MLP
+    still sees each field's projection on it and every pairwise dot. Needs every categorical dim equal to
+    ``embedding_dim``.
 
     Example:
         >>> from features.schema import CategoricalField, DenseField, FeatureMap
@@ -411,8 +413,6 @@ class DLRM(CTRModel):
                 f"--model dlrm: DLRM needs every categorical dim equal to embedding_dim={config.embedding_dim}, "
                 f"got {dims}"
             )
-        if not fm.dense:  # a user's choice of model for data without numeric fields: one line, not a traceback
-            raise ConfigError(f"--model dlrm: DLRM needs at least one dense field; feature map {fm.dataset!r} has none")
         super().__init__(fm, config, device, layout)
         assert self.sparse_arch is not None  # DLRM is not in LINEAR_ONLY_MODELS
         self.interaction = DotInteraction(self.sparse_arch.num_fields)
@@ -421,6 +421,8 @@ class DLRM(CTRModel):
     def _build_dense_arch(
         self, fm: FeatureMap, config: ModelConfig, device: torch.device | None
     ) -> tuple[nn.Module | None, int]:
+        if not fm.dense:
+            return LearnedVector(self.embedding_dim, device), 1
         bottom = MLP(len(fm.dense), (*config.dense_mlp, self.embedding_dim), batch_norm=False, device=device)
         return nn.Sequential(bottom, nn.Unflatten(1, (1, self.embedding_dim))), 1
 

@@ -66,7 +66,7 @@ class RetrainModule(CTRModule):
         super().configure_model()
         init = self.retrain_config.init
         if init == "fresh":
-            reinitialize(self._dmp(), self.config.trainer.seed + 1)
+            reinitialize(self._dmp(), self.config.trainer.seed + 1, std=self.config.model.init_std)
         elif init == "rewind":
             self._rewind()
         else:
@@ -93,16 +93,17 @@ class RetrainModule(CTRModule):
     @torch.no_grad()
     def _rewind(self) -> None:
         assert self.retrain_config.supernet is not None
-        seed = read_run_config(self.retrain_config.supernet).trainer.seed
+        source = read_run_config(self.retrain_config.supernet)
+        seed, std = source.trainer.seed, source.model.init_std
         dmp = self._dmp()
-        reinitialize(dmp, seed)  # dense layers: the supernet's initial draw
+        reinitialize(dmp, seed, std=std)  # dense layers: the supernet's initial draw
         full_width = self.tables.plan.full_dim + (LINEAR_DIM if self._folded else 0)  # the supernet's rows
         for key, value in dmp.state_dict().items():
             if is_table(key):
                 table = key.split(".")[-2]
                 field = self.source_feature_map.field(field_of(table))
                 width = value.size()[1] if is_linear(table) else full_width
-                write_whole(value, self._cut(key, table_init(table, field.cardinality, width, seed)))
+                write_whole(value, self._cut(key, table_init(table, field.cardinality, width, seed, std)))
 
     @torch.no_grad()
     def _inherit(self) -> None:

@@ -22,9 +22,12 @@ from torch.distributed._shard.sharded_tensor.api import ShardedTensor
 __all__ = ["is_table", "reinitialize", "table_init", "write_whole"]
 
 
-def table_init(name: str, rows: int, dim: int, seed: int) -> torch.Tensor:
-    """The full initial table ``name``: uniform in +-sqrt(1/rows), from a generator seeded by (seed, name)."""
+def table_init(name: str, rows: int, dim: int, seed: int, std: float | None = None) -> torch.Tensor:
+    """The full initial table ``name`` from a generator seeded by (seed, name): normal with standard deviation
+    ``std`` (``model.init_std``), or uniform in +-sqrt(1/rows) (TorchRec's default) when ``std`` is None."""
     gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
+    if std is not None:
+        return torch.randn(rows, dim, generator=gen) * std
     bound = (1.0 / rows) ** 0.5
     table: torch.Tensor = (torch.rand(rows, dim, generator=gen) * 2 - 1) * bound
     return table
@@ -55,14 +58,18 @@ def is_table(key: str) -> bool:
 
 
 @torch.no_grad()
-def reinitialize(dmp: nn.Module, seed: int, zero_columns: Mapping[str, tuple[int, int]] | None = None) -> None:
-    """``zero_columns``: table name -> columns ``[start, stop)`` drawn as zeros (a padded dim's stored columns)."""
+def reinitialize(
+    dmp: nn.Module, seed: int, zero_columns: Mapping[str, tuple[int, int]] | None = None, std: float | None = None
+) -> None:
+    """Redraw every table (:func:`table_init`, scale ``std``) and dense layer of ``dmp`` from ``seed``.
+
+    ``zero_columns``: table name -> columns ``[start, stop)`` drawn as zeros (a padded dim's stored columns)."""
     zero_columns = zero_columns or {}
     for key, value in dmp.state_dict().items():
         if is_table(key):
             rows, dim = value.size()
             name = key.split(".")[-2]
-            full = table_init(name, rows, dim, seed)
+            full = table_init(name, rows, dim, seed, std)
             if name in zero_columns:
                 start, stop = zero_columns[name]
                 full[:, start:stop] = 0

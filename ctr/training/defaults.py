@@ -15,7 +15,13 @@ enough steps an epoch to reach its plateau. docs/defaults.md holds the measureme
 ``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables); ``FM_SPARSE_LR`` for the models with a
                        factorization machine (``fm``, ``deepfm``), whose pairwise term overfits faster
 ``optim.embedding_l2`` ``EMBEDDING_L2`` (L2 on the rows a batch looks up: FuxiCTR's ``embedding_regularizer``)
+``model.init_std``     ``INIT_STD``: tables start near zero (FuxiCTR's normal(0, 1e-4)), so a model starts as its
+                       bias and its pairwise and deep terms grow only as far as the data supports
+``model.batch_norm``   ``False``: batch norm would blow the near-zero first activations up to unit variance
 =====================  ==========================================================================================
+
+The two ``model.*`` keys are not filled for the OptEmbed pipeline (a config with a ``supernet`` or ``retrain``
+section): its threshold defaults were measured with TorchRec's uniform initialisation and batch norm (docs/optembed.md).
 
 Only keys absent from the YAML and the ``--set`` overrides are filled; the run writes the values it used into
 ``RUN/config.yaml``. A config built in code (``RunConfig(...)``) keeps the dataclasses' fixed defaults.
@@ -30,6 +36,8 @@ Example:
     (1024, 512)
     >>> data_aware_defaults(1_000_000)["data.batch_size"]
     4096
+    >>> data_aware_defaults(6_400)["model.init_std"], "model.init_std" in data_aware_defaults(6_400, optembed=True)
+    (0.0001, False)
 """
 
 from __future__ import annotations
@@ -56,13 +64,18 @@ SPARSE_LR = 0.05
 FM_SPARSE_LR = 0.01
 FM_MODELS = ("fm", "deepfm")
 EMBEDDING_L2 = 0.0
+INIT_STD = 1e-4
 
 
-def data_aware_defaults(rows: int, processes: int = 1, model: str | None = None) -> dict[str, Any]:
-    """The settings for ``model`` on a training split of ``rows`` rows trained by ``processes`` processes."""
+def data_aware_defaults(
+    rows: int, processes: int = 1, model: str | None = None, optembed: bool = False
+) -> dict[str, Any]:
+    """The settings for ``model`` on a training split of ``rows`` rows trained by ``processes`` processes
+    (``optembed``: for the OptEmbed pipeline, which keeps the model section's own defaults)."""
     target = max(rows / STEPS_PER_EPOCH, 1.0)
     batch = min(max(2 ** round(math.log2(target)), MIN_BATCH), MAX_BATCH)
-    return {
+    start = {} if optembed else {"model.init_std": INIT_STD, "model.batch_norm": False}
+    return start | {
         "data.batch_size": max(batch // processes, 1),  # per process
         "trainer.max_epochs": MAX_EPOCHS,
         "trainer.patience": 2,
@@ -100,7 +113,9 @@ def _fill_data_aware_defaults(tree: dict[str, Any], processes: int) -> None:
     except (FeatureMapError, OSError, ValueError, pa.ArrowException):
         return
     model = tree.get("model", {}).get("name") if isinstance(tree.get("model"), dict) else None
-    for key, value in data_aware_defaults(rows, max(processes, 1), model if isinstance(model, str) else None).items():
+    optembed = "supernet" in tree or "retrain" in tree
+    chosen = data_aware_defaults(rows, max(processes, 1), model if isinstance(model, str) else None, optembed)
+    for key, value in chosen.items():
         if not _has(tree, key):
             _set(tree, key, value)
 

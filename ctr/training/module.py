@@ -155,7 +155,8 @@ class CTRModule(pl.LightningModule):
         plan = planner.collective_plan(model, sharders, pg)
         self.model = shard(model, device, plan, sharders, world)  # no DDP around the dense modules for one process
         pads = model.sparse_arch.pad_columns() if model.sparse_arch is not None else {}
-        reinitialize(self.model, self.config.trainer.seed, pads)  # same start for any world size or plan
+        # the same start for any world size or plan
+        reinitialize(self.model, self.config.trainer.seed, pads, self.config.model.init_std)
         if optim.embedding_l2 > 0:
             self._row_l2 = RowL2(optim.embedding_l2, regularised)
             self._row_l2.attach(self.model)
