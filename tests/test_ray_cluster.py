@@ -357,3 +357,32 @@ def test_search_survives_a_killed_evaluator_without_losing_or_repeating_trials(d
     assert len(set(cands)) == len(cands)  # none counted twice
     for t in complete:  # every recorded score is the candidate's true score
         assert t.value == pytest.approx(scorer.score_many([tuple(t.params[f] for f in scorer.fields)])[0], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_ray_train_resumes_its_checkpoint_like_an_uninterrupted_run(data: Path, tmp_path: Path) -> None:
+    """`ctr train --ray-workers 2` for one epoch, then `--resume` to two: Ray Train's workers continue from the
+    run's checkpoint (epoch 1 is the only epoch the second call trains) and end where an uninterrupted two-epoch
+    run on two local processes ends (the two launchers train the same model: the test above)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS | {"RAY_ADDRESS"}}
+    common = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(data), "--model", "deepfm"]
+
+    def ctr(out: str, epochs: int, *extra: str) -> dict[str, object]:
+        args = [*common, "--out", str(tmp_path / out), *_sets([*SMALL, f"trainer.max_epochs={epochs}"]), *extra]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics: dict[str, object] = json.loads((tmp_path / out / "metrics.json").read_text())
+        return metrics
+
+    first = ctr("ray", 1, "--ray-workers", "2")
+    resumed = ctr("ray", 2, "--ray-workers", "2", "--resume")
+    local = ctr("local", 2, "--nproc", "2")
+    assert first["epochs"] == 1 and resumed["epochs"] == local["epochs"] == 2
+    assert resumed["world_size"] == 2 and resumed["global_step"] == local["global_step"] == 2 * first["global_step"]
+    for key in ("val_auc", "test_auc", "test_logloss"):
+        assert resumed[key] == pytest.approx(local[key], abs=1e-4), key
+    # the resumed call logged epoch 1 only: it did not train epoch 0 again
+    logs = sorted((tmp_path / "ray" / "logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2, logs
+    epochs = {line.split(",")[0] for line in logs[-1].read_text().splitlines()[1:] if line}
+    assert epochs == {"1"}, epochs

@@ -15,9 +15,10 @@ enough steps an epoch to reach its plateau. docs/defaults.md holds the measureme
 ``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables); ``FM_SPARSE_LR`` for the models with a
                        factorization machine (``fm``, ``deepfm``), whose pairwise term overfits faster
 ``optim.embedding_l2`` ``EMBEDDING_L2`` (L2 on the rows a batch looks up: FuxiCTR's ``embedding_regularizer``)
-``model.init_std``     ``INIT_STD``: tables start near zero (FuxiCTR's normal(0, 1e-4)), so a model starts as its
-                       bias and its pairwise and deep terms grow only as far as the data supports
-``model.batch_norm``   ``False``: batch norm would blow the near-zero first activations up to unit variance
+``model.batch_norm``   ``False``: the MLPs overfitted small splits sooner with it (docs/defaults.md)
+``model.init_std``     ``INIT_STD`` for ``fm`` and ``deepfm``: their tables start near zero (FuxiCTR's normal(0, 1e-4)),
+                       so the pairwise term starts at zero and grows only as far as the data supports it; the other
+                       models keep TorchRec's uniform start, which suited them as well or better
 =====================  ==========================================================================================
 
 The two ``model.*`` keys are not filled for the OptEmbed pipeline (a config with a ``supernet`` or ``retrain``
@@ -36,8 +37,10 @@ Example:
     (1024, 512)
     >>> data_aware_defaults(1_000_000)["data.batch_size"]
     4096
-    >>> data_aware_defaults(6_400)["model.init_std"], "model.init_std" in data_aware_defaults(6_400, optembed=True)
+    >>> data_aware_defaults(6_400, model="deepfm")["model.init_std"], "model.init_std" in data_aware_defaults(6_400)
     (0.0001, False)
+    >>> data_aware_defaults(6_400)["model.batch_norm"], "model.batch_norm" in data_aware_defaults(6_400, optembed=True)
+    (False, False)
 """
 
 from __future__ import annotations
@@ -74,7 +77,11 @@ def data_aware_defaults(
     (``optembed``: for the OptEmbed pipeline, which keeps the model section's own defaults)."""
     target = max(rows / STEPS_PER_EPOCH, 1.0)
     batch = min(max(2 ** round(math.log2(target)), MIN_BATCH), MAX_BATCH)
-    start = {} if optembed else {"model.init_std": INIT_STD, "model.batch_norm": False}
+    start: dict[str, Any] = {}
+    if not optembed:
+        start["model.batch_norm"] = False
+        if model in FM_MODELS:
+            start["model.init_std"] = INIT_STD
     return start | {
         "data.batch_size": max(batch // processes, 1),  # per process
         "trainer.max_epochs": MAX_EPOCHS,
