@@ -5,6 +5,7 @@ Planted data: `ctr synth` rows (Criteo format) prepared with the random 8:1:1 sp
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -163,6 +164,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_pa
     ``--resume`` with the same ``--nproc``: the run ends exactly as one that was never interrupted."""
     args = ["train", "--data", str(small), "--model", "deepfm", "--nproc", str(nproc)]
     sets = [*FAST, "data.batch_size=256", "trainer.max_epochs=1", "trainer.checkpoint_every_n_steps=10"]
+    sets.append("trainer.log_every_n_steps=5")  # the resumed run's first logged step shows where it started
     args += [x for s in sets for x in ("--set", s)]
     full = _cli([*args, "--out", str(tmp_path / "full")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert full.wait(timeout=600) == 0
@@ -197,6 +199,10 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(small: Path, tmp_pa
     assert b["world_size"] == a["world_size"] == nproc
     for key in ("val_auc", "val_logloss", "test_auc", "test_logloss"):
         assert b[key] == pytest.approx(a[key], abs=1e-5), key
+    # ... by continuing from the checkpoint: a run that started over (and ended the same way) would log step 4
+    log = sorted((tmp_path / "killed" / "logs").glob("version_*/metrics.csv"))[-1]
+    logged = [int(row["step"]) for row in csv.DictReader(log.open()) if row.get("train_loss")]
+    assert logged and min(logged) >= step, (step, logged)
 
 
 def test_nan_loss_stops_with_a_clear_error(small: Path, tmp_path: Path) -> None:
