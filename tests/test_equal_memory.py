@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -146,29 +146,23 @@ def test_sized_tables_rebuild_the_same_layout_from_a_run_config() -> None:
         assert method_layout(again, fm, deepfm) == method_layout(sized.tables, fm, deepfm)
 
 
-def test_ctr_compress_bench_deepfm_keeps_every_run_within_its_budget(tmp_path: Path) -> None:
+def test_ctr_compress_bench_deepfm_keeps_every_run_within_its_budget(
+    synth_data: Callable[..., Path], subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
     """The CLI on 3,000 planted rows, DeepFM (first-order columns in every row) at budgets 1, 0.1 and 0.01."""
-    from features.prepare import PrepareOptions, prepare
-    from features.spec import builtin_spec
-    from features.synth import write_synthetic
-
-    write_synthetic(3000, tmp_path / "s.tsv", seed=3)
-    prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], tmp_path / "p", PrepareOptions(progress=False, min_count=3))
+    data = synth_data("bench", 3000, 3)
     sets = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
     sets += ["trainer.max_epochs=1", "data.batch_size=1024"]
     out = tmp_path / "bench"
-    args = ["compress-bench", "--data", str(tmp_path / "p"), "--model", "deepfm", "--out", str(out), "--quiet"]
+    args = ["compress-bench", "--data", str(data), "--model", "deepfm", "--out", str(out), "--quiet"]
     args += ["--budgets", "1,0.1,0.01", "--methods", "full,hash,shared_hash,qr,mde,unified"]
     args += [x for s in sets for x in ("--set", s)]
-    dist = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE"}
-    env = {k: v for k, v in os.environ.items() if k not in dist}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+    cli = [sys.executable, "-m", "pipelines.cli", *args]
+    proc = subprocess.run(cli, capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = json.loads((out / "results.json").read_text())
     assert len(records) == 1 + 5 * 3
-    full = FeatureMap.load(tmp_path / "p")
+    full = FeatureMap.load(data)
     n = sum(f.cardinality for f in full.categorical)
     assert records[0]["method"] == "full" and records[0]["embedding_params"] == n * (8 + 4)  # dim + first-order
     for r in records:
