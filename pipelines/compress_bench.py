@@ -169,7 +169,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
 def plot_auc_vs_params(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """Test AUC against each run's real embedding parameters; dotted lines are the budgets' limits, and a method
     that cannot reach a budget is an ``x`` at its minimum on the bottom edge."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     done = [r for r in records if r["test_auc"] is not None]
     colors: dict[str, Any] = {}
     for method in dict.fromkeys(r["method"] for r in done):
@@ -193,7 +193,7 @@ def plot_auc_vs_params(records: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("embedding parameters (dotted: budget limits)")
     ax.set_ylabel("test AUC")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: no point hidden
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
