@@ -182,3 +182,15 @@ def test_ctr_compress_bench_deepfm_keeps_every_run_within_its_budget(
     table = (out / "results.md").read_text()
     assert table.count("\n") == 2 + len(records) and "unreachable: minimum" in table
     assert (out / "auc_vs_params.png").stat().st_size > 1000
+
+
+def test_optembeds_unreachable_budget_carries_its_smallest_candidate() -> None:
+    """compress-bench reads ``smallest`` into ``min_params``; the message is the one users saw before."""
+    import pickle
+
+    from config.strict import ConfigError
+    from search.driver import BudgetUnreachable
+
+    e = pickle.loads(pickle.dumps(BudgetUnreachable(571, 8772)))  # crosses processes (Ray, --nproc) intact
+    assert isinstance(e, ConfigError) and (e.budget, e.smallest) == (571, 8772)
+    assert str(e) == "search budget of 571 parameters is below the smallest candidate's 8772"
