@@ -428,7 +428,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="DIR", help="output directory of `ctr prepare`")
     p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--out", required=True, metavar="DIR", help="results.json, results.md, auc_vs_params.png, runs/")
-    p.add_argument("--budgets", default="1,0.1,0.01", metavar="R,R", help="fractions of the full tables' parameters")
+    p.add_argument(
+        "--budgets",
+        default="1,0.1,0.01",
+        metavar="R,R",
+        help="fractions of the full model's embedding parameters (every method sized to fit)",
+    )
     p.add_argument(
         "--methods",
         default=",".join(m for m in BENCH_METHODS if m != "optembed-unified"),

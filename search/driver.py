@@ -34,9 +34,20 @@ from search.sampler import EvolutionarySampler
 from search.scoring import Scorer
 from search.storage import claim_spec
 
-__all__ = ["Scored", "SearchOutcome", "SearchSpace", "run_search", "scored_trials"]
+__all__ = ["BudgetUnreachable", "Scored", "SearchOutcome", "SearchSpace", "run_search", "scored_trials"]
 
 log = logging.getLogger(__name__)
+
+
+class BudgetUnreachable(ConfigError):
+    """The search budget is below the smallest candidate: ``smallest`` is that candidate's parameter count."""
+
+    def __init__(self, budget: int, smallest: int) -> None:
+        super().__init__(f"search budget of {budget} parameters is below the smallest candidate's {smallest}")
+        self.budget, self.smallest = budget, smallest
+
+    def __reduce__(self) -> tuple[type[BudgetUnreachable], tuple[int, int]]:  # picklable across processes
+        return BudgetUnreachable, (self.budget, self.smallest)
 
 
 @dataclass(frozen=True)
@@ -136,8 +147,7 @@ def run_search(
         budget_params = int(config.budget * space.full_cost)
     budget = budget_params
     if budget is not None and space.cost(tuple(min(c) for c in space.choices)) > budget:
-        smallest = space.cost(tuple(min(c) for c in space.choices))
-        raise ConfigError(f"search budget of {budget} parameters is below the smallest candidate's {smallest}")
+        raise BudgetUnreachable(budget, space.cost(tuple(min(c) for c in space.choices)))
     sampler = EvolutionarySampler(space.fields, space.choices, evo, config.seed, space.cost, budget)
     directions = ["maximize", "minimize"] if config.multi_objective else ["maximize"]
     study = _open_study(storage, study_name, directions, _spec(space, config, spec or {}), sampler)

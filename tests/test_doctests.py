@@ -14,6 +14,8 @@ MODULES = [
     "ctr.data.columnar",
     "ctr.tables.names",
     "ctr.tables.rules",
+    "ctr.tables.sizing",
+    "ctr.tables.methods.base",
     "features.spec",
     "features.transforms",
     "features.textfile",

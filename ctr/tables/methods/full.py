@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from config.tables import TablesConfig
 from ctr.tables.methods.base import PerFieldTables
 from ctr.tables.rules import Identity, IdRule
@@ -12,5 +14,5 @@ __all__ = ["Full"]
 class Full(PerFieldTables):
     name = "full"
 
-    def field_table(self, index: int, field: str, rows: int, config: TablesConfig) -> tuple[int, IdRule]:
-        return rows, Identity(field)
+    def field_table(self, index: int, field: str, cards: Mapping[str, int], config: TablesConfig) -> tuple[int, IdRule]:
+        return cards[field], Identity(field)
