@@ -1,8 +1,9 @@
 """Raw rows encoded with a fitted feature map, in one streaming pass and in chunks (scoring, serving).
 
 ``ctr prepare`` and ``ctr apply`` stage the parsed rows on disk and encode them in a second pass (the fit needs
-every training row first). Scoring needs no fit, so :func:`encoded_chunks` runs the same steps as one streaming
-query: :func:`~features.sources.scan_inputs` (line numbers, wrongly shaped lines), :func:`~features.transforms.validate`
+every training row first). Scoring needs no fit, so :func:`encoded_chunks` runs the same steps as one query, built
+once and run on each window of lines (:func:`~features.sources.scan_windows`: line numbers, wrongly shaped lines; a
+window of ``chunk_rows`` lines is one chunk, so memory stays flat in the rows), :func:`~features.transforms.validate`
 (label, numbers, ranges), the derived time parts and the fitted encoders of :class:`~features.encode.EncodePlan`
 built from the feature map (vocabularies by an ``Enum`` cast in id order, hashes, quantile buckets, dense
 transforms: the ids and values ``ctr apply`` writes; unseen values get the OOV id). Each chunk comes back as
@@ -86,8 +87,9 @@ def encoded_chunks(
     root: Path, inputs: Sequence[Path], scratch: Path, chunk_rows: int, encoder: Encoder | None = None
 ) -> Iterator[EncodedChunk]:
     """Chunks of at most ``chunk_rows`` input rows of ``inputs``, in input order, encoded with the feature map
-    in ``root``. ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines (the caller deletes
-    it once the iterator is exhausted)."""
+    in ``root``: one per window of ``chunk_rows`` lines of a file (a window of a header alone gives none).
+    ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines (the caller deletes it once the
+    iterator is exhausted)."""
     enc = encoder if encoder is not None else Encoder.load(root)
     query: _FrameQuery | None = None
     for window in scan_windows(enc.spec, list(inputs), scratch, chunk_rows, optional=(enc.spec.label.column,)):

@@ -8,6 +8,9 @@
   them is read from a copy in ``scratch`` where each bad line shows its bytes as ``\\xNN``; those lines are
   rejected by number (``encoding``), the others are read as they are.
 
+:func:`line_blocks` and :func:`line_windows` read a file in blocks of whole lines (of about a size, or of a
+number of lines), each with the number of its first line: the UTF-8 check above, and ``ctr predict``'s windows.
+
 Example:
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
