@@ -2,8 +2,8 @@
 
 ``ctr prepare`` and ``ctr apply`` stage the parsed rows on disk and encode them in a second pass (the fit needs
 every training row first). Scoring needs no fit, so :func:`encoded_chunks` runs the same steps as one query, built
-once and run on each window of lines (:func:`~features.sources.scan_windows`: line numbers, wrongly shaped lines; a
-window of ``chunk_rows`` lines is one chunk, so memory stays flat in the rows), :func:`~features.transforms.validate`
+once and run on each window of a few thousand lines (:func:`~features.sources.scan_windows`: line numbers, wrongly
+shaped lines), so memory stays flat in the rows, then :func:`~features.transforms.validate`
 (label, numbers, ranges), the derived time parts and the fitted encoders of :class:`~features.encode.EncodePlan`
 built from the feature map (vocabularies by an ``Enum`` cast in id order, hashes, quantile buckets, dense
 transforms: the ids and values ``ctr apply`` writes; unseen values get the OOV id). Each chunk comes back as
@@ -41,6 +41,9 @@ from features.transforms import derive_time_parts, rejected_reasons, validate
 __all__ = ["EncodedChunk", "Encoder", "RecordEncoder", "check_records", "encoded_chunks"]
 
 _KEEP = ("__file", "__line", "__reason", "__raw")
+# Lines parsed and encoded per run of the query. Polars' working memory grows with a run's rows (a 65,536-line run
+# held about 170 MB more than 8,192-line runs, which cost about 1 us more per row: docs/benchmarks.md).
+WINDOW_LINES = 8192
 
 
 @dataclass(frozen=True)
@@ -84,20 +87,33 @@ def _split(frame: pl.DataFrame) -> EncodedChunk:
 
 
 def encoded_chunks(
-    root: Path, inputs: Sequence[Path], scratch: Path, chunk_rows: int, encoder: Encoder | None = None
+    root: Path,
+    inputs: Sequence[Path],
+    scratch: Path,
+    chunk_rows: int,
+    encoder: Encoder | None = None,
+    window_lines: int | None = None,
 ) -> Iterator[EncodedChunk]:
     """Chunks of at most ``chunk_rows`` input rows of ``inputs``, in input order, encoded with the feature map
-    in ``root``: one per window of ``chunk_rows`` lines of a file (a window of a header alone gives none).
+    in ``root``. Each file is read and encoded in windows of ``window_lines`` lines (default ``WINDOW_LINES``; at
+    most ``chunk_rows``), whose rows are gathered into chunks (a window of a header alone adds none).
     ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines (the caller deletes it once the
     iterator is exhausted)."""
     enc = encoder if encoder is not None else Encoder.load(root)
+    lines = min(chunk_rows, window_lines if window_lines is not None else WINDOW_LINES)
     query: _FrameQuery | None = None
-    for window in scan_windows(enc.spec, list(inputs), scratch, chunk_rows, optional=(enc.spec.label.column,)):
+    held: list[pl.DataFrame] = []
+    for window in scan_windows(enc.spec, list(inputs), scratch, lines, optional=(enc.spec.label.column,)):
         rows = window.collect()
         query = query if query is not None else _FrameQuery(rows.schema, enc.encode)
         frame = query.run(rows)
-        if frame.height:  # a window of a header line alone has no rows
-            yield _split(frame)
+        if held and sum(f.height for f in held) + frame.height > chunk_rows:
+            yield _split(pl.concat(held))
+            held = []
+        if frame.height:
+            held.append(frame)
+    if held:
+        yield _split(pl.concat(held))
 
 
 def check_records(records: Any, columns: Sequence[str], label: str) -> list[dict[str, str | None]]:

@@ -8,6 +8,7 @@ scores, labels and rejects must be those of reading each file in one window, and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from ctr.artifact import predict
 from ctr.artifact.export import export_run
 from ctr.artifact.predict import predict_files
+from features import stream
 from features.sources import scan_inputs, scan_windows
 from features.spec import load_spec
 
@@ -63,15 +66,28 @@ def _write(folder: Path, rows: list[str]) -> list[Path]:
     return paths
 
 
-@pytest.mark.parametrize("window", [1, 7])
+@pytest.mark.parametrize(("chunk", "window"), [(1, 1), (7, 7), (10, 3)])
 def test_line_numbers_rejects_and_scores_across_window_boundaries(
-    window: int, scoring_data: Path, scoring_run: Any, tmp_path: Path
+    chunk: int, window: int, scoring_data: Path, scoring_run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Windows of ``window`` lines, gathered into chunks of at most ``chunk`` rows (``--batch-size``)."""
     artifact = tmp_path / "artifact"
     export_run(scoring_run("deepfm", "deepfm"), artifact)
     inputs = _write(tmp_path, (scoring_data / "test.tsv").read_text().splitlines())
+    monkeypatch.setattr(stream, "WINDOW_LINES", 1000)
     whole = predict_files(artifact, inputs, tmp_path / "whole.parquet", progress=False)  # one window per file
-    summary = predict_files(artifact, inputs, tmp_path / "windows.parquet", batch_size=window, progress=False)
+    monkeypatch.setattr(stream, "WINDOW_LINES", window)
+    sizes: list[int] = []  # input rows of each chunk scored
+    chunks = stream.encoded_chunks
+
+    def counted(*args: Any) -> Iterator[stream.EncodedChunk]:
+        for c in chunks(*args):
+            sizes.append(c.rows.height + c.rejects.height)
+            yield c
+
+    monkeypatch.setattr(predict, "encoded_chunks", counted)
+    summary = predict_files(artifact, inputs, tmp_path / "windows.parquet", batch_size=chunk, progress=False)
+    assert sum(sizes) == 65 and max(sizes) <= chunk and len(sizes) >= 65 // chunk
     expected_rejects = [
         ("a.tsv", 7, FEW),
         ("a.tsv", 8, EMPTY),

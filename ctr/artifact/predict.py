@@ -3,10 +3,11 @@
 The artifact's feature map encodes the raw files in the data set's own format (:mod:`features.stream`: one
 streaming pass, unseen values to the OOV id); each chunk is scored by the artifact's model
 (:meth:`~ctr.artifact.export.ExportedModel.score`, the scores of ``load_exported(...).predict``) while the next chunk is
-parsed and encoded in a background thread (Polars and PyTorch both release the GIL). Each input is read in windows
-of ``batch_size`` lines (rows of a parquet file; :func:`features.sources.scan_windows`), one chunk per window, and
-the scoring side holds at most three chunks, so peak memory does not grow with the number of rows (docs/benchmarks.md)
-but for 8 bytes per labelled row kept for the AUC.
+parsed and encoded in a background thread (Polars and PyTorch both release the GIL). Each input is read and
+encoded in windows of a few thousand lines (rows of a parquet file; :func:`features.sources.scan_windows`,
+``features.stream.WINDOW_LINES``), gathered into chunks of ``batch_size`` rows, and the scoring side holds at most
+three chunks, so peak memory does not grow with the number of rows (docs/benchmarks.md) but for 8 bytes per
+labelled row kept for the AUC.
 
 Output: ``SCORES`` (parquet): ``file``, ``line`` (1-based line in that file; row number for parquet),
 ``probability`` and, when the input has labels, ``label``. Rejected rows go to ``SCORES`` with the suffix
@@ -150,8 +151,8 @@ def predict_files(
 ) -> dict[str, Any]:
     """Score ``inputs`` with the artifact in ``artifact`` into ``out`` (and its rejects file); returns the summary.
 
-    ``batch_size``: the lines of an input read, encoded and scored at once (a chunk; forward passes of at most
-    ``FORWARD_ROWS``); memory grows with it, not with the number of rows.
+    ``batch_size``: the rows scored and written at once (a chunk; forward passes of at most ``FORWARD_ROWS``);
+    memory grows with it, not with the number of rows.
 
     ``bf16``: run the dense layers under bfloat16 autocast (faster on CPUs with AVX-512 BF16 or AMX); the scores
     then differ from the float32 ones (``load_exported(...).predict``) by up to about 1e-2."""
