@@ -65,6 +65,8 @@ def scan_windows(
 
 @dataclass(frozen=True)
 class _Delimited:
+    """A delimited file with its layout resolved: read whole (``scan``) or in windows of lines."""
+
     text: TextFile
     sep: str
     header: bool
@@ -85,6 +87,8 @@ class _Delimited:
 
 @dataclass(frozen=True)
 class _Parquet:
+    """A parquet file with the columns checked: read whole (``scan``) or in batches of rows (``windows``)."""
+
     path: Path
     schema: pl.Schema
     wanted: tuple[str, ...]
