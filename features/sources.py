@@ -12,6 +12,9 @@ Every source yields the same shape, so validation and encoding never care where 
 Delimited files are read line by line (``scan_lines``) and split with the delimiter, so a row with the
 wrong number of columns is caught and quarantined with its line number instead of being padded or
 dropped by a CSV reader. Quoted fields that contain the delimiter are therefore not supported.
+:func:`scan_inputs` is one frame over whole files (``ctr prepare``; Polars' line scanner holds memory that grows
+with the file); :func:`scan_windows` gives the same rows as frames over windows of a bounded number of lines
+(``features.textfile.line_windows``), so a streaming reader's memory stays flat in the rows (``ctr predict``).
 A missing, empty, compressed or wrongly shaped file, or a file given twice, raises ``InputError`` naming the
 file. A UTF-8 byte-order mark is dropped; a line that is not valid UTF-8 is rejected (``encoding``) with its
 number, read from a repaired copy in ``scratch`` (see ``features.textfile``).
@@ -19,14 +22,17 @@ number, read from a repaired copy in ``scratch`` (see ``features.textfile``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from features.spec import DatasetSpec, InputError
-from features.textfile import TextFile, check_distinct, check_not_packed, read_text
+from features.textfile import TextFile, check_distinct, check_not_packed, line_windows, read_text
 
-__all__ = ["scan_inputs"]
+__all__ = ["scan_inputs", "scan_windows"]
 
 _SNIFF_LINES = 20
 
@@ -39,6 +45,96 @@ def scan_inputs(
     ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines, which the frame reads; the
     caller deletes it after running the frame. ``optional``: required columns a file with a header (or a
     parquet file) may lack; they are then null in its rows."""
+    return pl.concat([source.scan() for source in _sources(spec, inputs, scratch, optional)], how="vertical")
+
+
+def scan_windows(
+    spec: DatasetSpec, inputs: list[Path], scratch: Path, lines: int, *, optional: tuple[str, ...] = ()
+) -> Iterator[pl.LazyFrame]:
+    """The rows of :func:`scan_inputs`, as lazy frames over windows of at most ``lines`` input lines (rows of a
+    parquet file), file by file, in order: what is read at once is bounded by the window, not by the file.
+
+    Line numbers count from each file's first line across its windows; a header (first line) is read once per
+    file. The files are checked (and their layouts resolved) here, before the first window is read; a
+    MovieLens-100K input (joined with its side files) is one window."""
+    if lines < 1:
+        raise ValueError(f"lines: must be >= 1, got {lines}")
+    sources = _sources(spec, inputs, scratch, optional)
+    return (window for source in sources for window in source.windows(lines))
+
+
+@dataclass(frozen=True)
+class _Delimited:
+    """A delimited file with its layout resolved: read whole (``scan``) or in windows of lines."""
+
+    text: TextFile
+    sep: str
+    header: bool
+    columns: tuple[str, ...]
+    wanted: tuple[str, ...]
+    file_idx: int
+
+    def scan(self) -> pl.LazyFrame:
+        return self._split(pl.scan_lines(self.text.scan, name="__raw", row_index_name="__line", row_index_offset=1))
+
+    def windows(self, lines: int) -> Iterator[pl.LazyFrame]:
+        for first, block in line_windows(self.text.scan, lines):
+            yield self._split(pl.scan_lines(block, name="__raw", row_index_name="__line", row_index_offset=first))
+
+    def _split(self, lf: pl.LazyFrame) -> pl.LazyFrame:
+        return _split_lines(lf, self.text, self.sep, self.header, self.columns, self.wanted, self.file_idx)
+
+
+@dataclass(frozen=True)
+class _Parquet:
+    """A parquet file with the columns checked: read whole (``scan``) or in batches of rows (``windows``)."""
+
+    path: Path
+    schema: pl.Schema
+    wanted: tuple[str, ...]
+    file_idx: int
+
+    def scan(self) -> pl.LazyFrame:
+        return self._select(pl.scan_parquet(self.path).with_row_index("__line", offset=1))
+
+    def windows(self, lines: int) -> Iterator[pl.LazyFrame]:
+        columns = [c for c in self.wanted if c in self.schema]
+        first = 1
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=lines, columns=columns):
+            frame = pl.DataFrame(pl.from_arrow(batch))
+            yield self._select(frame.lazy().with_row_index("__line", offset=first))
+            first += frame.height
+
+    def _select(self, lf: pl.LazyFrame) -> pl.LazyFrame:
+        return lf.select(
+            pl.lit(self.path.name).alias("__file"),
+            pl.lit(self.file_idx, dtype=pl.UInt64).alias("__file_idx"),
+            pl.col("__line").cast(pl.UInt64),
+            pl.lit(None, dtype=pl.String).alias("__raw"),
+            pl.lit(None, dtype=pl.String).alias("__reject"),
+            pl.lit(None, dtype=pl.String).alias("__sep"),
+            pl.lit(None, dtype=pl.Int64).alias("__ncols"),
+            *(pl.col(c).cast(pl.String) if c in self.schema else pl.lit(None, pl.String).alias(c) for c in self.wanted),
+        )
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """An input read as one frame (MovieLens-100K: its ratings joined with the side files)."""
+
+    frame: pl.LazyFrame
+
+    def scan(self) -> pl.LazyFrame:
+        return self.frame
+
+    def windows(self, lines: int) -> Iterator[pl.LazyFrame]:
+        yield self.frame
+
+
+def _sources(
+    spec: DatasetSpec, inputs: list[Path], scratch: Path, optional: tuple[str, ...]
+) -> list[_Delimited | _Parquet | _Whole]:
+    """Each input checked, its layout resolved (InputError naming the file otherwise)."""
     if not inputs:
         raise InputError("no input files given")
     for path in inputs:
@@ -51,14 +147,10 @@ def scan_inputs(
         check_not_packed(path)
     check_distinct(inputs)
     if spec.format == "parquet":
-        frames = [_scan_parquet(spec, p, i, optional) for i, p in enumerate(inputs)]
-    elif spec.format == "movielens-100k":
-        frames = [_scan_movielens(spec, inputs, scratch)]
-    else:
-        frames = [
-            _scan_delimited(spec, read_text(p, scratch, i), spec.columns, i, optional) for i, p in enumerate(inputs)
-        ]
-    return pl.concat(frames, how="vertical")
+        return [_parquet(spec, p, i, optional) for i, p in enumerate(inputs)]
+    if spec.format == "movielens-100k":
+        return [_Whole(_scan_movielens(spec, inputs, scratch))]
+    return [_delimited(spec, read_text(p, scratch, i), spec.columns, i, optional) for i, p in enumerate(inputs)]
 
 
 def _first_lines(path: Path, n: int) -> list[str]:
@@ -73,11 +165,11 @@ def _first_lines(path: Path, n: int) -> list[str]:
     return lines
 
 
-def _scan_delimited(
+def _delimited(
     spec: DatasetSpec, text: TextFile, columns: tuple[str, ...], file_idx: int, optional: tuple[str, ...]
-) -> pl.LazyFrame:
+) -> _Delimited:
     sep, header, columns = _resolve_layout(spec, text.path, columns, optional=optional)
-    return _split_lines(text, sep, header, columns, spec.required_columns, file_idx)
+    return _Delimited(text, sep, header, columns, spec.required_columns, file_idx)
 
 
 def _sniff_delimiter(head: list[str], columns: tuple[str, ...]) -> str:
@@ -130,12 +222,18 @@ def _resolve_layout(
 
 
 def _split_lines(
-    text: TextFile, sep: str, header: bool, columns: tuple[str, ...], wanted: tuple[str, ...], file_idx: int
+    lf: pl.LazyFrame,
+    text: TextFile,
+    sep: str,
+    header: bool,
+    columns: tuple[str, ...],
+    wanted: tuple[str, ...],
+    file_idx: int,
 ) -> pl.LazyFrame:
+    """``lf``'s lines (``__raw``, 1-based ``__line`` in ``text``) split into the columns of :func:`scan_inputs`."""
     n = len(columns)
     raw = pl.col("__raw")
     line = pl.col("__line")
-    lf = pl.scan_lines(text.scan, name="__raw", row_index_name="__line", row_index_offset=1)
     if header:
         lf = lf.filter(line > 1)
     lf = lf.with_columns(raw.str.strip_suffix("\r"))
@@ -170,7 +268,7 @@ def _split_lines(
     )
 
 
-def _scan_parquet(spec: DatasetSpec, path: Path, file_idx: int, optional: tuple[str, ...]) -> pl.LazyFrame:
+def _parquet(spec: DatasetSpec, path: Path, file_idx: int, optional: tuple[str, ...]) -> _Parquet:
     try:
         schema = pl.scan_parquet(path).collect_schema()
     except pl.exceptions.PolarsError as e:
@@ -178,23 +276,7 @@ def _scan_parquet(spec: DatasetSpec, path: Path, file_idx: int, optional: tuple[
     missing = [c for c in spec.required_columns if c not in schema and c not in optional]
     if missing:
         raise InputError(f"{path}: parquet file lacks columns {missing} required by dataset {spec.name!r}")
-    return (
-        pl.scan_parquet(path)
-        .with_row_index("__line", offset=1)
-        .select(
-            pl.lit(path.name).alias("__file"),
-            pl.lit(file_idx, dtype=pl.UInt64).alias("__file_idx"),
-            pl.col("__line").cast(pl.UInt64),
-            pl.lit(None, dtype=pl.String).alias("__raw"),
-            pl.lit(None, dtype=pl.String).alias("__reject"),
-            pl.lit(None, dtype=pl.String).alias("__sep"),
-            pl.lit(None, dtype=pl.Int64).alias("__ncols"),
-            *(
-                pl.col(c).cast(pl.String) if c in schema else pl.lit(None, pl.String).alias(c)
-                for c in spec.required_columns
-            ),
-        )
-    )
+    return _Parquet(path, schema, spec.required_columns, file_idx)
 
 
 def _scan_movielens(spec: DatasetSpec, inputs: list[Path], scratch: Path) -> pl.LazyFrame:
@@ -208,7 +290,8 @@ def _scan_movielens(spec: DatasetSpec, inputs: list[Path], scratch: Path) -> pl.
             raise InputError(f"{side}: MovieLens side file not found (expected beside {data.name})")
     rating_cols = ("user_id", "item_id", "rating", "timestamp")
     sep, header, cols = _resolve_layout(spec, data, rating_cols, delimiter="\t")
-    ratings = _split_lines(read_text(data, scratch, 0), sep, header, cols, rating_cols, 0)
+    text = read_text(data, scratch, 0)
+    ratings = _Delimited(text, sep, header, cols, rating_cols, 0).scan()
     users = pl.read_csv(
         user,
         separator="|",

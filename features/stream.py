@@ -1,8 +1,9 @@
 """Raw rows encoded with a fitted feature map, in one streaming pass and in chunks (scoring, serving).
 
 ``ctr prepare`` and ``ctr apply`` stage the parsed rows on disk and encode them in a second pass (the fit needs
-every training row first). Scoring needs no fit, so :func:`encoded_chunks` runs the same steps as one streaming
-query: :func:`~features.sources.scan_inputs` (line numbers, wrongly shaped lines), :func:`~features.transforms.validate`
+every training row first). Scoring needs no fit, so :func:`encoded_chunks` runs the same steps as one query, built
+once and run on each window of a few thousand lines (:func:`~features.sources.scan_windows`: line numbers, wrongly
+shaped lines), so memory stays flat in the rows, then :func:`~features.transforms.validate`
 (label, numbers, ranges), the derived time parts and the fitted encoders of :class:`~features.encode.EncodePlan`
 built from the feature map (vocabularies by an ``Enum`` cast in id order, hashes, quantile buckets, dense
 transforms: the ids and values ``ctr apply`` writes; unseen values get the OOV id). Each chunk comes back as
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,16 @@ import polars as pl
 from config.strict import from_dict
 from features.encode import EncodePlan
 from features.schema import FeatureMap
-from features.sources import scan_inputs
+from features.sources import scan_windows
 from features.spec import DatasetSpec, InputError
 from features.transforms import derive_time_parts, rejected_reasons, validate
 
 __all__ = ["EncodedChunk", "Encoder", "RecordEncoder", "check_records", "encoded_chunks"]
 
 _KEEP = ("__file", "__line", "__reason", "__raw")
+# Lines parsed and encoded per run of the query. Polars' working memory grows with a run's rows (a 65,536-line run
+# held about 170 MB more than 8,192-line runs, which cost about 1 us more per row: docs/benchmarks.md).
+WINDOW_LINES = 8192
 
 
 @dataclass(frozen=True)
@@ -83,15 +87,33 @@ def _split(frame: pl.DataFrame) -> EncodedChunk:
 
 
 def encoded_chunks(
-    root: Path, inputs: Sequence[Path], scratch: Path, chunk_rows: int, encoder: Encoder | None = None
+    root: Path,
+    inputs: Sequence[Path],
+    scratch: Path,
+    chunk_rows: int,
+    encoder: Encoder | None = None,
+    window_lines: int | None = None,
 ) -> Iterator[EncodedChunk]:
     """Chunks of at most ``chunk_rows`` input rows of ``inputs``, in input order, encoded with the feature map
-    in ``root``. ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines (the caller deletes
-    it once the iterator is exhausted)."""
+    in ``root``. Each file is read and encoded in windows of ``window_lines`` lines (default ``WINDOW_LINES``; at
+    most ``chunk_rows``), whose rows are gathered into chunks (a window of a header alone adds none).
+    ``scratch``: a folder for repaired copies of files with invalid UTF-8 lines (the caller deletes it once the
+    iterator is exhausted)."""
     enc = encoder if encoder is not None else Encoder.load(root)
-    lf = scan_inputs(enc.spec, list(inputs), scratch, optional=(enc.spec.label.column,))
-    for frame in enc.encode(lf).collect_batches(chunk_size=chunk_rows, maintain_order=True):
-        yield _split(frame)
+    lines = min(chunk_rows, window_lines if window_lines is not None else WINDOW_LINES)
+    query: _FrameQuery | None = None
+    held: list[pl.DataFrame] = []
+    for window in scan_windows(enc.spec, list(inputs), scratch, lines, optional=(enc.spec.label.column,)):
+        rows = window.collect()
+        query = query if query is not None else _FrameQuery(rows.schema, enc.encode)
+        frame = query.run(rows)
+        if held and sum(f.height for f in held) + frame.height > chunk_rows:
+            yield _split(pl.concat(held))
+            held = []
+        if frame.height:
+            held.append(frame)
+    if held:
+        yield _split(pl.concat(held))
 
 
 def check_records(records: Any, columns: Sequence[str], label: str) -> list[dict[str, str | None]]:
@@ -129,49 +151,61 @@ def _text(value: Any, i: int, name: str) -> str | None:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-class RecordEncoder:
-    """Encodes in-memory records (:func:`check_records`) with one query built once.
+class _FrameQuery:
+    """A lazy query built once over a Polars IO source that yields the frame of the current :meth:`run`.
 
     A fitted map's query is hundreds of expressions, with an ``Enum`` of every vocabulary: building it costs far
-    more than running it on a few records. The query is built here over a Polars IO source that yields the
-    records of the current call, and each call only collects it. Calls are serialised (a lock)."""
+    more than running it on a few records (and about 0.1 s per window of a file). Runs are serialised (a lock)."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, schema: pl.Schema, build: Callable[[pl.LazyFrame], pl.LazyFrame]) -> None:
         from polars.io.plugins import register_io_source
 
-        self.encoder = encoder
         self._frame: pl.DataFrame | None = None
         self._lock = threading.Lock()
-        columns = encoder.columns
 
         def source(
             with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, batch_size: int | None
         ) -> Iterator[pl.DataFrame]:
-            assert self._frame is not None, "collected outside RecordEncoder.encode"
+            assert self._frame is not None, "collected outside _FrameQuery.run"
             frame = self._frame.select(with_columns) if with_columns is not None else self._frame
             frame = frame.filter(predicate) if predicate is not None else frame
             yield frame.head(n_rows) if n_rows is not None else frame
 
-        raw = register_io_source(source, schema=dict.fromkeys(columns, pl.String), is_pure=False)
-        self._query = encoder.encode(
-            raw.select(
-                pl.lit("request").alias("__file"),
-                pl.lit(0, dtype=pl.UInt64).alias("__file_idx"),
-                pl.int_range(pl.len(), dtype=pl.UInt64).alias("__line"),
-                pl.lit(None, dtype=pl.String).alias("__raw"),
-                pl.lit(None, dtype=pl.String).alias("__reject"),
-                pl.lit(None, dtype=pl.String).alias("__sep"),
-                pl.lit(None, dtype=pl.Int64).alias("__ncols"),
-                *columns,
-            )
+        self._query = build(register_io_source(source, schema=schema, is_pure=False))
+
+    def run(self, frame: pl.DataFrame) -> pl.DataFrame:
+        with self._lock:
+            self._frame = frame
+            try:
+                return self._query.collect()
+            finally:
+                self._frame = None
+
+
+class RecordEncoder:
+    """Encodes in-memory records (:func:`check_records`) with one query built once (a :class:`_FrameQuery`
+    over the records of the current call)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        columns = encoder.columns
+        self._query = _FrameQuery(
+            pl.Schema(dict.fromkeys(columns, pl.String())),
+            lambda raw: encoder.encode(
+                raw.select(
+                    pl.lit("request").alias("__file"),
+                    pl.lit(0, dtype=pl.UInt64).alias("__file_idx"),
+                    pl.int_range(pl.len(), dtype=pl.UInt64).alias("__line"),
+                    pl.lit(None, dtype=pl.String).alias("__raw"),
+                    pl.lit(None, dtype=pl.String).alias("__reject"),
+                    pl.lit(None, dtype=pl.String).alias("__sep"),
+                    pl.lit(None, dtype=pl.Int64).alias("__ncols"),
+                    *columns,
+                )
+            ),
         )
 
     def encode(self, rows: Sequence[Mapping[str, str | None]]) -> EncodedChunk:
         """Rows of raw strings encoded as one chunk; ``line`` is the record's index (from 0)."""
         data = {c: pl.Series(c, [r.get(c) for r in rows], dtype=pl.String) for c in self.encoder.columns}
-        with self._lock:
-            self._frame = pl.DataFrame(data)
-            try:
-                return _split(self._query.collect())
-            finally:
-                self._frame = None
+        return _split(self._query.run(pl.DataFrame(data)))

@@ -8,6 +8,9 @@
   them is read from a copy in ``scratch`` where each bad line shows its bytes as ``\\xNN``; those lines are
   rejected by number (``encoding``), the others are read as they are.
 
+:func:`line_blocks` and :func:`line_windows` read a file in blocks of whole lines (of about a size, or of a
+number of lines), each with the number of its first line: the UTF-8 check above, and ``ctr predict``'s windows.
+
 Example:
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -19,15 +22,19 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from features.spec import InputError
 
-__all__ = ["BOM", "TextFile", "check_distinct", "check_not_packed", "read_text"]
+__all__ = ["BOM", "TextFile", "check_distinct", "check_not_packed", "line_blocks", "line_windows", "read_text"]
 
 BOM = b"\xef\xbb\xbf"
 _CHUNK = 1 << 24
+_NEWLINE = ord("\n")
 _MAGIC = (
     (b"\x1f\x8b", "gzip"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
@@ -88,19 +95,46 @@ def read_text(path: Path, scratch: Path, index: int) -> TextFile:
     return TextFile(path, copy, bom, tuple(bad))
 
 
-def _invalid_lines(path: Path) -> list[int]:
-    """1-based numbers of the lines (split at ``\\n``, as Polars' line reader splits) that are not UTF-8."""
-    bad: list[int] = []
+def line_blocks(path: Path, size: int = _CHUNK) -> Iterator[tuple[int, bytes]]:
+    """``path`` in blocks of whole lines (split at ``\\n``, as Polars' line reader splits) of about ``size``
+    bytes (a longer line is one block), each with the 1-based number of its first line."""
     line = 1  # the number of the first line in ``block``
     tail = b""
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(size):
             block = tail + chunk if tail else chunk
             cut = block.rfind(b"\n") + 1
             block, tail = block[:cut], block[cut:]
-            bad += _invalid_in(block, line)
-            line += block.count(b"\n")
-    return bad + _invalid_in(tail, line)
+            if block:
+                yield line, block
+                line += block.count(b"\n")
+    if tail:
+        yield line, tail
+
+
+def line_windows(path: Path, lines: int, size: int = _CHUNK) -> Iterator[tuple[int, bytes]]:
+    """``path`` in windows of ``lines`` whole lines (the last may hold fewer), each with the 1-based number of
+    its first line: what a reader holds at once is bounded by the window, not by the file."""
+    if lines < 1:
+        raise ValueError(f"lines: must be >= 1, got {lines}")
+    first = 1  # the number of the first line in ``rest``
+    rest = b""
+    for _, block in line_blocks(path, size):
+        data = rest + block if rest else block
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == _NEWLINE)
+        start = 0
+        for k in range(lines - 1, len(ends), lines):
+            end = int(ends[k]) + 1
+            yield first, data[start:end]
+            first, start = first + lines, end
+        rest = data[start:]
+    if rest:
+        yield first, rest
+
+
+def _invalid_lines(path: Path) -> list[int]:
+    """1-based numbers of the lines (split at ``\\n``, as Polars' line reader splits) that are not UTF-8."""
+    return [n for first, block in line_blocks(path) for n in _invalid_in(block, first)]
 
 
 def _invalid_in(block: bytes, first: int) -> list[int]:

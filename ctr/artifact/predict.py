@@ -3,9 +3,11 @@
 The artifact's feature map encodes the raw files in the data set's own format (:mod:`features.stream`: one
 streaming pass, unseen values to the OOV id); each chunk is scored by the artifact's model
 (:meth:`~ctr.artifact.export.ExportedModel.score`, the scores of ``load_exported(...).predict``) while the next chunk is
-parsed and encoded in a background thread (Polars and PyTorch both release the GIL). The scoring side holds at
-most three chunks (plus 8 bytes per labelled row for the AUC); Polars' line scanner of the input still grows with
-the file (docs/benchmarks.md).
+parsed and encoded in a background thread (Polars and PyTorch both release the GIL). Each input is read and
+encoded in windows of a few thousand lines (rows of a parquet file; :func:`features.sources.scan_windows`,
+``features.stream.WINDOW_LINES``), handed to the scoring side in chunks of at most ``FORWARD_ROWS`` rows, which
+holds at most three chunks: peak memory does not grow with the number of rows (docs/benchmarks.md) but for the
+AUC over the labelled rows (8 bytes a row kept, more for a moment at the end).
 
 Output: ``SCORES`` (parquet): ``file``, ``line`` (1-based line in that file; row number for parquet),
 ``probability`` and, when the input has labels, ``label``. Rejected rows go to ``SCORES`` with the suffix
@@ -149,6 +151,9 @@ def predict_files(
 ) -> dict[str, Any]:
     """Score ``inputs`` with the artifact in ``artifact`` into ``out`` (and its rejects file); returns the summary.
 
+    ``batch_size``: rows per chunk (at most ``FORWARD_ROWS``, one forward pass); ``out`` is written in row groups of
+    about ``batch_size`` rows.
+
     ``bf16``: run the dense layers under bfloat16 autocast (faster on CPUs with AVX-512 BF16 or AMX); the scores
     then differ from the float32 ones (``load_exported(...).predict``) by up to about 1e-2."""
     if batch_size < 1:
@@ -189,7 +194,10 @@ def _score(
     counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
     probs: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.float32]] = []
-    chunks = encoded_chunks(artifact, inputs, scratch / "repaired", batch_size)
+    # Chunks of at most FORWARD_ROWS rows cross the thread: larger ones let the two threads' memory pile up
+    # (docs/benchmarks.md); the scores are written in row groups of ``batch_size`` rows.
+    chunks = encoded_chunks(artifact, inputs, scratch / "repaired", min(batch_size, FORWARD_ROWS))
+    held: list[pa.Table] = []  # scores not yet written
     with (
         pq.ParquetWriter(tmp_out, SCORES_SCHEMA.with_metadata(metadata), compression="zstd") as scores,
         pq.ParquetWriter(tmp_rejects, REJECTS_SCHEMA.with_metadata(metadata), compression="zstd") as bad,
@@ -204,7 +212,10 @@ def _score(
                 [rows["__file"].to_arrow(), rows["__line"].to_arrow(), pa.array(p, pa.float32()), y],
                 schema=SCORES_SCHEMA,
             )
-            scores.write_table(table)
+            held.append(table)
+            if sum(t.num_rows for t in held) >= batch_size:
+                scores.write_table(pa.concat_tables(held))
+                held = []
             if chunk.rejects.height:
                 bad.write_table(chunk.rejects.to_arrow().cast(REJECTS_SCHEMA))
             known = rows["label"].is_not_null().to_numpy()
@@ -215,6 +226,8 @@ def _score(
             counts["rows_rejected"] += chunk.rejects.height
             counts["rows_read"] += rows.height + chunk.rejects.height
             bar.update(rows.height + chunk.rejects.height)
+        if held:
+            scores.write_table(pa.concat_tables(held))
     written = pq.ParquetFile(tmp_out).metadata.num_rows, pq.ParquetFile(tmp_rejects).metadata.num_rows
     if written != (counts["rows_scored"], counts["rows_rejected"]) or counts["rows_read"] != sum(written):
         raise RuntimeError(f"row accounting failed: {counts}, written {written}; output discarded")
