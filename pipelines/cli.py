@@ -406,7 +406,7 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_POSITIVE,
         default=65536,
         metavar="N",
-        help="rows per chunk (forward passes of at most 8192)",
+        help="rows per row group of SCORES (read, encoded and scored in chunks of at most 8192)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace scores that `ctr predict` wrote there")
     p.add_argument(
