@@ -160,7 +160,7 @@ def test_each_stage_reports_a_bad_input_in_one_line(
     tiny: Path, supernet: Path, tmp_path: Path, fails: Callable[..., str]
 ) -> None:
     nowhere, raw = tmp_path / "nowhere", tiny.parent / "synth.tsv"
-    out = {name: tmp_path / name for name in ("apply", "supernet", "search", "export")}
+    out = {name: tmp_path / name for name in ("apply", "supernet", "search", "retrain", "export")}
     assert fails("apply", "--feature-map", nowhere, "--input", raw, "--out", out["apply"]) == (
         f"ctr apply: error: {nowhere}: feature map not found"
     )
@@ -170,14 +170,14 @@ def test_each_stage_reports_a_bad_input_in_one_line(
     assert fails("search", "--supernet", nowhere, "--out", out["search"]) == (
         f"ctr search: error: {nowhere}/config.yaml: missing (is {nowhere} a finished run directory?)"
     )
-    assert fails("retrain", "--supernet", supernet, "--plan", nowhere, "--out", tmp_path / "retrain") == (
+    assert fails("retrain", "--supernet", supernet, "--plan", nowhere, "--out", out["retrain"]) == (
         f"ctr retrain: error: {nowhere}/plan.json: plan not found"
     )
     assert fails("export", "--run", supernet, "--out", out["export"]) == (
         f"ctr export: error: {supernet}: an OptEmbed supernet run: "
         "search and retrain its plan, then export the retraining run"
     )
-    assert not any(p.exists() for p in out.values())  # nothing written (retrain leaves its config in --out)
+    assert not any(p.exists() for p in out.values())  # nothing written
 
 
 def test_optembed_with_postgresql_storage_keeps_its_study_there(tiny: Path, postgres_url: str, tmp_path: Path) -> None:

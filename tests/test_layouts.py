@@ -210,7 +210,7 @@ def test_compress_bench_writes_records_table_and_plot(tmp_path: Path) -> None:
     write_synthetic(6000, tmp_path / "s.tsv", seed=2)
     prepare(builtin_spec("criteo"), [tmp_path / "s.tsv"], tmp_path / "p", PrepareOptions(progress=False, min_count=3))
     sets = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
-    sets += ["trainer.max_epochs=1", "data.batch_size=1024"]
+    sets += ["trainer.max_epochs=2", "data.batch_size=256"]  # enough steps for every method to learn something
     args = ["compress-bench", "--data", str(tmp_path / "p"), "--model", "fnn", "--out", str(tmp_path / "bench")]
     args += ["--budgets", "0.5,0.1", "--methods", "full,hash,shared_hash,qr,mde,unified", "--quiet"]
     args += [x for s in sets for x in ("--set", s)]
@@ -248,7 +248,7 @@ def test_compress_bench_writes_records_table_and_plot(tmp_path: Path) -> None:
             run["test_logloss"],
             run["embedding_params"],
         )
-        assert r["test_auc"] > 0.52, r
+        assert r["test_auc"] > 0.58, r
         assert r["embedding_params"] <= r["budget_params"], r  # every method sized under the same limit
     reached = {(r["method"], r["budget"]) for r in records if r["status"] == "ok"}
     assert {("hash", 0.1), ("shared_hash", 0.1), ("unified", 0.1), ("mde", 0.5), ("qr", 0.5)} <= reached

@@ -629,6 +629,40 @@ def test_ctr_optembed_killed_in_the_supernet_and_in_the_search_resumes_to_the_sa
     assert (whole_dir / "search" / "search.json").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.dist
+def test_ctr_optembed_on_two_processes_killed_in_the_supernet_resumes_to_the_same_result(
+    data: Path, tmp_path: Path
+) -> None:
+    """Issue #21, item 1 with `--nproc 2`: the whole process group killed after a supernet checkpoint, the same
+    command again, and the pipeline ends where an uninterrupted two-process run ends, the supernet continuing
+    from its checkpoint."""
+
+    def cmd(out: Path) -> list[str]:
+        return [*_optembed_cmd(data, out), "--nproc", "2"]
+
+    whole = subprocess.run(cmd(tmp_path / "whole"), capture_output=True, text=True, env=_env(), timeout=900)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    run = tmp_path / "run"
+    out = subprocess.DEVNULL
+    victim = subprocess.Popen(cmd(run), env=_env(), text=True, stdout=out, stderr=out, start_new_session=True)
+    killed_at = _kill_when(victim, lambda: _checkpoint_step(run))
+    assert 5 <= killed_at < PIPELINE_STEPS // 2, killed_at  # each of the 2 processes takes half the steps
+    assert not (run / "supernet" / "metrics.json").exists()
+    again = subprocess.run(cmd(run), capture_output=True, text=True, env=_env(), timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    want = json.loads((tmp_path / "whole" / "result.json").read_text())
+    got = json.loads((run / "result.json").read_text())
+    keys = ("test_auc", "test_logloss", "val_auc", "embedding_params")
+    for part in ("baseline", "final"):
+        assert {k: got[part][k] for k in keys} == pytest.approx({k: want[part][k] for k in keys}, abs=1e-6), part
+    assert got["fields"] == want["fields"]
+    logs = run / "supernet" / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["version_0", "version_1"]
+    steps = [int(r["step"]) for r in csv.DictReader((logs / "version_1" / "metrics.csv").open()) if r["step"]]
+    assert steps and min(steps) >= killed_at
+
+
 def test_a_bad_search_section_fails_in_one_line_before_anything_trains(data: Path, tmp_path: Path) -> None:
     # population 6 with the default n_mutation + n_crossover = 10 + 10 used to fail after two trainings
     args = ["optembed", "--data", str(data), "--model", "deepfm", "--out", str(tmp_path / "run"), "--quiet"]
