@@ -24,22 +24,37 @@ _EPS = 1e-7
 
 
 def auc(p: Array, y: Array) -> float:
-    """ROC AUC; NaN when only one class is present."""
-    p = np.asarray(p, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n_pos = float(y.sum())
-    n_neg = float(len(y) - n_pos)
+    """ROC AUC (the Mann-Whitney rank sum, ties averaged); NaN when only one class is present.
+
+    Works on tie groups of the sorted scores instead of a rank per row, in the scores' own float dtype: about
+    40 bytes per row at its peak instead of about 90 (``ctr predict`` computes it over every scored row)."""
+    p = np.asarray(p)
+    if p.dtype.kind != "f":
+        p = p.astype(np.float64)
+    positive = np.asarray(y) == 1
+    n = len(p)
+    n_pos = int(np.count_nonzero(positive))
+    n_neg = n - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(p, kind="mergesort")
     sorted_p = p[order]
-    ranks = np.empty(len(p), dtype=np.float64)
-    # average ranks over ties
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_p)) + 1]
-    ends = np.r_[starts[1:], len(p)]
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    sorted_pos = positive[order]
+    del order
+    new_value = np.empty(n, dtype=bool)
+    new_value[0] = True
+    np.not_equal(sorted_p[1:], sorted_p[:-1], out=new_value[1:])
+    del sorted_p
+    starts = np.flatnonzero(new_value)  # first 0-based position of each tie group
+    del new_value
+    pos_in_group = np.add.reduceat(sorted_pos, starts, dtype=np.int64)
+    del sorted_pos
+    ends = np.empty_like(starts)  # one past each group's last position
+    ends[:-1] = starts[1:]
+    ends[-1] = n
+    # a group's average 1-based rank is (start + 1 + end) / 2: twice the positives' rank sum, exactly, in int64
+    twice_rank_sum = int(np.dot(pos_in_group, starts + ends + 1))
+    return (twice_rank_sum / 2 - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def logloss(p: Array, y: Array) -> float:
