@@ -28,17 +28,17 @@ def auc(p: Array, y: Array) -> float:
 
     Works on tie groups of the sorted scores instead of a rank per row, in the scores' own float dtype: about
     40 bytes per row at its peak instead of about 90 (``ctr predict`` computes it over every scored row)."""
-    p = np.asarray(p)
-    if p.dtype.kind != "f":
-        p = p.astype(np.float64)
+    scores = np.asarray(p)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
     positive = np.asarray(y) == 1
-    n = len(p)
+    n = len(scores)
     n_pos = int(np.count_nonzero(positive))
     n_neg = n - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    sorted_p = p[order]
+    order = np.argsort(scores, kind="mergesort")
+    sorted_p = scores[order]
     sorted_pos = positive[order]
     del order
     new_value = np.empty(n, dtype=bool)
