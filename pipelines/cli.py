@@ -184,11 +184,13 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _retrain(args: argparse.Namespace) -> None:
-    from ctr.optembed.pruned import PrunedTables
+    from ctr.optembed.plan import EmbeddingPlan
+    from ctr.optembed.pruned import PLAN_FILE
     from ctr.runs import train_run
     from ctr.training.defaults import load_run_config
 
-    PrunedTables.load(Path(args.plan))  # a missing or broken plan: one line, before --out is made
+    # a missing or broken plan.json: one line, before --out is made (the masks are read once, by the retraining)
+    EmbeddingPlan.load(Path(args.plan) / PLAN_FILE)
     sets = [*args.set, f"retrain.supernet={args.supernet}", f"retrain.plan={args.plan}"]
     sets += [f"retrain.init={args.init}"] if args.init else []
     # Default: the supernet's own settings (model, optimiser, trainer), without its supernet section.
