@@ -107,6 +107,8 @@ def test_config_defaults_and_strict_loading() -> None:
         ({"cross_layers": 0}, r"cross_layers: 0 "),
         ({"low_rank": 0}, r"low_rank: 0 "),
         ({"table_dtype": "bfloat16"}, r"table_dtype: 'bfloat16' is not one of '?float32'?, '?float16"),
+        ({"init_std": 0.0}, r"ModelConfig\.init_std: 0\.0 is not a positive scale"),
+        ({"init_std": float("nan")}, r"ModelConfig\.init_std: nan is not a positive scale"),
     ],
 )
 def test_config_rejects_bad_values(kw: dict[str, object], match: str) -> None:
