@@ -10,8 +10,11 @@ Values are the platform's encoded ids (``features.schema``: 0 missing, 1 out of 
 frequency), written as tokens. A vocabulary fitted on train with ``min_count`` 1 is a one-to-one renaming of the
 raw values seen in training, and maps every value unseen in training to one id, so a peer that fits its own
 vocabulary on ``train.csv`` (FuxiCTR's ``min_categr_count: 1``, a one-hot encoder) sees the same partition of the
-values as on the raw file. Dense fields are written as their transformed value (Criteo's ``log_square``
-bucket, BARS' ``convert_to_bucket``), to be read as categorical tokens as BARS does for Criteo_x1.
+values as on the raw file. Dense fields are written as BARS' ``convert_to_bucket`` for Criteo_x1 (floor(ln(v)^2)
+for v > 2, v otherwise), to be read as categorical tokens as BARS does: a ``log_square`` field as stored, a
+``log1p`` field (the built-in Criteo spec's, which ctr reads as a number) from its value recovered as
+round(exp(x) - 1), exact for the integers below 1e5 and within a bucket above (negative values were clipped to 0
+by the transform, so they share the bucket of 0).
 Multi-valued fields are joined with ``^`` (FuxiCTR's sequence splitter).
 
 Example:
@@ -42,6 +45,9 @@ def _as_tokens(fm: FeatureMap) -> list[pl.Expr]:
     for d in fm.dense:
         # a whole number is written without ".0", so a bucket reads as the same token in every split
         value = pl.col(d.name)
+        if d.transform == "log1p":
+            raw = value.cast(pl.Float64).exp().sub(1.0).round(0)
+            value = pl.when(raw > 2).then(raw.log().pow(2).floor()).otherwise(raw)
         whole = value.round(0) == value
         text = pl.when(whole).then(value.cast(pl.Int64).cast(pl.String)).otherwise(value.cast(pl.String))
         exprs.append(text.fill_null("").alias(d.name))

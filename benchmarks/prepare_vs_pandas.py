@@ -11,7 +11,7 @@ the median wall time is reported.
 * **pandas baseline** (``pandas_prepare`` below; a baseline for this benchmark only, not library code),
   written the way FuxiCTR's ``FeatureProcessor`` and OptEmbed's Criteo preprocessing do it: read the whole
   file with ``read_csv(dtype=str)``; label to float; dense fields ``to_numeric`` with nulls filled by 0,
-  then ``Series.apply`` of ``int(math.log(v) ** 2) if v > 2 else v`` per value; the platform's
+  then ``Series.apply`` of ``math.log1p(max(v, 0))`` per value (the built-in spec's transform); the platform's
   deterministic 8:1:1 split (the same ``mix64`` hash of file index and 1-based line number); vocabularies
   from ``value_counts`` on the train rows (min_count 1, ids from 2 by descending count, ties by value;
   0 = empty, 1 = out of vocabulary), applied with ``Series.map(dict)``; one ``to_parquet`` per split.
@@ -63,11 +63,9 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------------
 
 
-def _log_square(v: float) -> float:
-    """OptEmbed's Criteo discretisation of one dense value: ``int(math.log(v) ** 2)`` above 2."""
-    if v > 2:
-        return int(math.log(v) ** 2)
-    return v
+def _log1p(v: float) -> float:
+    """The built-in Criteo spec's transform of one dense value (DLRM's): ``log(1 + max(v, 0))``."""
+    return math.log1p(max(v, 0.0))
 
 
 def _random_split(n: int, seed: int, ratios: tuple[float, float, float], file_idx: int = 0) -> np.ndarray:
@@ -98,7 +96,7 @@ def pandas_prepare(
     df["label"] = raw["label"].astype(float).astype(np.float32)
     for c in DENSE:
         v = pd.to_numeric(raw[c], errors="coerce").fillna(0)
-        df[c] = v.apply(_log_square).astype(np.float32)
+        df[c] = v.apply(_log1p).astype(np.float32)
     split = _random_split(len(raw), seed, ratios)
     is_train = split == "train"
     for c in CATEGORICAL:

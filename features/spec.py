@@ -203,7 +203,7 @@ def _criteo() -> DatasetSpec:
         name="criteo",
         label=LabelSpec("label"),
         columns=("label", *_CRITEO_DENSE, *_CRITEO_CAT),
-        dense=tuple(DenseSpec(n, transform="log_square") for n in _CRITEO_DENSE),
+        dense=tuple(DenseSpec(n, transform="log1p") for n in _CRITEO_DENSE),  # DLRM's log(1 + max(v, 0))
         categorical=tuple(CategoricalSpec(n) for n in _CRITEO_CAT),
     )
 

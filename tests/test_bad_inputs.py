@@ -71,11 +71,11 @@ def test_dense_values_beyond_max_abs_are_rejected_with_column_and_value(tmp_path
     train = pl.read_parquet(tmp_path / "out" / "train" / "*.parquet")
     dense = train.select(f"I{i}" for i in range(1, 14)).to_numpy()
     assert np.isfinite(dense).all()
-    # log_square: 5 -> floor(ln(5)^2) = 2 and 1e9 -> floor(ln(1e9)^2) = 429; -1e9 stays -1e9
-    assert train["I1"].to_list() == [2.0, 429.0]
-    assert train["I2"].to_list() == [1.0, -1e9]
+    # log1p: 5 -> ln(6) = 1.791759 and 1e9 -> ln(1e9 + 1) = 20.723266; 3 -> ln(4); -1e9 clipped to 0 -> 0
+    assert train["I1"].to_list() == pytest.approx([1.791759, 20.723266], abs=1e-5)
+    assert train["I2"].to_list() == pytest.approx([1.386294, 0.0], abs=1e-6)
     fm = FeatureMap.load(tmp_path / "out")
-    assert fm.dense[0].mean == pytest.approx(215.5)
+    assert fm.dense[0].mean == pytest.approx((1.791759 + 20.723266) / 2, abs=1e-5)
 
 
 CLIP_SPEC = """

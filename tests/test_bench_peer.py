@@ -7,6 +7,7 @@ their tests are skipped without it.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import polars as pl
 import pytest
 
 from benchmarks import vs_fuxictr
-from benchmarks.peer_splits import export_splits
+from benchmarks.peer_splits import _as_tokens, export_splits
 from benchmarks.peer_table import BEGIN, END, render, write_section
 from features.prepare import PrepareOptions, prepare
-from features.spec import load_spec
+from features.schema import FeatureMap
+from features.spec import builtin_spec, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_PYTHON = REPO / ".venv-peer" / "bin" / "python"
@@ -206,3 +208,17 @@ def test_sklearn_floor_checks_rows_and_picks_c_on_valid(prepared: Path, tmp_path
     (splits / "columns.json").write_text(json.dumps(columns))
     failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1 and "valid: read" in failed.stderr and "the split has" in failed.stderr
+
+
+def test_criteo_numbers_reach_the_peers_as_bars_buckets(tmp_path: Path) -> None:
+    # the built-in spec stores log(1 + max(v, 0)); the peers get BARS' floor(ln(v)^2) for v > 2, v otherwise
+    raw_values = ["0", "2", "3", "10", "100", "99999", "-1", ""]
+    lines = ["\t".join([str(i % 2), v, *[""] * 12, f"c{i}", *[""] * 25]) for i, v in enumerate(raw_values)]
+    (tmp_path / "c.tsv").write_text("\n".join(lines) + "\n")
+    options = PrepareOptions(ratios=(1, 0, 0), progress=False)
+    prepare(builtin_spec("criteo"), [tmp_path / "c.tsv"], tmp_path / "prepared", options)
+    shards = pl.read_parquet(tmp_path / "prepared" / "train" / "*.parquet")
+    assert shards["I1"].to_list() == pytest.approx([math.log1p(max(float(v or 0), 0)) for v in raw_values], abs=1e-6)
+    i1 = _as_tokens(FeatureMap.load(tmp_path / "prepared"))[1]  # [label, I1, ...]
+    # ln(3)^2 = 1.21, ln(10)^2 = 5.30, ln(100)^2 = 21.2, ln(99999)^2 = 132.5; -1 was clipped to 0; missing is 0
+    assert shards.select(i1)["I1"].to_list() == ["0", "2", "1", "5", "21", "132", "0", "0"]

@@ -18,11 +18,12 @@ from ctr.training.defaults import data_aware_defaults, load_run_config, train_ro
     [
         (200, 1, 128),  # 2 rows a step would be noise: at least 128
         (6_400, 1, 128),  # 64 rounds up to the floor
-        (80_000, 1, 1024),  # 800 -> 2**9.64 -> 1024
-        (80_000, 2, 512),  # two processes share the batch: the same steps as one
-        (150_000, 1, 2048),  # 1500 -> 2**10.55 -> 2048
-        (1_000_000, 1, 4096),  # 10000 -> capped at 4096
-        (1_000_000, 4, 1024),
+        (40_000, 1, 512),  # 400 -> 2**8.64 -> 512
+        (30_000, 1, 256),  # 300 -> 2**8.23 -> 256
+        (80_000, 1, 512),  # 800 -> 2**9.64 -> 1024, capped at 512
+        (80_000, 2, 256),  # two processes share the batch: the same steps as one
+        (1_000_000, 1, 512),  # 10000 -> capped at 512: 1,954 steps an epoch
+        (1_000_000, 4, 128),
     ],
 )
 def test_the_batch_rule_on_tiny_and_large_splits(rows: int, processes: int, batch: int) -> None:
@@ -30,8 +31,18 @@ def test_the_batch_rule_on_tiny_and_large_splits(rows: int, processes: int, batc
     assert chosen["data.batch_size"] == batch
     assert chosen["trainer.max_epochs"] == 50 and chosen["trainer.patience"] == 2
     assert chosen["optim.scheduler"] == "plateau" and chosen["optim.sparse_lr"] == 0.05
+    assert chosen["optim.lr"] == 3e-3
     for model, sparse_lr in [("fm", 0.01), ("deepfm", 0.01), ("dcnv2", 0.05), ("lr", 0.05)]:
         assert data_aware_defaults(rows, processes, model)["optim.sparse_lr"] == sparse_lr
+
+
+@pytest.mark.parametrize(("rows", "small_start"), [(8_000, True), (249_999, True), (250_000, False), (800_000, False)])
+def test_fm_models_start_near_zero_on_small_splits_only(rows: int, small_start: bool) -> None:
+    for model in ("fm", "deepfm"):
+        chosen = data_aware_defaults(rows, 1, model)
+        assert chosen.get("model.init_std") == (1e-4 if small_start else None)
+    assert "model.init_std" not in data_aware_defaults(rows, 1, "dcnv2")  # MLP models: always uniform
+    assert "model.init_std" not in data_aware_defaults(rows, 1, "deepfm", optembed=True)
 
 
 def test_unset_keys_come_from_the_training_split_and_set_ones_are_kept(tiny: Path, tmp_path: Path) -> None:

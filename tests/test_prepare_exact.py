@@ -65,18 +65,18 @@ def test_min_count_sends_rare_values_to_oov(five_rows: Path, tmp_path: Path) -> 
     assert FeatureMap.load(out).field("C1").cardinality == 3
 
 
-def test_criteo_log_square_transform_and_null_fill(five_rows: Path, tmp_path: Path) -> None:
+def test_criteo_log1p_transform_and_null_fill(five_rows: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     prepare(builtin_spec("criteo"), [five_rows], out, ALL_TRAIN)
     df = read_split(out, "train")
-    # floor(ln(v)^2) for v > 2: ln(10)^2 = 5.30, ln(100)^2 = 21.2; v <= 2 unchanged; missing -> 0.
-    assert df["I1"].to_list() == [0.0, 5.0, 21.0, 0.0, 2.0]
-    assert df["I2"].to_list() == [1.0, -1.0, 0.0, 0.0, 0.0]  # ln(3)^2 = 1.21
+    # DLRM's log(1 + max(v, 0)): ln(11) = 2.3979, ln(101) = 4.6151, ln(3) = 1.0986; missing -> 0.
+    assert df["I1"].to_list() == pytest.approx([0.0, 2.397895, 4.615121, 0.0, 1.098612], abs=1e-6)
+    assert df["I2"].to_list() == pytest.approx([1.386294, 0.0, 0.0, 0.0, 0.0], abs=1e-6)  # ln(4); -1 clipped to 0
     assert df["label"].to_list() == [1.0, 0.0, 1.0, 0.0, 0.0]
     fm = FeatureMap.load(out)
     i1 = next(f for f in fm.dense if f.name == "I1")
-    assert i1.transform == "log_square"
-    assert i1.mean == pytest.approx((0 + 5 + 21 + 0 + 2) / 5)
+    assert i1.transform == "log1p"
+    assert i1.mean == pytest.approx((0 + 2.397895 + 4.615121 + 0 + 1.098612) / 5, abs=1e-6)
 
 
 def test_fitted_map_applies_to_new_data_with_oov(five_rows: Path, tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_fitted_map_applies_to_new_data_with_oov(five_rows: Path, tmp_path: Path
     df = pl.read_parquet(applied / "serving" / "*.parquet")
     assert df["C1"].to_list() == [1, 4]  # unseen 'zzz' -> OOV; 'c' keeps its id
     assert df["C2"].to_list() == [2, 0]
-    assert df["I1"].to_list() == [5.0, 0.0]
+    assert df["I1"].to_list() == pytest.approx([2.397895, 0.0], abs=1e-6)  # ln(11)
 
 
 def test_report_accounts_for_every_row_and_output_is_reproducible(five_rows: Path, tmp_path: Path) -> None:

@@ -4,21 +4,27 @@ Fixed defaults cannot suit both 8,000 and 1,000,000 training rows: a batch of 40
 steps an epoch, and 5 epochs with patience 1 stop a run while its validation AUC still rises. These rules follow
 FuxiCTR's training loop (early stopping on validation AUC with patience 2, the learning rates divided by 10
 after an epoch without a new best, the best epoch's weights kept) and size the batch so that every split gets
-enough steps an epoch to reach its plateau. docs/defaults.md holds the measurements behind each value.
+enough steps an epoch to reach its plateau. On large splits the first epoch decides: the tables memorise the
+training rows from the second epoch on, so the model must learn what generalises within one pass, which takes
+many small steps (the batch cap) and a dense learning rate above Adam's usual 1e-3. docs/defaults.md holds the
+measurements behind each value.
 
 =====================  ==========================================================================================
 ``data.batch_size``    a power of two near ``rows / STEPS_PER_EPOCH``, within [``MIN_BATCH``, ``MAX_BATCH``], shared
-                       by the processes (each takes its part: N processes take the steps of one)
+                       by the processes (each takes its part: N processes take the steps of one); 800k rows get
+                       1,562 steps an epoch
 ``trainer.max_epochs``  ``MAX_EPOCHS``: a bound, not a target; early stopping ends the run at its plateau
 ``trainer.patience``   2 (FuxiCTR's ``early_stop_patience``)
 ``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best)
+``optim.lr``           ``DENSE_LR`` (Adam on the dense weights)
 ``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables); ``FM_SPARSE_LR`` for the models with a
                        factorization machine (``fm``, ``deepfm``), whose pairwise term overfits faster
 ``optim.embedding_l2`` ``EMBEDDING_L2`` (L2 on the rows a batch looks up: FuxiCTR's ``embedding_regularizer``)
 ``model.batch_norm``   ``False``: the MLPs overfitted small splits sooner with it (docs/defaults.md)
-``model.init_std``     ``INIT_STD`` for ``fm`` and ``deepfm``: their tables start near zero (FuxiCTR's normal(0, 1e-4)),
-                       so the pairwise term starts at zero and grows only as far as the data supports it; the other
-                       models keep TorchRec's uniform start, which suited them as well or better
+``model.init_std``     ``INIT_STD`` for ``fm`` and ``deepfm`` below ``SMALL_START_ROWS`` training rows: their tables
+                       start near zero (FuxiCTR's normal(0, 1e-4)), so the pairwise term starts at zero and grows
+                       only as far as the data supports it; on 800k rows the uniform start did better (the
+                       pairwise term has a single epoch to grow), and the other models keep it at every size
 =====================  ==========================================================================================
 
 The two ``model.*`` keys are not filled for the OptEmbed pipeline (a config with a ``supernet`` or ``retrain``
@@ -33,12 +39,14 @@ Example:
     (128, 2, 'plateau')
     >>> chosen["optim.sparse_lr"], data_aware_defaults(6_400, model="deepfm")["optim.sparse_lr"]
     (0.05, 0.01)
-    >>> data_aware_defaults(80_000)["data.batch_size"], data_aware_defaults(80_000, processes=2)["data.batch_size"]
-    (1024, 512)
-    >>> data_aware_defaults(1_000_000)["data.batch_size"]
-    4096
+    >>> data_aware_defaults(30_000)["data.batch_size"], data_aware_defaults(30_000, processes=2)["data.batch_size"]
+    (256, 128)
+    >>> data_aware_defaults(1_000_000)["data.batch_size"], data_aware_defaults(1_000_000)["optim.lr"]
+    (512, 0.003)
     >>> data_aware_defaults(6_400, model="deepfm")["model.init_std"], "model.init_std" in data_aware_defaults(6_400)
     (0.0001, False)
+    >>> "model.init_std" in data_aware_defaults(800_000, model="deepfm")
+    False
     >>> data_aware_defaults(6_400)["model.batch_norm"], "model.batch_norm" in data_aware_defaults(6_400, optembed=True)
     (False, False)
 """
@@ -61,13 +69,15 @@ __all__ = ["data_aware_defaults", "load_run_config", "train_rows"]
 
 STEPS_PER_EPOCH = 100  # optimiser steps an epoch the batch size aims at
 MIN_BATCH = 128
-MAX_BATCH = 4096
+MAX_BATCH = 512
 MAX_EPOCHS = 50
+DENSE_LR = 3e-3
 SPARSE_LR = 0.05
 FM_SPARSE_LR = 0.01
 FM_MODELS = ("fm", "deepfm")
 EMBEDDING_L2 = 0.0
 INIT_STD = 1e-4
+SMALL_START_ROWS = 250_000  # below it fm/deepfm tables start at INIT_STD; at and above it, uniform
 
 
 def data_aware_defaults(
@@ -80,13 +90,14 @@ def data_aware_defaults(
     start: dict[str, Any] = {}
     if not optembed:
         start["model.batch_norm"] = False
-        if model in FM_MODELS:
+        if model in FM_MODELS and rows < SMALL_START_ROWS:
             start["model.init_std"] = INIT_STD
     return start | {
         "data.batch_size": max(batch // processes, 1),  # per process
         "trainer.max_epochs": MAX_EPOCHS,
         "trainer.patience": 2,
         "optim.scheduler": "plateau",
+        "optim.lr": DENSE_LR,
         "optim.sparse_lr": FM_SPARSE_LR if model in FM_MODELS else SPARSE_LR,
         "optim.embedding_l2": EMBEDDING_L2,
     }
