@@ -45,6 +45,13 @@ def test_fm_models_start_near_zero_on_small_splits_only(rows: int, small_start: 
     assert "model.init_std" not in data_aware_defaults(rows, 1, "deepfm", optembed=True)
 
 
+def test_the_optembed_pipeline_keeps_its_measured_batch_cap_and_dense_lr() -> None:
+    assert data_aware_defaults(1_000_000, 1, "deepfm", optembed=True)["data.batch_size"] == 4096
+    assert data_aware_defaults(1_000_000, 1, "deepfm")["data.batch_size"] == 512
+    assert data_aware_defaults(8_000, 1, "deepfm", optembed=True)["data.batch_size"] == 128  # same rule below the caps
+    assert "optim.lr" not in data_aware_defaults(8_000, 1, "deepfm", optembed=True)  # RunConfig's 1e-3
+
+
 def test_unset_keys_come_from_the_training_split_and_set_ones_are_kept(tiny: Path, tmp_path: Path) -> None:
     assert train_rows(tiny) == 2_379
     config = load_run_config(None, [], data=str(tiny), model="deepfm")

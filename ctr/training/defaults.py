@@ -27,8 +27,10 @@ measurements behind each value.
                        pairwise term has a single epoch to grow), and the other models keep it at every size
 =====================  ==========================================================================================
 
-The two ``model.*`` keys are not filled for the OptEmbed pipeline (a config with a ``supernet`` or ``retrain``
-section): its threshold defaults were measured with TorchRec's uniform initialisation and batch norm (docs/optembed.md).
+For the OptEmbed pipeline (a config with a ``supernet`` or ``retrain`` section) the two ``model.*`` keys and
+``optim.lr`` are not filled and the batch cap is ``OPTEMBED_MAX_BATCH``: its threshold defaults, timings and
+figures were measured with TorchRec's uniform initialisation, batch norm, Adam at 1e-3 and that cap
+(docs/optembed.md).
 
 Only keys absent from the YAML and the ``--set`` overrides are filled; the run writes the values it used into
 ``RUN/config.yaml``. A config built in code (``RunConfig(...)``) keeps the dataclasses' fixed defaults.
@@ -47,6 +49,9 @@ Example:
     (0.0001, False)
     >>> "model.init_std" in data_aware_defaults(800_000, model="deepfm")
     False
+    >>> optembed = data_aware_defaults(1_000_000, optembed=True)
+    >>> optembed["data.batch_size"], "optim.lr" in optembed
+    (4096, False)
     >>> data_aware_defaults(6_400)["model.batch_norm"], "model.batch_norm" in data_aware_defaults(6_400, optembed=True)
     (False, False)
 """
@@ -70,6 +75,7 @@ __all__ = ["data_aware_defaults", "load_run_config", "train_rows"]
 STEPS_PER_EPOCH = 100  # optimiser steps an epoch the batch size aims at
 MIN_BATCH = 128
 MAX_BATCH = 512
+OPTEMBED_MAX_BATCH = 4096  # the OptEmbed pipeline's cap: its thresholds and search were measured with it
 MAX_EPOCHS = 50
 DENSE_LR = 3e-3
 SPARSE_LR = 0.05
@@ -86,10 +92,11 @@ def data_aware_defaults(
     """The settings for ``model`` on a training split of ``rows`` rows trained by ``processes`` processes
     (``optembed``: for the OptEmbed pipeline, which keeps the model section's own defaults)."""
     target = max(rows / STEPS_PER_EPOCH, 1.0)
-    batch = min(max(2 ** round(math.log2(target)), MIN_BATCH), MAX_BATCH)
+    batch = min(max(2 ** round(math.log2(target)), MIN_BATCH), OPTEMBED_MAX_BATCH if optembed else MAX_BATCH)
     start: dict[str, Any] = {}
     if not optembed:
         start["model.batch_norm"] = False
+        start["optim.lr"] = DENSE_LR
         if model in FM_MODELS and rows < SMALL_START_ROWS:
             start["model.init_std"] = INIT_STD
     return start | {
@@ -97,7 +104,6 @@ def data_aware_defaults(
         "trainer.max_epochs": MAX_EPOCHS,
         "trainer.patience": 2,
         "optim.scheduler": "plateau",
-        "optim.lr": DENSE_LR,
         "optim.sparse_lr": FM_SPARSE_LR if model in FM_MODELS else SPARSE_LR,
         "optim.embedding_l2": EMBEDDING_L2,
     }
