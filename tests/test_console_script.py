@@ -18,6 +18,8 @@ SCRIPT = Path(sys.executable).parent / "ctr"
 def test_installed_ctr_runs_outside_the_checkout(tmp_path: Path, stage: str) -> None:
     assert SCRIPT.exists(), f"no console script at {SCRIPT}: install the project with `make install`"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([str(SCRIPT), stage, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(SCRIPT), stage, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage: ctr" in done.stdout and stage in done.stdout
