@@ -111,7 +111,8 @@ class ExportedModel:
     def predict(self, split: ColumnarSplit, batch_size: int = FORWARD_BATCH) -> npt.NDArray[np.float32]:
         """Click probabilities for every row of ``split`` (encoded with this artifact's feature map).
 
-        ``batch_size``: rows per forward pass. Under ``torch.inference_mode``; each batch's probabilities are written
+        ``batch_size``: rows per forward pass. Under ``torch.inference_mode``, by :meth:`CTRModel.score` (the model's
+        logits with fewer operations; within about 1e-7 of ``forward``'s); each batch's probabilities are written
         straight into the returned array."""
         self.check_encoding(split)
         data = self.inputs.transform(split)
@@ -120,7 +121,7 @@ class ExportedModel:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                logits = self.model(data.batch(np.arange(start, stop)))
+                logits = self.model.score(data.batch(np.arange(start, stop)))
                 torch.sigmoid(logits, out=torch.from_numpy(out[start:stop]))
         return out
 
