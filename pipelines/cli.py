@@ -237,6 +237,7 @@ def _predict(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         overwrite=args.overwrite,
         bf16=args.bf16,
+        threads=args.threads,
     )
     print(json.dumps(summary))
 
@@ -415,6 +416,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace scores that `ctr predict` wrote there")
     p.add_argument(
         "--bf16", action="store_true", help="dense layers under bfloat16 autocast: faster, scores off by up to ~1e-2"
+    )
+    p.add_argument(
+        "--threads",
+        type=_POSITIVE,
+        default=None,
+        metavar="N",
+        help="PyTorch threads for the model (default: OMP_NUM_THREADS, else one per core; 1 on a busy shared machine)",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_predict)

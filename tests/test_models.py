@@ -454,6 +454,34 @@ def test_every_model_returns_logits_of_shape_b(name: str, kw: dict[str, object])
         assert model.num_fields == num_fields and model.fields(batch).shape == (3, num_fields, 8)
 
 
+SCORED = [*VARIANTS, ("deepfm", {"batch_norm": True}), ("fnn", {"batch_norm": True, "mlp": (16,)})]
+
+
+@pytest.mark.parametrize(("name", "kw"), SCORED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SCORED)])
+def test_score_gives_the_forward_logits(name: str, kw: dict[str, object]) -> None:
+    """``ctr predict`` scores with ``CTRModel.score`` under ``torch.inference_mode``: the fields equal the autograd
+    path's bit for bit, and the logits equal ``forward``'s to 1e-6 (DeepFM and FNN fold the dense fields into their
+    first layer). Weights of order 1, so that a wrong fold would show."""
+    torch.manual_seed(0)
+    model = build_model(FM, _cfg(name, **kw))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    batch = _planted(64)
+    expected, fields = model(batch).detach(), model.fields(batch).detach() if model.sparse_arch else None
+    with torch.inference_mode():
+        if fields is not None:
+            assert torch.equal(model.fields(batch), fields)
+        scored = model.score(batch)
+    assert expected.abs().max() > 0.1  # not a trivially small logit
+    torch.testing.assert_close(scored, expected, atol=1e-6, rtol=1e-6)
+
+
 def _planted(n: int = 96, seed: int = 0) -> Batch:
     """Label = (c0 in {2, 3}); m, c1 and the dense values are noise."""
     g = torch.Generator().manual_seed(seed)

@@ -55,11 +55,23 @@ from ctr.training.restore import read_run_config
 from features.outputs import replaced_dir
 from features.schema import FeatureMap
 
-__all__ = ["EXPORT_FORMAT", "ExportSpec", "ExportedModel", "export_run", "load_exported", "resolve_run"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "FORWARD_BATCH",
+    "ExportSpec",
+    "ExportedModel",
+    "export_run",
+    "load_exported",
+    "resolve_run",
+]
 
 EXPORT_FORMAT = 3  # 3: any run (command, tables); 2: retrained plans only, every file hashed; 1: weights only
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
+#: Rows per forward pass of :meth:`ExportedModel.predict`. The model's working set then stays in the CPU's caches
+#: (DeepFM, MLP 400-400-400: 3.3 MB an activation): 2048 rows took 14.3 µs of CPU a row on one core against 16.7
+#: at 8192 (docs/benchmarks.md); below about 1024 the per-batch overhead shows.
+FORWARD_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -96,15 +108,22 @@ class ExportedModel:
         if theirs != ours or split.feature_map.dense_names != self.feature_map.dense_names:
             raise ConfigError("the data was not encoded with this artifact's feature map (fields differ)")
 
-    def predict(self, split: ColumnarSplit, batch_size: int = 8192) -> npt.NDArray[np.float32]:
-        """Click probabilities for every row of ``split`` (encoded with this artifact's feature map)."""
+    def predict(self, split: ColumnarSplit, batch_size: int = FORWARD_BATCH) -> npt.NDArray[np.float32]:
+        """Click probabilities for every row of ``split`` (encoded with this artifact's feature map).
+
+        ``batch_size``: rows per forward pass. Under ``torch.inference_mode``, by :meth:`CTRModel.score` (the model's
+        logits with fewer operations; within about 1e-7 of ``forward``'s); each batch's probabilities are written
+        straight into the returned array."""
         self.check_encoding(split)
         data = self.inputs.transform(split)
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(data), batch_size):
-                out.append(torch.sigmoid(self.model(data.batch(np.arange(start, min(start + batch_size, len(data)))))))
-        return torch.cat(out).numpy() if out else np.empty(0, dtype=np.float32)
+        n = len(data)
+        out = np.empty(n, dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                logits = self.model.score(data.batch(np.arange(start, stop)))
+                torch.sigmoid(logits, out=torch.from_numpy(out[start:stop]))
+        return out
 
 
 def resolve_run(run: str | Path) -> Path:

@@ -2,12 +2,12 @@
 
 The artifact's feature map encodes the raw files in the data set's own format (:mod:`features.stream`: one
 streaming pass, unseen values to the OOV id); each chunk is scored by the artifact's model
-(:meth:`~ctr.artifact.export.ExportedModel.score`, the scores of ``load_exported(...).predict``) while the next chunk is
-parsed and encoded in a background thread (Polars and PyTorch both release the GIL). Each input is read and
-encoded in windows of a few thousand lines (rows of a parquet file; :func:`features.sources.scan_windows`,
-``features.stream.WINDOW_LINES``), handed to the scoring side in chunks of at most ``FORWARD_ROWS`` rows, which
-holds at most three chunks: peak memory does not grow with the number of rows (docs/benchmarks.md) but for the
-AUC over the labelled rows (8 bytes a row kept, more for a moment at the end).
+(:meth:`~ctr.artifact.export.ExportedModel.predict`, under ``torch.inference_mode``, in forward passes of
+``FORWARD_BATCH`` rows) while the next chunk is parsed and encoded in a background thread (Polars and PyTorch both
+release the GIL). Each input is read and encoded in windows of a few thousand lines (rows of a parquet file;
+:func:`features.sources.scan_windows`, ``features.stream.WINDOW_LINES``), handed to the scoring side in chunks of at
+most ``CHUNK_ROWS`` rows, which holds at most three chunks: peak memory does not grow with the number of rows
+(docs/benchmarks.md) but for the AUC over the labelled rows (8 bytes a row kept, more for a moment at the end).
 
 Output: ``SCORES`` (parquet): ``file``, ``line`` (1-based line in that file; row number for parquet),
 ``probability`` and, when the input has labels, ``label``. Rejected rows go to ``SCORES`` with the suffix
@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from config.strict import ConfigError
-from ctr.artifact.export import ExportedModel, load_exported
+from ctr.artifact.export import FORWARD_BATCH, ExportedModel, load_exported
 from ctr.data.columnar import ColumnarSplit, CSRColumn
 from ctr.training.metrics import auc, logloss
 from features.schema import FeatureMap
@@ -52,7 +52,7 @@ from features.stream import EncodedChunk, encoded_chunks
 
 __all__ = ["predict_files", "rejects_path", "split_of_frame"]
 
-FORWARD_ROWS = 8192  # rows per forward pass: the dense layers' activations stay small (400 wide: 13 MB a layer)
+CHUNK_ROWS = 8192  # rows per chunk handed from the encoding thread (scored in forward passes of FORWARD_BATCH rows)
 _MARKER_KEY = b"ctr-output"
 _MARKER = b"ctr predict"
 SCORES_SCHEMA = pa.schema(
@@ -148,16 +148,23 @@ def predict_files(
     overwrite: bool = False,
     bf16: bool = False,
     model: ExportedModel | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Score ``inputs`` with the artifact in ``artifact`` into ``out`` (and its rejects file); returns the summary.
 
-    ``batch_size``: rows per chunk (at most ``FORWARD_ROWS``, one forward pass); ``out`` is written in row groups of
-    about ``batch_size`` rows.
+    ``batch_size``: rows per chunk (at most ``CHUNK_ROWS``) and per forward pass (at most ``FORWARD_BATCH``); ``out``
+    is written in row groups of about ``batch_size`` rows.
+
+    ``threads``: PyTorch's threads for the forward passes (``torch.set_num_threads`` while scoring, restored after);
+    ``None`` keeps PyTorch's setting (``OMP_NUM_THREADS`` if set, else one per core). On a machine shared with
+    other busy processes, 1 avoids OpenMP threads spinning while they wait for a core.
 
     ``bf16``: run the dense layers under bfloat16 autocast (faster on CPUs with AVX-512 BF16 or AMX); the scores
     then differ from the float32 ones (``load_exported(...).predict``) by up to about 1e-2."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: must be >= 1, got {threads}")
     out = Path(out)
     rejects = rejects_path(out)
     for target in (out, rejects):
@@ -169,10 +176,14 @@ def predict_files(
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    before = torch.get_num_threads()
     try:
+        if threads is not None:
+            torch.set_num_threads(threads)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             summary = _score(exported, artifact, inputs, scratch, out, rejects, batch_size, progress)
     finally:
+        torch.set_num_threads(before)
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - started
     rate = round(summary["rows_read"] / seconds, 1)
@@ -194,9 +205,9 @@ def _score(
     counts = {"rows_read": 0, "rows_scored": 0, "rows_rejected": 0}
     probs: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.float32]] = []
-    # Chunks of at most FORWARD_ROWS rows cross the thread: larger ones let the two threads' memory pile up
+    # Chunks of at most CHUNK_ROWS rows cross the thread: larger ones let the two threads' memory pile up
     # (docs/benchmarks.md); the scores are written in row groups of ``batch_size`` rows.
-    chunks = encoded_chunks(artifact, inputs, scratch / "repaired", min(batch_size, FORWARD_ROWS))
+    chunks = encoded_chunks(artifact, inputs, scratch / "repaired", min(batch_size, CHUNK_ROWS))
     held: list[pa.Table] = []  # scores not yet written
     with (
         pq.ParquetWriter(tmp_out, SCORES_SCHEMA.with_metadata(metadata), compression="zstd") as scores,
@@ -206,7 +217,7 @@ def _score(
         for chunk in _background(chunks):
             rows = chunk.rows
             split = split_of_frame(exported.feature_map, rows)
-            p = exported.predict(split, batch_size=min(batch_size, FORWARD_ROWS))
+            p = exported.predict(split, batch_size=min(batch_size, FORWARD_BATCH))
             y = rows["label"].cast(pl.Float32).to_arrow()
             table = pa.table(
                 [rows["__file"].to_arrow(), rows["__line"].to_arrow(), pa.array(p, pa.float32()), y],

@@ -49,6 +49,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection
 from torchrec.datasets.utils import Batch
@@ -167,6 +168,24 @@ class CTRModel(nn.Module):
             logits = logits + self.linear_arch(batch.sparse_features, batch.dense_features, id_weights)
         return logits
 
+    def score(self, batch: Batch) -> torch.Tensor:
+        """Inference only (no gradient): :meth:`forward`'s logits, computed with fewer operations where the model can
+        (:meth:`score_head`). The same function; the float32 rounding may differ from :meth:`forward`'s (about 1e-7).
+        Training and validation call :meth:`forward`."""
+        fields, id_weights = self.embed(batch)
+        logits = self.score_head(fields, batch.dense_features)
+        if self.linear_arch is not None:
+            logits = logits + self.linear_arch(batch.sparse_features, batch.dense_features, id_weights)
+        return logits
+
+    def score_head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """:meth:`head` for :meth:`score`, given the dense values ``[B, n_dense]`` the batch's fields came from."""
+        return self.head(fields)
+
+    def _dense_weight(self) -> torch.Tensor | None:
+        """``v`` ``[n_dense, D]`` when the last fields are the dense values' ``x_j * v_j`` (:class:`DenseEmbedding`)."""
+        return self.dense_arch.weight if isinstance(self.dense_arch, DenseEmbedding) else None
+
     def embedding_modules(self) -> list[EmbeddingBagCollection]:
         """The EBCs (main, then first-order), i.e. what DMP shards and the fused optimiser updates."""
         modules: list[EmbeddingBagCollection] = []
@@ -200,6 +219,34 @@ class _Tower(nn.Module):
         out: torch.Tensor = self.out(self.mlp(x)).squeeze(-1)
         return out
 
+    def folded(self, fields: torch.Tensor, dense: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``forward(fields.flatten(1))`` when the last ``n`` fields are ``dense[:, j] * weight[j]`` (``weight``
+        ``[n, D]``), with those fields' first-layer weights folded: ``W_j x_j v_j = x_j (W_j v_j)``, so the first
+        layer reads ``n`` numbers instead of ``n * D`` (DeepFM on Criteo: 13 instead of 208 of its 624 inputs, 14 %
+        of the tower's multiply-adds). The same function; float32 rounding differs (about 1e-7).
+
+        Example:
+            >>> tower = _Tower(3 * 2, ModelConfig(name="fnn", mlp=(4,)))
+            >>> sparse, x, v = torch.randn(5, 1, 2), torch.randn(5, 2), torch.randn(2, 2)
+            >>> fields = torch.cat([sparse, x.unsqueeze(-1) * v], dim=1)
+            >>> torch.allclose(tower.folded(fields, x, v), tower(fields.flatten(1)), atol=1e-6)
+            True
+        """
+        first = self.mlp.layers[0]
+        assert isinstance(first, nn.Linear)  # MLP starts with its first Linear (a tower has hidden layers)
+        n, dim = weight.shape
+        sparse = fields[:, : fields.shape[1] - n].flatten(1)  # a view: the fields are contiguous
+        k = sparse.shape[1]
+        w = first.weight
+        folded = (w[:, k:].reshape(w.shape[0], n, dim) * weight).sum(dim=2)  # [H, n]: W_j v_j
+        h = F.linear(sparse, w[:, :k], first.bias)
+        # in place unless autocast made h bfloat16 (then addmm casts all three)
+        h = h.addmm_(dense, folded.t()) if h.dtype == dense.dtype else torch.addmm(h, dense, folded.t())
+        for layer in list(self.mlp.layers)[1:]:
+            h = layer(h)
+        out: torch.Tensor = self.out(h).squeeze(-1)
+        return out
+
 
 class LR(CTRModel):
     """Logistic regression: the first-order term only (``linear_arch``; no ``sparse_arch``).
@@ -220,6 +267,9 @@ class LR(CTRModel):
         assert self.linear_arch is not None  # LR is in FIRST_ORDER_MODELS
         logits: torch.Tensor = self.linear_arch(batch.sparse_features, batch.dense_features)
         return logits
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        return self.forward(batch)
 
 
 class FM(CTRModel):
@@ -273,6 +323,12 @@ class DeepFM(FM):
         deep: torch.Tensor = self.deep(fields.flatten(1))
         return super().head(fields) + deep
 
+    def score_head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        weight = self._dense_weight()
+        if weight is None or not self.config.mlp:
+            return self.head(fields)
+        return super().head(fields) + self.deep.folded(fields, dense, weight)
+
 
 class FNN(CTRModel):
     """FNN: a deep tower on the flattened fields.
@@ -298,6 +354,10 @@ class FNN(CTRModel):
     def head(self, fields: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.deep(fields.flatten(1))
         return out
+
+    def score_head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        weight = self._dense_weight()
+        return self.head(fields) if weight is None or not self.config.mlp else self.deep.folded(fields, dense, weight)
 
 
 class IPNN(CTRModel):

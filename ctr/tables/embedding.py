@@ -261,7 +261,10 @@ class SparseArch(nn.Module):
         if self._uniform:
             if not self.first_order and append is None:
                 return values.view(values.shape[0], self.num_fields, -1), None
-            fields, id_weights = _FieldRows.apply(values, append, self.num_fields, self.embedding_dim)  # type: ignore[no-untyped-call]
+            if torch.is_grad_enabled():
+                fields, id_weights = _FieldRows.apply(values, append, self.num_fields, self.embedding_dim)  # type: ignore[no-untyped-call]
+            else:  # inference: the same computation without the autograd Function's bookkeeping
+                fields, id_weights = _field_rows(values, append, self.num_fields, self.embedding_dim)
             return fields, id_weights if self.first_order else None
         pieces = torch.split(values, self._split_sizes, dim=1)
         fields = [p[:, :d] for p, d in zip(pieces, self.dims, strict=True)]
@@ -280,6 +283,20 @@ def _appended(
     return (fields if append is None else torch.cat([fields, append], dim=1)), id_weights
 
 
+def _field_rows(
+    values: torch.Tensor, append: torch.Tensor | None, num_fields: int, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of :class:`_FieldRows`: one copy of the rows' first ``dim`` columns (and ``append``) into the
+    fields, and ``sum_f w_f`` from the rest."""
+    rows = values.view(values.shape[0], num_fields, -1)
+    extra = 0 if append is None else append.shape[1]
+    fields = values.new_empty(values.shape[0], num_fields + extra, dim)
+    fields[:, :num_fields] = rows[:, :, :dim]
+    if append is not None:
+        fields[:, num_fields:] = append
+    return fields, _id_weights(rows[:, :, dim:])
+
+
 class _FieldRows(torch.autograd.Function):
     """Uniform pooled rows ``[B, F * W]`` -> contiguous fields ``[B, F + k, D]`` (+ ``append`` ``[B, k, D]``) and
     ``sum_f w_f`` over the ``W - D`` first-order columns of each row (zeros when ``W == D``).
@@ -293,14 +310,8 @@ class _FieldRows(torch.autograd.Function):
     def forward(
         ctx: Any, values: torch.Tensor, append: torch.Tensor | None, num_fields: int, dim: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = values.view(values.shape[0], num_fields, -1)
-        extra = 0 if append is None else append.shape[1]
-        fields = values.new_empty(values.shape[0], num_fields + extra, dim)
-        fields[:, :num_fields] = rows[:, :, :dim]
-        if append is not None:
-            fields[:, num_fields:] = append
-        ctx.num_fields, ctx.width, ctx.has_append = num_fields, rows.shape[2], append is not None
-        return fields, _id_weights(rows[:, :, dim:])
+        ctx.num_fields, ctx.width, ctx.has_append = num_fields, values.shape[1] // num_fields, append is not None
+        return _field_rows(values, append, num_fields, dim)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, grad_weights: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
