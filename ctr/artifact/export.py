@@ -68,10 +68,10 @@ __all__ = [
 EXPORT_FORMAT = 3  # 3: any run (command, tables); 2: retrained plans only, every file hashed; 1: weights only
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
-#: Rows per forward pass of :meth:`ExportedModel.predict`. The model's working set then stays in the CPU's caches
-#: (DeepFM, MLP 400-400-400: 3.3 MB an activation): 2048 rows took 14.3 µs of CPU a row on one core against 16.7
-#: at 8192 (docs/benchmarks.md); below about 1024 the per-batch overhead shows.
-FORWARD_BATCH = 2048
+#: Rows per forward pass of :meth:`ExportedModel.predict`. On one thread 2048 rows took 14.3 µs of CPU a row against
+#: 16.7 at 8192 (the activations stay in the caches), but with two OpenMP threads on a loaded machine the four times
+#: more parallel regions cost far more than that (docs/benchmarks.md): 8192 until an idle machine decides.
+FORWARD_BATCH = 8192
 
 
 @dataclass(frozen=True)
