@@ -70,10 +70,14 @@ def test_deepfm_learns_planted_signal_and_beats_lr(planted: tuple[Path, Truth], 
     lr_tuned = [*common, "optim.sparse_lr=0.05"]  # LR's best table learning rate (DeepFM's is 0.01)
     lr = train_run(load_run_config(None, lr_tuned, data=str(data), model="lr"), tmp_path / "lr")
     print(f"bayes {truth.bayes_auc:.4f} deepfm {deepfm['test_auc']:.4f} lr {lr['test_auc']:.4f}")
-    # Measured on this data: Bayes 0.807, DeepFM 0.756, LR 0.749. The target (within 0.02 of the Bayes
-    # AUC) is not reached at this size (tests/test_learning_target.py reaches it on 1M rows); the floor here is
-    # the trivial baseline on the same rows, LR, and no model may beat the Bayes-optimal AUC beyond noise.
-    assert deepfm["test_auc"] > lr["test_auc"] + 0.005, (deepfm["test_auc"], lr["test_auc"])
+    # Measured on this data (2026-12-07, Criteo integers as log1p numbers, dense lr 3e-3): Bayes 0.807, DeepFM
+    # 0.7720, LR 0.7678 (with the integers as floor(ln v^2) numbers and lr 1e-3: DeepFM 0.756, LR 0.749). The
+    # generator's dense effects are linear in log1p(v), so LR now fits them; what DeepFM adds is the planted
+    # pairwise interactions (3 pairs of fields), worth about 0.004 here. The target (within 0.02 of the
+    # Bayes AUC) is not reached at this size (tests/test_learning_target.py reaches it on 1M rows); DeepFM must
+    # beat LR on the same rows, come within 0.045 of the Bayes AUC, and not beat it beyond noise.
+    assert deepfm["test_auc"] > lr["test_auc"] + 0.002, (deepfm["test_auc"], lr["test_auc"])
+    assert deepfm["test_auc"] > truth.bayes_auc - 0.045, (deepfm["test_auc"], truth.bayes_auc)
     assert deepfm["test_auc"] < truth.bayes_auc + 0.01, (deepfm["test_auc"], truth.bayes_auc)
     saved = json.loads((tmp_path / "deepfm" / "metrics.json").read_text())
     for key in ("val_auc", "val_logloss", "test_auc", "test_logloss", "embedding_params", "samples_per_sec"):
