@@ -3,8 +3,9 @@
 Data: 120,000 planted rows (``write_synthetic(seed=0)``, 96k train / 12k valid / 12k test), prepared with
 min-count 10 and the integer fields as floor(ln(v)^2) numbers: the built-in Criteo spec's transform when these
 thresholds were measured. With its log1p numbers (since 2026-12-07, third session) one noise field of 6 rows, C20,
-keeps dim 8 on this data: a known miss of issue #17, in docs/optembed.md. Settings: ``configs/optembed.yaml`` (DeepFM, dim 16; supernet alpha 0.01, threshold lr 1.0;
-search 20 x 10 generations), in-process scoring instead of Ray actors (Ray has its own tests).
+keeps dim 8 on this data: a known miss of issue #17, in docs/optembed.md. Settings: ``configs/optembed.yaml``
+(DeepFM, dim 16; supernet alpha 0.01, threshold lr 1.0; search 20 x 10 generations), in-process scoring instead
+of Ray actors (Ray has its own tests).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "optembed.yaml"
 def test_optembed_prunes_noise_keeps_signal_and_holds_auc_at_a_tenth_of_the_parameters(tmp_path: Path) -> None:
     truth = write_synthetic(120_000, tmp_path / "s.tsv", seed=0)
     criteo = builtin_spec("criteo")
-    spec = dataclasses.replace(criteo, dense=tuple(dataclasses.replace(d, transform="log_square") for d in criteo.dense))
+    log_square = tuple(dataclasses.replace(d, transform="log_square") for d in criteo.dense)
+    spec = dataclasses.replace(criteo, dense=log_square)
     prepare(spec, [tmp_path / "s.tsv"], tmp_path / "p", PrepareOptions(progress=False, min_count=10))
     sets = ["trainer.threads=1", "trainer.progress_bar=false", "search.workers=0"]
     config = load_run_config(CONFIG, sets, data=str(tmp_path / "p"), model="deepfm")
