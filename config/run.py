@@ -125,6 +125,8 @@ class TrainerConfig:
 
     ``threads``: torch threads per process (default: cores / processes). On a loaded machine 1 avoids
     OpenMP threads spinning against other processes, which can cost 10x.
+    ``progress_bar``: a bar over each epoch's batches, drawn only when standard output is a terminal (the epoch's
+    one-line summary is printed either way).
     ``precision``: ``32-true``, or ``bf16-mixed``: the dense layers run under bfloat16 autocast (fast on CPUs with
     AVX512-BF16/AMX and on GPUs); weights, optimiser states and the loss stay float32 (tables: ``model.table_dtype``).
     ``keep_freed_memory``: glibc keeps the buffers a step frees for the next step instead of returning them

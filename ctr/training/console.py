@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 import warnings
 from typing import Any
@@ -77,9 +78,11 @@ def _rate(samples_per_sec: float) -> str:
 
 
 class EpochLine(TQDMProgressBar):
-    """A transient bar over each epoch's training batches (``bar=True``) and one line per epoch on stdout."""
+    """A transient bar over each epoch's training batches (``bar=True`` and standard output a terminal: in a log
+    file the bar's carriage-return updates would be noise) and one line per epoch on stdout."""
 
     def __init__(self, *, bar: bool) -> None:
+        bar = bar and sys.stdout.isatty()  # Lightning's bars write to stdout, where the epoch lines go
         super().__init__(refresh_rate=10 if bar else 0, leave=True)  # leave: a new bar per epoch, closed at its end
         self._best = -math.inf
         self._started = time.perf_counter()
