@@ -78,6 +78,9 @@ class Encoder:
         return self.plan.encode(lf, keep=_KEEP)
 
 
+_NO_REJECTS = pl.DataFrame(schema={"file": pl.String, "line": pl.UInt64, "reason": pl.String, "raw": pl.String})
+
+
 def _split(frame: pl.DataFrame) -> EncodedChunk:
     bad = frame["__reason"].is_not_null()
     rejects = frame.filter(bad).select(
@@ -187,7 +190,10 @@ class RecordEncoder:
     over the records of the current call)."""
 
     def __init__(self, encoder: Encoder) -> None:
+        from features.records import RecordFastPath
+
         self.encoder = encoder
+        self.fast = RecordFastPath(encoder)
         columns = encoder.columns
         self._query = _FrameQuery(
             pl.Schema(dict.fromkeys(columns, pl.String())),
@@ -206,6 +212,15 @@ class RecordEncoder:
         )
 
     def encode(self, rows: Sequence[Mapping[str, str | None]]) -> EncodedChunk:
-        """Rows of raw strings encoded as one chunk; ``line`` is the record's index (from 0)."""
+        """Rows of raw strings encoded as one chunk; ``line`` is the record's index (from 0). The records go
+        through :class:`~features.records.RecordFastPath` (the same ids and values in plain Python) where it
+        takes them all, else through the query."""
+        fast = self.fast.encode(rows)
+        if fast is not None:
+            return EncodedChunk(fast, _NO_REJECTS)
+        return self.encode_query(rows)
+
+    def encode_query(self, rows: Sequence[Mapping[str, str | None]]) -> EncodedChunk:
+        """:meth:`encode` through the feature map's query alone."""
         data = {c: pl.Series(c, [r.get(c) for r in rows], dtype=pl.String) for c in self.encoder.columns}
         return _split(self._query.run(pl.DataFrame(data)))

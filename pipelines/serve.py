@@ -15,9 +15,11 @@ Routes (the application's prefix is ``/``):
 
 Each replica (a Ray actor; ``--replicas N``) loads the artifact strictly (:func:`~ctr.artifact.export.load_exported`),
 validates and encodes each request's records on arrival (:class:`features.stream.RecordEncoder`: the same
-encoders as ``ctr predict``, so the same scores), and scores them through :func:`ray.serve.batch`: the encoded rows
-of up to ``max_batch_size`` concurrent requests go through one forward pass. Any failure of a request is its own
-answer (400 for bad input, 500 naming the exception otherwise); the replica keeps serving.
+encoders as ``ctr predict``, so the same scores; in plain Python where :class:`features.records.RecordFastPath`
+takes the records, else by the feature map's query), and scores them through :func:`ray.serve.batch`: the encoded
+rows of the requests that arrived while the last forward pass ran (up to ``max_batch_size``) go through one.
+Any failure of a request is its own answer (400 for bad input, 500 naming the exception otherwise); the replica
+keeps serving.
 
 The HTTP proxy binds to 127.0.0.1 unless ``--host`` says otherwise; ``--address`` deploys on an existing Ray
 cluster (the artifact path must then be readable on its nodes).
@@ -50,7 +52,8 @@ from features.spec import InputError
 __all__ = ["APP_NAME", "ServeOptions", "app", "build_app", "run_serve", "serving"]
 
 APP_NAME = "ctr"
-BATCH_WAIT_S = 0.002  # how long a batch waits for more requests (seconds)
+BATCH_WAIT_S = 0.0  # no wait: a batch takes the requests that queued while the last forward pass ran (a fixed
+# wait of 2 ms added about 3 ms to every request at low load: docs/benchmarks.md)
 
 
 @dataclass(frozen=True)
@@ -86,25 +89,39 @@ class Scorer:
         spec = {k: v for k, v in to_dict(self.exported.spec).items() if k != "files"}
         label = self.encoder.spec.label.column
         self.metadata = {"model": spec, "columns": list(self.encoder.columns), "label": label, "path": model}
+        self._scoring = False  # a lone request's forward pass is running (see _scored)
         self.score.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
 
-    def _encode(self, body: bytes) -> pl.DataFrame:
+    def _records(self, body: bytes) -> list[dict[str, str | None]]:
         from features.stream import check_records
 
         try:
             records = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"body is not JSON ({e})") from None
-        rows = check_records(records, self.encoder.columns, self.encoder.spec.label.column)
-        chunk = self.records.encode(rows)
+        return check_records(records, self.encoder.columns, self.encoder.spec.label.column)
+
+    def _query(self, rows: list[dict[str, str | None]]) -> pl.DataFrame:
+        chunk = self.records.encode_query(rows)
         if chunk.rejects.height:
             first = chunk.rejects.row(0, named=True)
             raise InputError(f"record {first['line']}: {first['reason']}")
         return chunk.rows
 
+    async def _encode(self, body: bytes) -> pl.DataFrame:
+        """The request's records encoded: in plain Python on the event loop where the fast path takes them all
+        (:class:`features.records.RecordFastPath`, well under a millisecond a record), else by the feature map's
+        query in a thread (Polars releases the GIL)."""
+        rows = self._records(body)
+        fast = self.records.fast.encode(rows)
+        return fast if fast is not None else await asyncio.to_thread(self._query, rows)
+
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S)
     async def score(self, frames: list[pl.DataFrame]) -> list[list[float]]:
         """Probabilities of each request's rows: every request of the batch in one forward pass."""
+        return await self._forward(frames)
+
+    async def _forward(self, frames: list[pl.DataFrame]) -> list[list[float]]:
         from ctr.artifact.predict import split_of_frame
 
         rows = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
@@ -114,6 +131,18 @@ class Scorer:
         bounds = np.cumsum([f.height for f in frames])[:-1]
         return [part.astype(float).tolist() for part in np.split(p, bounds)]
 
+    async def _scored(self, frame: pl.DataFrame) -> list[float]:
+        """``frame``'s probabilities: straight to a forward pass when no other request is being scored (a lone
+        request has nothing to be batched with: the batch queue's hand-overs would only add latency), else
+        through :meth:`score`'s batches."""
+        if self._scoring:
+            return await self.score(frame)
+        self._scoring = True
+        try:
+            return (await self._forward([frame]))[0]
+        finally:
+            self._scoring = False
+
     async def __call__(self, request: Any) -> Any:
         path = request.url.path.rstrip("/") or "/"
         try:
@@ -122,8 +151,8 @@ class Scorer:
             if request.method == "GET" and path == "/metadata":
                 return _json(self.metadata)
             if request.method == "POST" and path in ("/predict", "/"):
-                frame = await asyncio.to_thread(self._encode, await request.body())  # Polars releases the GIL
-                return _json(await self.score(frame) if frame.height else [])
+                frame = await self._encode(await request.body())
+                return _json(await self._scored(frame) if frame.height else [])
             return _json({"error": f"{request.method} {path}: not found (POST /predict, GET /health, /metadata)"}, 404)
         except (InputError, ConfigError) as e:
             return _json({"error": str(e)}, 400)
