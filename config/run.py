@@ -84,7 +84,10 @@ class OptimConfig:
     ``scheduler``: ``none``, ``step`` (lr x ``gamma`` every epoch), ``cosine`` (to 0 over ``max_epochs``), both
     for the dense optimiser only (the tables keep ``sparse_lr``), or ``plateau`` (FuxiCTR's
     ``reduce_lr_on_plateau``, :mod:`ctr.training.plateau`): after every epoch whose validation AUC is not a
-    new best, the dense and the table learning rates are multiplied by ``plateau_factor``, down to ``min_lr``.
+    new best, the dense and the table learning rates are multiplied by ``plateau_factor``, down to ``min_lr``;
+    with ``plateau_restore`` the model's weights also go back to the best epoch's (``checkpoints/best.ckpt``)
+    before training goes on, so the epochs after a bad one fine-tune the best model at the lower rates instead of
+    the over-fitted one (the optimisers' states are kept).
     """
 
     dense: Literal["adam", "adamw"] = "adam"
@@ -99,6 +102,7 @@ class OptimConfig:
     gamma: float = 0.5
     plateau_factor: float = 0.1
     min_lr: float = 1e-6
+    plateau_restore: bool = False
 
     def __post_init__(self) -> None:
         _check(

@@ -20,7 +20,7 @@ differ from Rust's in the last bit of the double, far below float32's precision)
 checks equality with the query on every built-in data set's records and on a spec with every kind of field.
 
 Example:
-    >>> fast = RecordFastPath(encoder)  # doctest: +SKIP
+    >>> fast = RecordFastPath(encoder.spec, encoder.plan)  # doctest: +SKIP
     >>> fast.encode([{"label": "0", "I1": "3", "C1": "68fd1e64", ...}])  # doctest: +SKIP
     shape: (1, 42) ...
 """
@@ -32,18 +32,16 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from features.encode import EncodePlan
 from features.hashing import stable_hash
 from features.schema import FIRST_VALUE_ID, MISSING_ID, OOV_ID, CategoricalField
-from features.spec import DenseSpec, TimePartsSpec
+from features.spec import DatasetSpec, DenseSpec, TimePartsSpec
 from features.transforms import derive_time_parts, parse_time, parsed
-
-if TYPE_CHECKING:
-    from features.stream import Encoder
 
 __all__ = ["NUMBER", "TIME_CACHE", "RecordFastPath"]
 
@@ -77,10 +75,10 @@ def _transform(value: float, transform: str) -> float:
 
 
 class RecordFastPath:
-    """The fitted encoders of ``encoder`` in plain Python; :meth:`encode` gives the query's frame or None."""
+    """The fitted encoders of ``plan`` (for raw rows of ``spec``) in plain Python; :meth:`encode` gives the query's
+    frame or None."""
 
-    def __init__(self, encoder: Encoder) -> None:
-        spec, plan = encoder.spec, encoder.plan
+    def __init__(self, spec: DatasetSpec, plan: EncodePlan) -> None:
         self.spec = spec
         self._dense_specs = {d.name: d for d in spec.dense}
         self._vocabs: dict[str, dict[str, int]] = {}

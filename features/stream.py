@@ -33,6 +33,7 @@ import polars as pl
 
 from config.strict import from_dict
 from features.encode import EncodePlan
+from features.records import RecordFastPath
 from features.schema import FeatureMap
 from features.sources import scan_windows
 from features.spec import DatasetSpec, InputError
@@ -190,10 +191,8 @@ class RecordEncoder:
     over the records of the current call)."""
 
     def __init__(self, encoder: Encoder) -> None:
-        from features.records import RecordFastPath
-
         self.encoder = encoder
-        self.fast = RecordFastPath(encoder)
+        self.fast = RecordFastPath(encoder.spec, encoder.plan)
         columns = encoder.columns
         self._query = _FrameQuery(
             pl.Schema(dict.fromkeys(columns, pl.String())),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -113,15 +113,18 @@ class RayEvaluator(_Context):
 
     def _start(self, scorer: Scorer, workers: int, max_restarts: int, timeout: float) -> list[Any]:
         """As many actors as the cluster can place (at most ``workers``), once started; those not started within
-        ``timeout`` seconds are dropped: an actor that is never placed would hold its candidates forever."""
+        ``timeout`` seconds are dropped: an actor that is never placed would hold its candidates forever.
+
+        A dead actor is replaced here (:meth:`_scores`), not by Ray's ``max_restarts``: Ray logs an ERROR line on
+        every run for a restartable actor whose constructor argument is in the object store
+        (ray-project/ray#53727), and the scorer must be (it holds the model)."""
         import ray
 
         count = _placeable(workers)
-        actor: Any = ray.remote(num_cpus=_ACTOR_CPUS, max_restarts=max_restarts, max_task_retries=max_restarts)(
-            _ScorerActor
-        )
-        self._scorer_ref = ray.put(scorer)  # kept in scope: a restarted actor fetches it again
-        actors = [actor.remote(self._scorer_ref) for _ in range(count)]
+        self._max_restarts = max_restarts
+        self._actor_class: Any = ray.remote(num_cpus=_ACTOR_CPUS, max_restarts=0)(_ScorerActor)
+        self._scorer_ref = ray.put(scorer)  # kept in scope: a replacement actor fetches it again
+        actors: list[Any] = [self._actor_class.remote(self._scorer_ref) for _ in range(count)]
         pings = [a.pid.remote() for a in actors]
         ready, _ = ray.wait(pings, num_returns=count, timeout=timeout)
         started = [i for i, ping in enumerate(pings) if ping in ready]
@@ -131,8 +134,10 @@ class RayEvaluator(_Context):
             raise ConfigError(f"search.workers={workers}: no evaluator actor started on Ray in {timeout:g}s")
         if len(started) < count:
             _notice(f"search.workers={workers}: {len(started)} of {count} evaluator actors started in {timeout:g}s")
-        ray.get([pings[i] for i in started])  # an actor whose constructor failed raises here
-        return [actors[i] for i in started]
+        self.actors = [actors[i] for i in started]
+        for slot, i in enumerate(started):  # an actor whose constructor fails raises here (after max_restarts)
+            self._retried(slot, pings[i], lambda actor: actor.pid.remote())
+        return self.actors
 
     def pids(self) -> list[int]:
         import ray
@@ -140,15 +145,29 @@ class RayEvaluator(_Context):
         return [int(p) for p in ray.get([a.pid.remote() for a in self.actors])]
 
     def __call__(self, candidates: Sequence[tuple[int, ...]]) -> list[float]:
-        import ray
-
         # One share per actor, scored in one pass: equal candidates cost the same, so static balance is enough.
         shares = [list(candidates[i :: len(self.actors)]) for i in range(len(self.actors))]
-        refs = [actor.score_many.remote(share) for actor, share in zip(self.actors, shares, strict=True) if share]
+        refs = {i: self.actors[i].score_many.remote(share) for i, share in enumerate(shares) if share}
         scores: list[float] = [0.0] * len(candidates)
-        for i, share_scores in enumerate(ray.get(refs)):
+        for i, ref in refs.items():
+            share_scores = self._retried(i, ref, _scoring(shares[i]))
             scores[i :: len(self.actors)] = [float(x) for x in share_scores]
         return scores
+
+    def _retried(self, i: int, ref: Any, call: Callable[[Any], Any]) -> Any:
+        """The result of ``ref``, a call to actor ``i``; if that actor died, a new actor takes its place and
+        ``call(actor)`` runs again (at most ``max_restarts`` times in a row), so a lost process loses no candidate."""
+        import ray
+
+        for attempt in range(self._max_restarts + 1):
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayActorError:
+                if attempt == self._max_restarts:
+                    raise
+                self.actors[i] = self._actor_class.remote(self._scorer_ref)
+                ref = call(self.actors[i])
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         import ray
@@ -159,6 +178,11 @@ class RayEvaluator(_Context):
         if self._started:
             ray.shutdown()
             self._started = False
+
+
+def _scoring(share: list[tuple[int, ...]]) -> Callable[[Any], Any]:
+    """The call that scores ``share`` on an actor (for :meth:`RayEvaluator._retried`)."""
+    return lambda actor: actor.score_many.remote(share)
 
 
 def _placeable(workers: int) -> int:

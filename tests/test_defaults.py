@@ -31,7 +31,7 @@ def test_the_batch_rule_on_tiny_and_large_splits(rows: int, processes: int, batc
     assert chosen["data.batch_size"] == batch
     assert chosen["trainer.max_epochs"] == 50 and chosen["trainer.patience"] == 2
     assert chosen["optim.scheduler"] == "plateau" and chosen["optim.sparse_lr"] == 0.05
-    assert chosen["optim.lr"] == 3e-3
+    assert chosen["optim.lr"] == 3e-3 and chosen["optim.plateau_restore"] is True
     for model, sparse_lr in [("fm", 0.01), ("deepfm", 0.01), ("dcnv2", 0.05), ("lr", 0.05)]:
         assert data_aware_defaults(rows, processes, model)["optim.sparse_lr"] == sparse_lr
 
@@ -50,6 +50,7 @@ def test_the_optembed_pipeline_keeps_its_measured_batch_cap_and_dense_lr() -> No
     assert data_aware_defaults(1_000_000, 1, "deepfm")["data.batch_size"] == 512
     assert data_aware_defaults(8_000, 1, "deepfm", optembed=True)["data.batch_size"] == 128  # same rule below the caps
     assert "optim.lr" not in data_aware_defaults(8_000, 1, "deepfm", optembed=True)  # RunConfig's 1e-3
+    assert "optim.plateau_restore" not in data_aware_defaults(8_000, 1, "deepfm", optembed=True)  # RunConfig's False
 
 
 def test_unset_keys_come_from_the_training_split_and_set_ones_are_kept(tiny: Path, tmp_path: Path) -> None:
@@ -80,6 +81,7 @@ def test_a_default_run_trains_to_its_plateau_and_records_what_it_used(
     used = yaml.safe_load((run / "config.yaml").read_text())
     assert used["data"]["batch_size"] == 128 and used["optim"]["scheduler"] == "plateau"
     assert used["trainer"]["patience"] == 2 and used["trainer"]["max_epochs"] == 50
+    assert used["optim"]["plateau_restore"] is True
     metrics = json.loads((run / "metrics.json").read_text())
     epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     # stopped by early stopping, not by the epoch bound: the last two epochs brought no new best

@@ -297,6 +297,8 @@ def test_more_search_workers_than_cluster_cpus_scores_on_those_it_has(tmp_path: 
     assert proc.returncode == 0, stderr[-3000:]
     trials, error = stdout.splitlines()
     assert trials.split()[0] == "trials" and trials.split()[1] == trials.split()[2] != "0"
+    # the evaluator actors get the scorer's ref inside a list: no ERROR line from Ray about constructor arguments
+    assert "constructor arguments in the object store" not in stderr, stderr[-2000:]
     notices = [line for line in stderr.splitlines() if "notice" in line]
     assert notices == [
         "search: notice: search.workers=4: the Ray cluster has 2 free CPUs; scoring on 2 evaluator actors"

@@ -206,3 +206,61 @@ def test_the_supernet_refuses_a_dim_that_is_no_multiple_of_4(synth: Path) -> Non
     config = load_run_config(None, ["model.embedding_dim=10"], data=str(synth), model="deepfm", sections=["supernet"])
     with pytest.raises(ConfigError, match=r"^model\.embedding_dim: 10 is not a multiple of 4, which the OptEmbed"):
         build_module(config, FeatureMap.load(synth))
+
+
+class _Restores(Callback):
+    """The logits of one fixed validation batch: at each new best validation AUC, and at the start of every epoch
+    that follows an epoch without one (each such start with the best logits so far)."""
+
+    def __init__(self) -> None:
+        self.batch: Any = None
+        self.best_auc = -1.0
+        self.best: torch.Tensor | None = None
+        self.bad = False
+        self.after_bad: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _logits(self, pl_module: Any) -> torch.Tensor:
+        training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            logits: torch.Tensor = pl_module.model(self.batch).detach().clone()
+        pl_module.train(training)
+        return logits
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, *args: Any) -> None:
+        if self.batch is None:
+            self.batch = batch
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        value = float(trainer.callback_metrics["val_auc"])
+        self.bad = value <= self.best_auc
+        if not self.bad:
+            self.best_auc, self.best = value, self._logits(pl_module)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.bad and self.best is not None:
+            self.after_bad.append((self.best, self._logits(pl_module)))
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_plateau_restore_puts_the_best_epochs_weights_back_after_a_bad_epoch(
+    restore: bool, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a table rate that over-fits 2.4k rows within an epoch or two, so the run has epochs without a new best
+    sets = [*QUIET, "model.mlp=[16]", "model.embedding_dim=8", "trainer.max_epochs=6", "trainer.patience=3"]
+    sets += ["data.batch_size=256", "optim.sparse_lr=0.5", "optim.lr=0.03", "model.init_std=null"]
+    sets.append(f"optim.plateau_restore={str(restore).lower()}")
+    probe = _Restores()
+    trainer_cls = pl.Trainer
+    monkeypatch.setattr(pl, "Trainer", lambda *a, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]}))
+    config = load_run_config(None, sets, data=str(tiny), model="deepfm")
+    assert config.optim.scheduler == "plateau" and config.optim.plateau_restore is restore
+    train_run(config, tmp_path / "run")
+    assert probe.after_bad, "the run had no epoch without a new best: nothing was tested"
+    gaps = [float((best - start).abs().max()) for best, start in probe.after_bad]
+    if restore:  # every epoch after a bad one starts from exactly the best epoch's model
+        assert max(gaps) <= 1e-6, gaps
+    else:  # without the restore it starts from the last epoch's, which over-fitted
+        assert min(gaps) > 1e-3, gaps

@@ -16,6 +16,8 @@ measurements behind each value.
 ``trainer.max_epochs``  ``MAX_EPOCHS``: a bound, not a target; early stopping ends the run at its plateau
 ``trainer.patience``   2 (FuxiCTR's ``early_stop_patience``)
 ``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best)
+``optim.plateau_restore``  ``True``: after such an epoch the weights also go back to the best epoch's, so the
+                       decayed epochs fine-tune the best model, not the one that has begun to memorise
 ``optim.lr``           ``DENSE_LR`` (Adam on the dense weights)
 ``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables); ``FM_SPARSE_LR`` for the models with a
                        factorization machine (``fm``, ``deepfm``), whose pairwise term overfits faster
@@ -27,8 +29,8 @@ measurements behind each value.
                        pairwise term has a single epoch to grow), and the other models keep it at every size
 =====================  ==========================================================================================
 
-For the OptEmbed pipeline (a config with a ``supernet`` or ``retrain`` section) the two ``model.*`` keys and
-``optim.lr`` are not filled and the batch cap is ``OPTEMBED_MAX_BATCH``: its threshold defaults, timings and
+For the OptEmbed pipeline (a config with a ``supernet`` or ``retrain`` section) the two ``model.*`` keys,
+``optim.lr`` and ``optim.plateau_restore`` are not filled and the batch cap is ``OPTEMBED_MAX_BATCH``: its threshold defaults, timings and
 figures were measured with TorchRec's uniform initialisation, batch norm, Adam at 1e-3 and that cap
 (docs/optembed.md).
 
@@ -50,8 +52,10 @@ Example:
     >>> "model.init_std" in data_aware_defaults(800_000, model="deepfm")
     False
     >>> optembed = data_aware_defaults(1_000_000, optembed=True)
-    >>> optembed["data.batch_size"], "optim.lr" in optembed
-    (4096, False)
+    >>> optembed["data.batch_size"], "optim.lr" in optembed, "optim.plateau_restore" in optembed
+    (4096, False, False)
+    >>> data_aware_defaults(6_400)["optim.plateau_restore"]
+    True
     >>> data_aware_defaults(6_400)["model.batch_norm"], "model.batch_norm" in data_aware_defaults(6_400, optembed=True)
     (False, False)
 """
@@ -97,6 +101,7 @@ def data_aware_defaults(
     if not optembed:
         start["model.batch_norm"] = False
         start["optim.lr"] = DENSE_LR
+        start["optim.plateau_restore"] = True
         if model in FM_MODELS and rows < SMALL_START_ROWS:
             start["model.init_std"] = INIT_STD
     return start | {

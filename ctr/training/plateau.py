@@ -9,6 +9,11 @@ greater" rule, so both count the same epochs), the reload is the final evaluatio
 FBGEMM table optimiser (:meth:`ctr.training.module.CTRModule.set_table_lr`). Decaying only after ``patience`` bad epochs
 would coincide with the stop, so the decay comes at each bad epoch within the patience window, as FuxiCTR's.
 
+With ``optim.plateau_restore`` (a data-aware default of ``ctr train``: docs/defaults.md) a bad epoch also sends the
+weights back to the best checkpoint's, which FuxiCTR does only at the end: the next epoch then fine-tunes the best
+model at the decayed rates. On small splits a DeepFM's best epoch is often its first, and its second memorises
+the training rows; without the restore, the decayed epochs continue from the memorised weights.
+
 Its state (best AUC, bad epochs, the table learning rate) goes into the checkpoint, so a resumed run decays as
 an uninterrupted one; the dense learning rates are in the dense optimiser's own state.
 
@@ -24,6 +29,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from ctr.training.module import CTRModule
 
@@ -31,8 +37,9 @@ __all__ = ["PlateauDecay"]
 
 
 class PlateauDecay(Callback):
-    def __init__(self, factor: float, min_lr: float, monitor: str = "val_auc") -> None:
+    def __init__(self, factor: float, min_lr: float, monitor: str = "val_auc", restore: bool = False) -> None:
         self.factor = factor
+        self.restore = restore
         self.min_lr = min_lr
         self.monitor = monitor
         self.best: float | None = None
@@ -61,6 +68,19 @@ class PlateauDecay(Callback):
                 group["lr"] = self._decayed(float(group["lr"]))
         self.table_lr = self._decayed(pl_module.table_lr)
         pl_module.set_table_lr(self.table_lr)
+        if self.restore:
+            self._restore_best(trainer, pl_module)
+
+    @staticmethod
+    def _restore_best(trainer: pl.Trainer, pl_module: CTRModule) -> None:
+        """The best checkpoint's weights read into the live (sharded) model in place, by every rank: its shards
+        of the tables and the replicated dense weights (the optimisers' states are not touched)."""
+        path = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if not path:
+            return
+        state = {"state_dict": pl_module.state_dict()}
+        dcp_load(state, checkpoint_id=path)
+        pl_module.load_state_dict(state["state_dict"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs, "table_lr": self.table_lr}

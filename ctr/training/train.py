@@ -223,7 +223,7 @@ def _fit(
         last_checkpoint,
     ]
     if config.optim.scheduler == "plateau":
-        own.append(PlateauDecay(config.optim.plateau_factor, config.optim.min_lr))
+        own.append(PlateauDecay(config.optim.plateau_factor, config.optim.min_lr, restore=config.optim.plateau_restore))
     own.append(EpochLine(bar=config.trainer.progress_bar))
     data = CTRDataModule(config.data, transform=module.transform_split)
     trainer = _trainer(config, out, nproc, [*own, *callbacks], fitting=True, on_ray=on_ray)
