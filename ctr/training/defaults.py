@@ -15,9 +15,9 @@ measurements behind each value.
                        1,562 steps an epoch
 ``trainer.max_epochs``  ``MAX_EPOCHS``: a bound, not a target; early stopping ends the run at its plateau
 ``trainer.patience``   2 (FuxiCTR's ``early_stop_patience``)
-``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best)
-``optim.plateau_restore``  ``True``: after such an epoch the weights also go back to the best epoch's, so the
-                       decayed epochs fine-tune the best model, not the one that has begun to memorise
+``optim.scheduler``    ``plateau`` (FuxiCTR's ``reduce_lr_on_plateau``: x0.1 after an epoch without a new best),
+                       with ``optim.plateau_restore`` ``True``: after such an epoch the weights also go back to the
+                       best epoch's, so the decayed epochs fine-tune the best model, not one that has memorised
 ``optim.lr``           ``DENSE_LR`` (Adam on the dense weights)
 ``optim.sparse_lr``    ``SPARSE_LR`` (row-wise Adagrad on the tables); ``FM_SPARSE_LR`` for the models with a
                        factorization machine (``fm``, ``deepfm``), whose pairwise term overfits faster
@@ -30,9 +30,9 @@ measurements behind each value.
 =====================  ==========================================================================================
 
 For the OptEmbed pipeline (a config with a ``supernet`` or ``retrain`` section) the two ``model.*`` keys,
-``optim.lr`` and ``optim.plateau_restore`` are not filled and the batch cap is ``OPTEMBED_MAX_BATCH``: its threshold defaults, timings and
-figures were measured with TorchRec's uniform initialisation, batch norm, Adam at 1e-3 and that cap
-(docs/optembed.md).
+``optim.lr`` and ``optim.plateau_restore`` are not filled and the batch cap is ``OPTEMBED_MAX_BATCH``: its
+threshold defaults, timings and figures were measured with TorchRec's uniform initialisation, batch norm, Adam at
+1e-3, that cap and no restore (docs/optembed.md).
 
 Only keys absent from the YAML and the ``--set`` overrides are filled; the run writes the values it used into
 ``RUN/config.yaml``. A config built in code (``RunConfig(...)``) keeps the dataclasses' fixed defaults.
