@@ -31,7 +31,7 @@ import bisect
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,6 @@ class RecordFastPath:
         self._vocabs: dict[str, dict[str, int]] = {}
         for name, vocab in plan.vocabs.items():
             self._vocabs[name] = dict(zip(vocab["value"].to_list(), vocab["id"].to_list(), strict=True))
-        self._derived = {p.prefix + part: p for p in spec.derive for part in p.parts}
         self._times: dict[tuple[str, str | None], dict[str, str | None] | None] = {}
         self._multi = {c.name: c.separator for c in spec.categorical if c.separator is not None}
         self.dense_fields = plan.dense_fields
@@ -182,19 +181,23 @@ class RecordFastPath:
         else:
             texts = [r.get(f.name) for r in rows]
             texts = [None if t == "" else t for t in texts]
-        one = self._one(f)
         if f.multi_valued:
             sep = self._multi[f.name]
-            return [[] if t is None else [one(v) for v in t.split(sep) if v != ""] for t in texts]
-        return [MISSING_ID if t is None else one(t) for t in texts]
+            lists = [[] if t is None else [v for v in t.split(sep) if v != ""] for t in texts]
+            flat = iter(self._lookup(f, [v for values in lists for v in values]))
+            return [[next(flat) for _ in values] for values in lists]
+        found = iter(self._lookup(f, [t for t in texts if t is not None]))
+        return [MISSING_ID if t is None else next(found) for t in texts]
 
-    def _one(self, f: CategoricalField) -> Callable[[str], int]:
+    def _lookup(self, f: CategoricalField, values: list[str]) -> list[int]:
+        """The ids of present ``values`` of ``f``: one stable-hash call for all of them, or vocabulary lookups."""
         if f.kind == "hash":
             assert f.hash_buckets is not None
-            buckets = np.uint64(f.hash_buckets)
-            return lambda v: int(stable_hash(pl.Series([v], dtype=pl.String))[0] % buckets) + FIRST_VALUE_ID
+            hashes = stable_hash(pl.Series(values, dtype=pl.String)) % np.uint64(f.hash_buckets)
+            ids: list[int] = (hashes.astype(np.int64) + FIRST_VALUE_ID).tolist()
+            return ids
         vocab = self._vocabs[f.name]
-        return lambda v: vocab.get(v, OOV_ID)
+        return [vocab.get(v, OOV_ID) for v in values]
 
 
 def _integral(value: float) -> str:

@@ -115,7 +115,7 @@ class RayEvaluator(_Context):
         """As many actors as the cluster can place (at most ``workers``), once started; those not started within
         ``timeout`` seconds are dropped: an actor that is never placed would hold its candidates forever.
 
-        A dead actor is replaced here (:meth:`_scores`), not by Ray's ``max_restarts``: Ray logs an ERROR line on
+        A dead actor is replaced here (:meth:`_retried`), not by Ray's ``max_restarts``: Ray logs an ERROR line on
         every run for a restartable actor whose constructor argument is in the object store
         (ray-project/ray#53727), and the scorer must be (it holds the model)."""
         import ray

@@ -51,7 +51,8 @@ def _encoder(tmp_path: Path) -> Encoder:
 
 def _both(records: list[dict[str, Any]], encoder: Encoder) -> tuple[Any, Any]:
     rows = check_records(records, encoder.columns, encoder.spec.label.column)
-    return RecordEncoder(encoder).fast.encode(rows), RecordEncoder(encoder).encode_query(rows)
+    records_encoder = RecordEncoder(encoder)
+    return records_encoder.fast.encode(rows), records_encoder.encode_query(rows)
 
 
 def test_every_kind_of_field_equals_the_query(tmp_path: Path) -> None:
