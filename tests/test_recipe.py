@@ -264,3 +264,37 @@ def test_plateau_restore_puts_the_best_epochs_weights_back_after_a_bad_epoch(
         assert max(gaps) <= 1e-6, gaps
     else:  # without the restore it starts from the last epoch's, which over-fitted
         assert min(gaps) > 1e-3, gaps
+
+
+class _CorruptsBest(Callback):
+    """Truncates every shard file of the best checkpoint at the start of every epoch after the first (so the restore
+    after a bad epoch reads a truncated one)."""
+
+    def __init__(self) -> None:
+        self.truncated: list[Path] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if trainer.current_epoch >= 1 and best:
+            for shard in Path(best).glob("*.distcp"):
+                shard.write_bytes(shard.read_bytes()[:16])
+                self.truncated.append(shard)
+
+
+def test_a_corrupt_best_checkpoint_stops_the_restore_with_one_line_naming_it(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctr.training.strategy import CheckpointError
+
+    sets = [*QUIET, "model.mlp=[16]", "model.embedding_dim=8", "trainer.max_epochs=6", "trainer.patience=3"]
+    sets += ["data.batch_size=256", "optim.sparse_lr=0.5", "optim.lr=0.03", "model.init_std=null"]
+    sets.append("optim.plateau_restore=true")
+    probe = _CorruptsBest()
+    trainer_cls = pl.Trainer
+    monkeypatch.setattr(pl, "Trainer", lambda *a, **k: trainer_cls(*a, **{**k, "callbacks": [*k["callbacks"], probe]}))
+    config = load_run_config(None, sets, data=str(tiny), model="deepfm")
+    with pytest.raises(CheckpointError) as caught:
+        train_run(config, tmp_path / "run")
+    assert probe.truncated, "no shard file was truncated: nothing was tested"
+    message = str(caught.value)
+    assert "\n" not in message and "best.ckpt" in message and "optim.plateau_restore=false" in message, message

@@ -342,6 +342,26 @@ def test_corrupt_checkpoint_is_refused(small: Path, tmp_path: Path) -> None:
         train_run(cfg, tmp_path / "run", resume=True)
 
 
+def test_truncated_checkpoint_shards_are_refused_in_one_line(small: Path, tmp_path: Path) -> None:
+    # torch's CheckpointException derives from BaseException: an `except Exception` let its multi-line report of
+    # every rank's traceback through instead of the one-line CheckpointError
+    base = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    cfg = load_run_config(None, base, data=str(small), model="fm")
+    train_run(cfg, tmp_path / "run")
+    for name in ("last.ckpt", "best.ckpt"):
+        shards = list((tmp_path / "run" / "checkpoints" / name).glob("*.distcp"))
+        assert shards
+        for shard in shards:
+            shard.write_bytes(shard.read_bytes()[:16])
+    zip_error = r"\(RuntimeError: PytorchStreamReader failed reading zip archive"
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: corrupt or incompatible checkpoint shards \(") as resumed:
+        train_run(cfg, tmp_path / "run", resume=True)
+    assert "\n" not in str(resumed.value)
+    with pytest.raises(CheckpointError, match=r"best\.ckpt: corrupt checkpoint shards " + zip_error) as caught:
+        load_run(tmp_path / "run")
+    assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -25,7 +25,7 @@ from config.run import RunConfig
 from config.strict import ConfigError, from_dict, load_yaml
 from ctr.models.zoo import CTRModel
 from ctr.training.module import CTRModule
-from ctr.training.strategy import META_FILE, CheckpointError, complete_checkpoint
+from ctr.training.strategy import DCP_READ_ERRORS, META_FILE, CheckpointError, complete_checkpoint, read_failure
 from features.schema import FeatureMap
 
 __all__ = ["TrainedRun", "load_weights", "read_run_config"]
@@ -82,7 +82,7 @@ def load_weights(
         )
     try:
         dcp_load(state, checkpoint_id=str(ckpt), no_dist=True)
-    except Exception as e:
-        raise CheckpointError(f"{ckpt}: corrupt checkpoint shards ({type(e).__name__}: {e})") from e
+    except DCP_READ_ERRORS as e:
+        raise CheckpointError(f"{ckpt}: corrupt checkpoint shards ({read_failure(e)})") from e
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()}, strict=True)
     return TrainedRun(root, config, feature_map, model.eval(), metrics)

@@ -25,18 +25,41 @@ import torch
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from ctr.training.writes import refused_writes
 
-__all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy", "complete_checkpoint", "ray_strategy"]
+__all__ = [
+    "DCP_READ_ERRORS",
+    "CheckpointError",
+    "ShardedModule",
+    "TorchRecStrategy",
+    "complete_checkpoint",
+    "ray_strategy",
+    "read_failure",
+]
 
 META_FILE = "lightning_meta.pt"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or was written for another config, feature map or world size."""
+
+
+# What a failed ``torch.distributed.checkpoint`` read raises: its ``CheckpointException`` (a rank's error, e.g. a
+# truncated shard file) derives from BaseException, not Exception
+DCP_READ_ERRORS: tuple[type[BaseException], ...] = (Exception, CheckpointException)
+
+
+def read_failure(error: BaseException) -> str:
+    """One line for a failed checkpoint read: a ``CheckpointException`` carries each failed rank's traceback, whose
+    last line is the error itself (``RuntimeError: PytorchStreamReader failed ...``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, CheckpointException) and lines:
+        return lines[-1]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 @runtime_checkable
@@ -127,8 +150,8 @@ class TorchRecStrategy(DDPStrategy):
         state = _with_fused_state({"state_dict": self.lightning_module.state_dict()}, module.fused_optimizer_state())
         try:
             dcp_load(state, checkpoint_id=str(path))
-        except Exception as e:
-            raise CheckpointError(f"{path}: corrupt or incompatible checkpoint shards ({type(e).__name__}: {e})") from e
+        except DCP_READ_ERRORS as e:
+            raise CheckpointError(f"{path}: corrupt or incompatible checkpoint shards ({read_failure(e)})") from e
         if "fused_optim" in state:
             module.load_fused_optimizer_state(state["fused_optim"])
         meta["state_dict"] = state["state_dict"]
