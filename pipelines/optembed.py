@@ -89,9 +89,17 @@ def search_stage(
 ) -> dict[str, Any]:
     """Freeze the supernet's row masks, search per-field dims (if the variant does), write the plan into ``out``.
 
-    ``out`` is created, or must be empty or a folder of ``ctr search`` (resumed), and is locked meanwhile."""
-    with owned_dir(out, "ctr search"):
-        return _search(supernet, out, variant, config, storage=storage, study=study, address=address, progress=progress)
+    ``out`` is created, or must be empty or a folder of ``ctr search`` (resumed), and is locked meanwhile. The
+    candidates are scored with one torch thread; the caller's thread count is restored after (``ctr optembed``'s
+    retraining once ran single-threaded after it: 21k against 31k samples/s on 1M rows, docs/benchmarks.md)."""
+    threads = torch.get_num_threads()
+    try:
+        with owned_dir(out, "ctr search"):
+            return _search(
+                supernet, out, variant, config, storage=storage, study=study, address=address, progress=progress
+            )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _search(

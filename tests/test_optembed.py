@@ -203,7 +203,14 @@ def test_the_study_note_describes_the_plan_written(supernet: Path, tmp_path: Pat
     sets = [*TINY_SEARCH, "search.pick_tolerance=0.01", "search.val_rows=800"]
     config = load_run_config(None, sets, data="x", model="deepfm", sections=("search",)).search
     assert config is not None
-    summary = search_stage(supernet, tmp_path / "search", VARIANTS["optembed"], config, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        summary = search_stage(supernet, tmp_path / "search", VARIANTS["optembed"], config, progress=False)
+        # scored single-threaded, then the caller's threads back (the retraining stage after it once ran on one)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert summary["dims"] != summary["best"]["dims"]  # the case: the plan is not the best candidate
     tables = PrunedTables.load(tmp_path / "search")
     plan_dims = {f.name: f.dim for f in tables.plan.fields}
