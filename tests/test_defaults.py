@@ -45,6 +45,12 @@ def test_fm_models_start_near_zero_on_small_splits_only(rows: int, small_start: 
     assert "model.init_std" not in data_aware_defaults(rows, 1, "deepfm", optembed=True)
 
 
+@pytest.mark.parametrize(("rows", "patience"), [(8_000, 2), (499_999, 2), (500_000, 1), (1_000_000, 1)])
+def test_the_optembed_pipeline_stops_at_its_first_bad_epoch_on_large_splits(rows: int, patience: int) -> None:
+    assert data_aware_defaults(rows, 1, "deepfm", optembed=True)["trainer.patience"] == patience
+    assert data_aware_defaults(rows, 1, "deepfm")["trainer.patience"] == 2  # ctr train: the restore may still win
+
+
 def test_the_optembed_pipeline_keeps_its_measured_batch_cap_and_dense_lr() -> None:
     assert data_aware_defaults(1_000_000, 1, "deepfm", optembed=True)["data.batch_size"] == 4096
     assert data_aware_defaults(1_000_000, 1, "deepfm")["data.batch_size"] == 512
