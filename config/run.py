@@ -189,6 +189,9 @@ class SupernetConfig:
     validation epoch within ``hold_auc`` of ``reference_auc``, else divided by 4 and the thresholds halved);
     ``reference_auc`` unset: the supernet's best validation AUC so far (``ctr optembed`` sets its baseline's).
     ``candidates`` defaults to the multiples of 4 up to the embedding dim.
+    ``pressure``: ``uniform`` (the paper's ``alpha * sum_f exp(-t_f)``) or ``by_rows``: field ``f``'s term is
+    weighted by ``min(1, rows_f / mean rows per field)``, so that a field smaller than the average presses its
+    threshold less in proportion (cutting a field of 4 rows saves 4 rows' parameters; docs/optembed.md).
     ``prune_rows`` and ``sample_dims`` switch the two halves of the supernet (see :mod:`ctr.optembed.variants`).
 
     Example:
@@ -204,6 +207,7 @@ class SupernetConfig:
     relative: bool = True
     hold_auc: float | None = None
     reference_auc: float | None = None
+    pressure: Literal["uniform", "by_rows"] = "uniform"
 
     @property
     def effective_alpha(self) -> float:

@@ -163,3 +163,30 @@ def test_supernet_wraps_every_base_model_with_field_embeddings(model: str) -> No
         pruning.thresholds.fill_(0.1)  # inside every row's surrogate window: the threshold gets a gradient
     net(batch).sum().backward()
     assert pruning.thresholds.grad is not None and bool(pruning.thresholds.grad.ne(0).any())
+
+
+def test_pressure_by_rows_weights_each_fields_regulariser_term() -> None:
+    from ctr.optembed.module import field_pressure
+    from features.schema import CategoricalField, FeatureMap
+
+    fm = FeatureMap(
+        dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
+        categorical=(
+            CategoricalField("big", "vocab", 300),
+            CategoricalField("mid", "vocab", 100),
+            CategoricalField("tiny", "vocab", 5),
+        ),
+    )  # fmt: skip
+    weights = field_pressure(fm)  # mean rows 135: min(1, rows / 135)
+    assert weights == pytest.approx([1.0, 100 / 135, 5 / 135])
+    pruning = RowPruning(num_fields=3, relative=True, weights=weights)
+    pruning.thresholds.data = torch.tensor([0.0, 0.0, 1.0])
+    reg = pruning.regularizer(alpha=2.0)  # 2 * (1 + 100/135 + 5/135 * e^-1)
+    assert reg.item() == pytest.approx(2.0 * (1.0 + 100 / 135 + 5 / 135 * math.exp(-1.0)), rel=1e-6)
+    reg.backward()  # the push on each threshold: -alpha * w_f * exp(-t_f)
+    assert pruning.thresholds.grad is not None
+    expected = [-2.0, -2.0 * 100 / 135, -2.0 * 5 / 135 * math.exp(-1.0)]
+    assert pruning.thresholds.grad.tolist() == pytest.approx(expected, rel=1e-6)
+    assert "pressure" not in pruning.state_dict()  # derived from the config: checkpoints keep their keys
+    with pytest.raises(ValueError, match="RowPruning weights: 3 values >= 0 expected"):
+        RowPruning(num_fields=3, weights=[1.0, 1.0])

@@ -35,7 +35,7 @@ from ctr.tables.names import table_weight_key
 from ctr.training.module import CTRModule
 from features.schema import FeatureMap
 
-__all__ = ["MAX_RELATIVE_STEP", "SupernetModule", "find_pruning", "model_row_masks"]
+__all__ = ["MAX_RELATIVE_STEP", "SupernetModule", "field_pressure", "find_pruning", "model_row_masks"]
 
 MAX_RELATIVE_STEP = 0.25  # the most one batch moves a relative threshold (the surrogate's window is +-1)
 
@@ -70,7 +70,10 @@ class SupernetModule(CTRModule):
         if self.supernet_config.prune_rows:
             cfg = self.supernet_config
             fields = model.sparse_arch.num_fields
-            steps.append(RowPruning(fields, device=device, relative=cfg.relative, controlled=cfg.hold_auc is not None))
+            weights = field_pressure(self.feature_map) if cfg.pressure == "by_rows" else None
+            controlled = cfg.hold_auc is not None
+            pruning = RowPruning(fields, device=device, relative=cfg.relative, controlled=controlled, weights=weights)
+            steps.append(pruning)
         if self.supernet_config.sample_dims:
             steps.append(DimensionSampler(model.sparse_arch.embedding_dim, self.supernet_config.candidates))
         model.field_transform = nn.Sequential(*steps)
@@ -157,6 +160,24 @@ class SupernetModule(CTRModule):
             for name, mask in masks.items()
         )
         return EmbeddingPlan(self.feature_map.content_hash, full, fields)
+
+
+def field_pressure(fm: FeatureMap) -> list[float]:
+    """``supernet.pressure: by_rows``: each categorical field's weight in the threshold regulariser,
+    ``min(1, rows_f / mean rows per field)``.
+
+    Example:
+        >>> from features.schema import CategoricalField
+        >>> fm = FeatureMap(
+        ...     dataset="toy", label="y", dense=(), splits={}, source_spec={}, seed=0, split_method="random",
+        ...     categorical=(CategoricalField("big", "vocab", 1000), CategoricalField("small", "vocab", 10)),
+        ... )
+        >>> field_pressure(fm)
+        [1.0, 0.0198...]
+    """
+    rows = [f.cardinality for f in fm.categorical]
+    mean = sum(rows) / len(rows)
+    return [min(1.0, r / mean) for r in rows]
 
 
 def model_row_masks(

@@ -83,6 +83,7 @@ class RowPruning(nn.Module):
 
     scales: torch.Tensor
     alpha_log2: torch.Tensor
+    pressure: torch.Tensor
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class RowPruning(nn.Module):
         relative: bool = False,
         momentum: float = 0.9,
         controlled: bool = False,
+        weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if num_fields < 1:
@@ -102,6 +104,11 @@ class RowPruning(nn.Module):
         self.momentum = momentum
         if relative:  # zeros until the first training batch (also what DMP writes into a meta-device buffer)
             self.register_buffer("scales", torch.zeros(num_fields, device=device))
+        if weights is not None and (len(weights) != num_fields or min(weights) < 0):
+            raise ValueError(f"RowPruning weights: {num_fields} values >= 0 expected, got {list(weights)}")
+        # each field's share of the regulariser (SupernetConfig.pressure); derived from the config, not checkpointed
+        pressure = torch.ones(num_fields) if weights is None else torch.tensor(list(weights), dtype=torch.float32)
+        self.register_buffer("pressure", pressure.to(device), persistent=False)
         self.controlled = controlled
         if controlled:  # log2 of the factor ctr.optembed.threshold_control puts on alpha (0: none), kept in checkpoints
             self.register_buffer("alpha_log2", torch.zeros((), device=device))
@@ -143,10 +150,11 @@ class RowPruning(nn.Module):
         return emb * self.mask(emb).unsqueeze(-1)
 
     def regularizer(self, alpha: float) -> torch.Tensor:
-        """``alpha * sum_f exp(-t_f)``, times the controller's factor: pushes thresholds up, weaker as they grow."""
+        """``alpha * sum_f w_f exp(-t_f)`` (``w_f``: the field's pressure, 1 by default), times the controller's
+        factor: pushes thresholds up, weaker as they grow."""
         if self.controlled:
             alpha = alpha * 2.0 ** float(self.alpha_log2)
-        return alpha * torch.exp(-self.thresholds).sum()
+        return alpha * (self.pressure * torch.exp(-self.thresholds)).sum()
 
 
 def prefix_mask(dims: Sequence[int] | torch.Tensor, full_dim: int) -> torch.Tensor:
