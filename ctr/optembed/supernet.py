@@ -107,14 +107,17 @@ class RowPruning(nn.Module):
         if weights is not None and (len(weights) != num_fields or min(weights) < 0):
             raise ValueError(f"RowPruning weights: {num_fields} values >= 0 expected, got {list(weights)}")
         # each field's share of the regulariser (SupernetConfig.pressure); derived from the config, not checkpointed
-        pressure = torch.ones(num_fields) if weights is None else torch.tensor(list(weights), dtype=torch.float32)
-        self.register_buffer("pressure", pressure.to(device), persistent=False)
+        self._weights = [1.0] * num_fields if weights is None else [float(w) for w in weights]
+        self.register_buffer("pressure", torch.tensor(self._weights, device=device), persistent=False)
         self.controlled = controlled
         if controlled:  # log2 of the factor ctr.optembed.threshold_control puts on alpha (0: none), kept in checkpoints
             self.register_buffer("alpha_log2", torch.zeros((), device=device))
 
     def reset_parameters(self) -> None:
+        # also what fills the buffers of a model DistributedModelParallel built on the meta device
         nn.init.zeros_(self.thresholds)
+        with torch.no_grad():
+            self.pressure.copy_(torch.tensor(self._weights))
         if self.relative:
             nn.init.zeros_(self.scales)
         if self.controlled:
