@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
 from config.run import RetrainConfig, RunConfig, SearchConfig, SupernetConfig
 from config.tables import TablesConfig
@@ -42,6 +41,7 @@ from ctr.optembed.pruned import PrunedTables
 from ctr.optembed.variants import Variant
 from ctr.runs import command_of, train_run
 from ctr.training.strategy import complete_checkpoint
+from ctr.training.threads import torch_threads
 from features.outputs import is_secondary_rank, owned_dir, remove_owned
 from search.driver import Scored, SearchOutcome, SearchSpace, run_search, scored_trials
 from search.pick import pick, shrink
@@ -90,16 +90,11 @@ def search_stage(
     """Freeze the supernet's row masks, search per-field dims (if the variant does), write the plan into ``out``.
 
     ``out`` is created, or must be empty or a folder of ``ctr search`` (resumed), and is locked meanwhile. The
-    candidates are scored with one torch thread; the caller's thread count is restored after (``ctr optembed``'s
-    retraining once ran single-threaded after it: 21k against 31k samples/s on 1M rows, docs/benchmarks.md)."""
-    threads = torch.get_num_threads()
-    try:
-        with owned_dir(out, "ctr search"):
-            return _search(
-                supernet, out, variant, config, storage=storage, study=study, address=address, progress=progress
-            )
-    finally:
-        torch.set_num_threads(threads)
+    stage runs on one torch thread (the candidates are scored one pass each); the caller's thread count is
+    restored after (``ctr optembed``'s retraining once ran single-threaded after it: 21k against 31k samples/s on
+    1M rows, docs/benchmarks.md)."""
+    with owned_dir(out, "ctr search"), torch_threads(1):
+        return _search(supernet, out, variant, config, storage=storage, study=study, address=address, progress=progress)
 
 
 def _search(
@@ -128,7 +123,6 @@ def _search(
     scored: list[Scored] = []
     summary: dict[str, Any] = {"variant": variant.name, "supernet": str(supernet)}
     if variant.search_dims:
-        torch.set_num_threads(1)
         scorer = frozen.scorer(config)
         if config.val_rows is None and config.auc_noise is not None:
             scorer, summary["sample"] = sized_sample(scorer, space.choices, config.auc_noise, config.seed)

@@ -46,6 +46,7 @@ from config.strict import ConfigError
 from ctr.artifact.export import FORWARD_BATCH, ExportedModel, load_exported
 from ctr.data.columnar import ColumnarSplit, CSRColumn
 from ctr.training.metrics import auc, logloss
+from ctr.training.threads import torch_threads
 from features.schema import FeatureMap
 from features.spec import InputError
 from features.stream import EncodedChunk, encoded_chunks
@@ -176,14 +177,10 @@ def predict_files(
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    before = torch.get_num_threads()
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch_threads(threads), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             summary = _score(exported, artifact, inputs, scratch, out, rejects, batch_size, progress)
     finally:
-        torch.set_num_threads(before)
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - started
     rate = round(summary["rows_read"] / seconds, 1)

@@ -29,10 +29,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from ctr.training.module import CTRModule
-from ctr.training.strategy import DCP_READ_ERRORS, CheckpointError, read_failure
+from ctr.training.strategy import read_shards
 
 __all__ = ["PlateauDecay"]
 
@@ -80,14 +79,11 @@ class PlateauDecay(Callback):
         if not path:
             return
         state = {"state_dict": pl_module.state_dict()}
-        try:
-            dcp_load(state, checkpoint_id=path)
-        except DCP_READ_ERRORS as e:  # one line naming the file and the way out, not torch's traceback
-            raise CheckpointError(
-                f"{path}: the best checkpoint, read back after an epoch without a new best (optim.plateau_restore), "
-                f"is corrupt or incomplete ({read_failure(e)}); was it changed during the run? Rerun, or set "
-                "optim.plateau_restore=false"
-            ) from e
+        problem = (
+            "the best checkpoint, read back after an epoch without a new best (optim.plateau_restore), is corrupt or "
+            "incomplete; was it changed during the run? Rerun, or set optim.plateau_restore=false"
+        )
+        read_shards(state, path, problem)
         pl_module.load_state_dict(state["state_dict"])
 
     def state_dict(self) -> dict[str, Any]:

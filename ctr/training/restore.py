@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint.filesystem import FileSystemReader
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from config.run import RunConfig
 from config.strict import ConfigError, from_dict, load_yaml
 from ctr.models.zoo import CTRModel
 from ctr.training.module import CTRModule
-from ctr.training.strategy import DCP_READ_ERRORS, META_FILE, CheckpointError, complete_checkpoint, read_failure
+from ctr.training.strategy import META_FILE, CheckpointError, complete_checkpoint, read_shards
 from features.schema import FeatureMap
 
 __all__ = ["TrainedRun", "load_weights", "read_run_config"]
@@ -80,9 +79,6 @@ def load_weights(
             f"{ckpt}: checkpoint keys differ from the model's: missing {sorted(want - saved)[:5]}, "
             f"unexpected {sorted(saved - want)[:5]}"
         )
-    try:
-        dcp_load(state, checkpoint_id=str(ckpt), no_dist=True)
-    except DCP_READ_ERRORS as e:
-        raise CheckpointError(f"{ckpt}: corrupt checkpoint shards ({read_failure(e)})") from e
+    read_shards(state, ckpt, "corrupt checkpoint shards", no_dist=True)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()}, strict=True)
     return TrainedRun(root, config, feature_map, model.eval(), metrics)

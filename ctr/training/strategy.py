@@ -31,15 +31,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from ctr.training.writes import refused_writes
 
-__all__ = [
-    "DCP_READ_ERRORS",
-    "CheckpointError",
-    "ShardedModule",
-    "TorchRecStrategy",
-    "complete_checkpoint",
-    "ray_strategy",
-    "read_failure",
-]
+__all__ = ["CheckpointError", "ShardedModule", "TorchRecStrategy", "complete_checkpoint", "ray_strategy", "read_shards"]
 
 META_FILE = "lightning_meta.pt"
 
@@ -48,18 +40,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or was written for another config, feature map or world size."""
 
 
-# What a failed ``torch.distributed.checkpoint`` read raises: its ``CheckpointException`` (a rank's error, e.g. a
-# truncated shard file) derives from BaseException, not Exception
-DCP_READ_ERRORS: tuple[type[BaseException], ...] = (Exception, CheckpointException)
+def read_shards(state: dict[str, Any], path: str | Path, problem: str, *, no_dist: bool = False) -> None:
+    """The checkpoint at ``path`` read into ``state`` in place (``torch.distributed.checkpoint.load``); a failed read
+    raises a one-line :class:`CheckpointError`: ``{path}: {problem} ({the error})``.
 
-
-def read_failure(error: BaseException) -> str:
-    """One line for a failed checkpoint read: a ``CheckpointException`` carries each failed rank's traceback, whose
-    last line is the error itself (``RuntimeError: PytorchStreamReader failed ...``)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if isinstance(error, CheckpointException) and lines:
-        return lines[-1]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    torch's ``CheckpointException`` (a rank's error, e.g. a truncated shard file) derives from BaseException, not
+    Exception, and carries each failed rank's traceback, whose last line is the error itself."""
+    try:
+        dcp_load(state, checkpoint_id=str(path), no_dist=no_dist)
+    except (Exception, CheckpointException) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if isinstance(e, CheckpointException) and lines:
+            error = lines[-1]
+        else:
+            error = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        raise CheckpointError(f"{path}: {problem} ({error})") from e
 
 
 @runtime_checkable
@@ -148,10 +143,7 @@ class TorchRecStrategy(DDPStrategy):
         module.check_checkpoint_spec(meta, str(path))
         assert self.lightning_module is not None
         state = _with_fused_state({"state_dict": self.lightning_module.state_dict()}, module.fused_optimizer_state())
-        try:
-            dcp_load(state, checkpoint_id=str(path))
-        except DCP_READ_ERRORS as e:
-            raise CheckpointError(f"{path}: corrupt or incompatible checkpoint shards ({read_failure(e)})") from e
+        read_shards(state, path, "corrupt or incompatible checkpoint shards")
         if "fused_optim" in state:
             module.load_fused_optimizer_state(state["fused_optim"])
         meta["state_dict"] = state["state_dict"]
