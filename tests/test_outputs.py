@@ -193,23 +193,28 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder(raw: Path, small: 
 
 
 def test_three_concurrent_prepares_one_wins_the_others_are_refused(tmp_path: Path) -> None:
+    """The first writer is frozen (SIGSTOP) while it holds the folder, so the overlap does not hang on timing."""
     raw = tmp_path / "raw.tsv"
-    write_synthetic(30_000, raw, seed=2)
+    write_synthetic(100_000, raw, seed=2)
     out = tmp_path / "X"
-    procs = [
-        subprocess.Popen(
-            [*CLI, *_prepare("--input", raw, "--out", out, "--overwrite")], stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(3)
-    ]
-    results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
-    assert sorted(code for code, _ in results) == [0, 1, 1], results
-    for code, err in results:
-        if code == 1:  # refused while the winner wrote, or (if it came late) refused as a finished output
-            line = _one_error_line(err, "prepare")
-            assert "in use by pid" in line or "finished output" in line, line
+    command = [*CLI, *_prepare("--input", raw, "--out", out, "--overwrite")]
+    winner = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".X.ctr-tmp-*/.staged")) and winner.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert winner.poll() is None, "prepare ended before the others could start beside it"
+    winner.send_signal(signal.SIGSTOP)
+    try:
+        others = [subprocess.run(command, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    finally:
+        winner.send_signal(signal.SIGCONT)
+    assert winner.wait(timeout=300) == 0, winner.stderr.read() if winner.stderr else ""
+    for other in others:
+        assert other.returncode == 1, other.stderr[-2000:]
+        line = _one_error_line(other.stderr, "prepare")
+        assert "in use by pid" in line and str(winner.pid) in line, line
     report = (out / "report.json").read_text()
-    assert '"rows_read": 30000' in report
+    assert '"rows_read": 100000' in report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X", "raw.tsv", "raw.tsv.truth.json"]
 
 
