@@ -422,7 +422,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_POSITIVE,
         default=None,
         metavar="N",
-        help="PyTorch threads for the model (default: OMP_NUM_THREADS, else one per core; 1 on a busy shared machine)",
+        help="scoring threads, each running the model on one core (default: OMP_NUM_THREADS, else one per core; "
+        "1 on a busy shared machine)",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_predict)

@@ -8,6 +8,7 @@ scores, labels and rejects must be those of reading each file in one window, and
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,18 @@ def _write(folder: Path, rows: list[str]) -> list[Path]:
     return paths
 
 
-@pytest.mark.parametrize(("chunk", "window"), [(1, 1), (7, 7), (10, 3)])
+@pytest.mark.parametrize(("chunk", "window", "threads"), [(1, 1, 3), (7, 7, 1), (10, 3, 2)])
 def test_line_numbers_rejects_and_scores_across_window_boundaries(
-    chunk: int, window: int, scoring_data: Path, scoring_run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    chunk: int,
+    window: int,
+    threads: int,
+    scoring_data: Path,
+    scoring_run: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Windows of ``window`` lines, gathered into chunks of at most ``chunk`` rows (``--batch-size``)."""
+    """Windows of ``window`` lines, gathered into chunks of at most ``chunk`` rows (``--batch-size``), scored on
+    ``threads`` threads; every third chunk is held back, so later chunks finish first and order must be restored."""
     artifact = tmp_path / "artifact"
     export_run(scoring_run("deepfm", "deepfm"), artifact)
     inputs = _write(tmp_path, (scoring_data / "test.tsv").read_text().splitlines())
@@ -85,8 +93,18 @@ def test_line_numbers_rejects_and_scores_across_window_boundaries(
             sizes.append(c.rows.height + c.rejects.height)
             yield c
 
+    scorer = predict._Scorer.__call__
+
+    def slow(self: Any, chunk: stream.EncodedChunk) -> Any:
+        if len(sizes) % 3 == 0:
+            time.sleep(0.02)
+        return scorer(self, chunk)
+
     monkeypatch.setattr(predict, "encoded_chunks", counted)
-    summary = predict_files(artifact, inputs, tmp_path / "windows.parquet", batch_size=chunk, progress=False)
+    monkeypatch.setattr(predict._Scorer, "__call__", slow)
+    summary = predict_files(
+        artifact, inputs, tmp_path / "windows.parquet", batch_size=chunk, progress=False, threads=threads
+    )
     assert sum(sizes) == 65 and max(sizes) <= chunk and len(sizes) >= 65 // chunk
     expected_rejects = [
         ("a.tsv", 7, FEW),

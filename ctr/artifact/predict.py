@@ -3,10 +3,11 @@
 The artifact's feature map encodes the raw files in the data set's own format (:mod:`features.stream`: one
 streaming pass, unseen values to the OOV id); each chunk is scored by the artifact's model
 (:meth:`~ctr.artifact.export.ExportedModel.predict`, under ``torch.inference_mode``, in forward passes of
-``FORWARD_BATCH`` rows) while the next chunk is parsed and encoded in a background thread (Polars and PyTorch both
-release the GIL). Each input is read and encoded in windows of a few thousand lines (rows of a parquet file;
+``FORWARD_BATCH`` rows), ``threads`` chunks at once, each on one core, while the next chunks are parsed and
+encoded in a background thread (Polars and PyTorch both release the GIL); the scores are written in input order.
+Each input is read and encoded in windows of a few thousand lines (rows of a parquet file;
 :func:`features.sources.scan_windows`, ``features.stream.WINDOW_LINES``), handed to the scoring side in chunks of at
-most ``CHUNK_ROWS`` rows, which holds at most three chunks: peak memory does not grow with the number of rows
+most ``CHUNK_ROWS`` rows, which holds at most ``threads`` + 3 chunks: peak memory does not grow with the number of rows
 (docs/benchmarks.md) but for the AUC over the labelled rows (8 bytes a row kept, more for a moment at the end).
 
 Output: ``SCORES`` (parquet): ``file``, ``line`` (1-based line in that file; row number for parquet),
@@ -30,7 +31,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +159,10 @@ def predict_files(
     ``batch_size``: rows per chunk (at most ``CHUNK_ROWS``) and per forward pass (at most ``FORWARD_BATCH``); ``out``
     is written in row groups of about ``batch_size`` rows.
 
-    ``threads``: PyTorch's threads for the forward passes (``torch.set_num_threads`` while scoring, restored after);
-    ``None`` keeps PyTorch's setting (``OMP_NUM_THREADS`` if set, else one per core). On a machine shared with
-    other busy processes, 1 avoids OpenMP threads spinning while they wait for a core.
+    ``threads``: scoring threads (``None``: PyTorch's thread count, ``OMP_NUM_THREADS`` if set, else one per core).
+    Each scores whole chunks with PyTorch on one core, and the chunks are written in input order: several
+    single-threaded forward passes at once keep the cores busy where one pass split over OpenMP threads spins at
+    every layer's barrier (docs/benchmarks.md). On a machine shared with other busy processes, 1 is the setting.
 
     ``bf16``: run the dense layers under bfloat16 autocast (faster on CPUs with AVX-512 BF16 or AMX); the scores
     then differ from the float32 ones (``load_exported(...).predict``) by up to about 1e-2."""
@@ -177,9 +181,14 @@ def predict_files(
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    scorer = _Scorer(exported, min(batch_size, FORWARD_BATCH), bf16)
+    workers = threads if threads is not None else torch.get_num_threads()
     try:
-        with torch_threads(threads), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            summary = _score(exported, artifact, inputs, scratch, out, rejects, batch_size, progress)
+        with (
+            torch_threads(1),  # each scoring thread runs its forward passes on one core (restored after)
+            ThreadPoolExecutor(workers, "ctr-predict-score", initializer=torch.set_num_threads, initargs=(1,)) as pool,
+        ):
+            summary = _score(scorer, pool, workers, artifact, inputs, scratch, out, rejects, batch_size, progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - started
@@ -187,8 +196,39 @@ def predict_files(
     return {**summary, "bf16": bf16, "seconds": round(seconds, 3), "rows_per_sec": rate}
 
 
+class _Scorer:
+    """One chunk's probabilities, computed on a scoring thread (autocast is per thread, so it is entered here)."""
+
+    def __init__(self, exported: ExportedModel, forward_batch: int, bf16: bool) -> None:
+        self.exported, self.forward_batch, self.bf16 = exported, forward_batch, bf16
+
+    def __call__(self, chunk: EncodedChunk) -> tuple[EncodedChunk, npt.NDArray[np.float32]]:
+        split = split_of_frame(self.exported.feature_map, chunk.rows)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return chunk, self.exported.predict(split, batch_size=self.forward_batch)
+
+
+def _in_order(
+    scorer: _Scorer, pool: ThreadPoolExecutor, workers: int, chunks: Iterator[EncodedChunk]
+) -> Iterator[tuple[EncodedChunk, npt.NDArray[np.float32]]]:
+    """``scorer(chunk)`` for every chunk, ``workers`` chunks scored at once, yielded in input order."""
+    pending: deque[Future[tuple[EncodedChunk, npt.NDArray[np.float32]]]] = deque()
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(scorer, chunk))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def _score(
-    exported: ExportedModel,
+    scorer: _Scorer,
+    pool: ThreadPoolExecutor,
+    workers: int,
     artifact: Path,
     inputs: Sequence[Path],
     scratch: Path,
@@ -211,10 +251,8 @@ def _score(
         pq.ParquetWriter(tmp_rejects, REJECTS_SCHEMA.with_metadata(metadata), compression="zstd") as bad,
         tqdm(desc="score", unit=" rows", unit_scale=True, disable=not progress, mininterval=0.5, delay=1.0) as bar,
     ):
-        for chunk in _background(chunks):
+        for chunk, p in _in_order(scorer, pool, workers, _background(chunks)):
             rows = chunk.rows
-            split = split_of_frame(exported.feature_map, rows)
-            p = exported.predict(split, batch_size=min(batch_size, FORWARD_BATCH))
             y = rows["label"].cast(pl.Float32).to_arrow()
             table = pa.table(
                 [rows["__file"].to_arrow(), rows["__line"].to_arrow(), pa.array(p, pa.float32()), y],
