@@ -192,6 +192,10 @@ class SupernetConfig:
     ``pressure``: ``uniform`` (the paper's ``alpha * sum_f exp(-t_f)``) or ``by_rows``: field ``f``'s term is
     weighted by ``min(1, rows_f / mean rows per field)``, so that a field smaller than the average presses its
     threshold less in proportion (cutting a field of 4 rows saves 4 rows' parameters; docs/optembed.md).
+    ``small_field_rows``: a field whose table has at most this many rows is not row-pruned (all its rows are
+    kept; its dim is still searched). Its rows are all frequent and of about one norm, so one threshold step
+    cuts the field whole, and what that saves is a few rows; measured on MovieLens and planted data
+    (docs/optembed.md, "Small fields"). 0 prunes every field, as the paper does.
     ``prune_rows`` and ``sample_dims`` switch the two halves of the supernet (see :mod:`ctr.optembed.variants`).
 
     Example:
@@ -208,6 +212,7 @@ class SupernetConfig:
     hold_auc: float | None = None
     reference_auc: float | None = None
     pressure: Literal["uniform", "by_rows"] = "uniform"
+    small_field_rows: int = 100
 
     @property
     def effective_alpha(self) -> float:
@@ -222,7 +227,9 @@ class SupernetConfig:
         return RELATIVE_DEFAULTS if self.relative else PAPER_DEFAULTS
 
     def __post_init__(self) -> None:
-        _check(self, alpha=">= 0", threshold_lr="> 0", hold_auc=">= 0", reference_auc="in (0, 1]")
+        _check(
+            self, alpha=">= 0", threshold_lr="> 0", hold_auc=">= 0", reference_auc="in (0, 1]", small_field_rows=">= 0"
+        )
         bad = self.candidates is not None and (
             not self.candidates or max(self.candidates) == 0 or any(c < 0 or c % 4 for c in self.candidates)
         )
@@ -244,9 +251,10 @@ class SearchConfig(EvolutionConfig):
     ``workers``: Ray evaluator actors (0: score in the driver process, without Ray).
     ``pick_tolerance``: retrain the smallest candidate whose validation AUC is within this of the best one
     (0: the best one itself). ``shrink`` (an extension, not in the paper): then step each field, largest
-    table first, down to its smallest dim wherever the validation AUC stays within ``pick_tolerance`` of the
-    best -- fields the AUC does not depend on end at the smallest dim even when their table is too small
-    for the evolution to notice.
+    table first, down to its smallest dim wherever the validation AUC stays within ``pick_tolerance`` +
+    ``auc_noise`` of the best -- fields the AUC does not depend on end at the smallest dim even when their table
+    is too small for the evolution to notice. The best is the largest of many noisy scores, so a step within one
+    noise unit of it is not measurably worse (:meth:`shrink_floor`; docs/optembed.md, "Small fields").
     ``auc_noise``: when ``val_rows`` is unset, score on a sample just large enough that the standard error of an
     AUC difference between two candidates (DeLong, between the largest and the smallest candidate) is about
     this (:mod:`search.sample_size`); ``None``: every validation row. ``head_dtype``: the scoring head's
@@ -282,6 +290,14 @@ class SearchConfig(EvolutionConfig):
             pick_tolerance=">= 0",
         )
         super().__post_init__()  # n_mutation + n_crossover <= population, the crossover: before any stage trains
+
+    def shrink_floor(self, best_auc: float) -> float:
+        """The validation AUC a shrink step must keep: ``best_auc - pick_tolerance - auc_noise`` (0 when unset).
+
+        >>> round(SearchConfig().shrink_floor(0.8), 6), round(SearchConfig(auc_noise=None).shrink_floor(0.8), 6)
+        (0.799, 0.8)
+        """
+        return best_auc - self.pick_tolerance - (self.auc_noise or 0.0)
 
     def evolution(self) -> EvolutionConfig:
         """The evolutionary search's own settings alone (``population``, ``n_mutation``, ...)."""

@@ -143,8 +143,7 @@ def _search(
         dims = chosen.dims
         steps: list[dict[str, Any]] = []
         if config.shrink:
-            floor = outcome.best.val_auc - config.pick_tolerance
-            dims, steps = shrink(scorer, space, dims, floor)
+            dims, steps = shrink(scorer, space, dims, config.shrink_floor(outcome.best.val_auc))
         summary["shrink"] = steps
         summary["final_val_auc"] = scorer.score_many([tuple(dims[n] for n in fm.sparse_names)])[0]
         summary |= {

@@ -148,7 +148,7 @@ def test_supernet_wraps_every_base_model_with_field_embeddings(model: str) -> No
         dense=(DenseField("x", "none", 0.0, 0.0, 1.0),),
         categorical=(CategoricalField("a", "vocab", 20), CategoricalField("b", "vocab", 30)),
     )  # fmt: skip
-    sets = ["model.embedding_dim=8", "model.mlp=[8]", "model.dense_mlp=[4]"]
+    sets = ["model.embedding_dim=8", "model.mlp=[8]", "model.dense_mlp=[4]", "supernet.small_field_rows=0"]
     module = SupernetModule(load_run_config(None, sets, data="x", model=model, sections=("supernet",)), fm)
     half = load_run_config(None, [*sets, "model.table_dtype=float16"], data="x", model=model, sections=("supernet",))
     with pytest.raises(ConfigError, match="the OptEmbed supernet needs float32 tables"):
@@ -190,3 +190,23 @@ def test_pressure_by_rows_weights_each_fields_regulariser_term() -> None:
     assert "pressure" not in pruning.state_dict()  # derived from the config: checkpoints keep their keys
     with pytest.raises(ValueError, match="RowPruning weights: 3 values >= 0 expected"):
         RowPruning(num_fields=3, weights=[1.0, 1.0])
+
+
+def test_a_field_that_is_not_prunable_keeps_every_row_and_its_threshold_gets_no_push() -> None:
+    """Field 1 (``prunable`` False) keeps its rows, even a row of norm 0, whatever its threshold; only field 0's
+    threshold feels the data and the regulariser."""
+    pruning = RowPruning(num_fields=2, relative=False, prunable=[True, False])
+    pruning.thresholds.data = torch.tensor([0.5, 0.5])
+    emb = torch.tensor([[[0.2, 0.2], [0.1, 0.1]], [[0.6, 0.0], [0.0, 0.0]]], requires_grad=True)  # [B=2, F=2, D=2]
+    keep = pruning.mask(emb)  # L1 norms: field 0: 0.4, 0.6 (threshold 0.5: cut, kept); field 1: 0.2, 0.0
+    assert keep.tolist() == [[0.0, 1.0], [1.0, 1.0]]
+    (keep.sum() + pruning.regularizer(alpha=2.0)).backward()  # regulariser: 2 * exp(-0.5), field 0 only
+    assert pruning.thresholds.grad is not None
+    # field 0: the surrogate at x = -0.1 and 0.1 is 2 - 4 * 0.1 = 1.6 each, so d(keep)/dt = -3.2; -2 e^-0.5 more
+    assert pruning.thresholds.grad.tolist() == pytest.approx([-3.2 - 2.0 * math.exp(-0.5), 0.0], rel=1e-6)
+    assert pruning.effective_thresholds().tolist() == [0.5, float("-inf")]
+    table = torch.tensor([[0.0, 0.0], [0.3, 0.3]])  # a never-seen row of norm 0 is kept in the frozen mask too
+    assert row_keep_mask(table, float(pruning.effective_thresholds()[1])).tolist() == [True, True]
+    assert "prunable" not in pruning.state_dict()  # derived from the config: checkpoints keep their keys
+    with pytest.raises(ValueError, match="RowPruning prunable: 2 flags expected"):
+        RowPruning(num_fields=2, prunable=[True])

@@ -72,7 +72,10 @@ class SupernetModule(CTRModule):
             fields = model.sparse_arch.num_fields
             weights = field_pressure(self.feature_map) if cfg.pressure == "by_rows" else None
             controlled = cfg.hold_auc is not None
-            pruning = RowPruning(fields, device=device, relative=cfg.relative, controlled=controlled, weights=weights)
+            prunable = [f.cardinality > cfg.small_field_rows for f in self.feature_map.categorical]
+            pruning = RowPruning(
+                fields, device=device, relative=cfg.relative, controlled=controlled, weights=weights, prunable=prunable
+            )
             steps.append(pruning)
         if self.supernet_config.sample_dims:
             steps.append(DimensionSampler(model.sparse_arch.embedding_dim, self.supernet_config.candidates))

@@ -69,6 +69,8 @@ class RowPruning(nn.Module):
     training (momentum ``momentum``, set from the first batch): the thresholds, the surrogate's window and the
     regulariser then act in units of the field's typical row norm, whatever the initialisation, the table's
     size or the table learning rate. Evaluation and the frozen mask use the stored ``c_f``.
+    ``prunable`` (default: every field): a field marked ``False`` keeps every row; its threshold gets no
+    gradient and no regulariser term (``SupernetConfig.small_field_rows``).
 
     Example:
         >>> pruning = RowPruning(num_fields=3)
@@ -84,6 +86,7 @@ class RowPruning(nn.Module):
     scales: torch.Tensor
     alpha_log2: torch.Tensor
     pressure: torch.Tensor
+    prunable: torch.Tensor
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class RowPruning(nn.Module):
         momentum: float = 0.9,
         controlled: bool = False,
         weights: Sequence[float] | None = None,
+        prunable: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if num_fields < 1:
@@ -109,6 +113,10 @@ class RowPruning(nn.Module):
         # each field's share of the regulariser (SupernetConfig.pressure); derived from the config, not checkpointed
         self._weights = [1.0] * num_fields if weights is None else [float(w) for w in weights]
         self.register_buffer("pressure", torch.tensor(self._weights, device=device), persistent=False)
+        if prunable is not None and len(prunable) != num_fields:
+            raise ValueError(f"RowPruning prunable: {num_fields} flags expected, got {list(prunable)}")
+        self._prunable = [True] * num_fields if prunable is None else [bool(p) for p in prunable]
+        self.register_buffer("prunable", torch.tensor(self._prunable, device=device), persistent=False)
         self.controlled = controlled
         if controlled:  # log2 of the factor ctr.optembed.threshold_control puts on alpha (0: none), kept in checkpoints
             self.register_buffer("alpha_log2", torch.zeros((), device=device))
@@ -118,6 +126,7 @@ class RowPruning(nn.Module):
         nn.init.zeros_(self.thresholds)
         with torch.no_grad():
             self.pressure.copy_(torch.tensor(self._weights))
+            self.prunable.copy_(torch.tensor(self._prunable))
         if self.relative:
             nn.init.zeros_(self.scales)
         if self.controlled:
@@ -133,9 +142,11 @@ class RowPruning(nn.Module):
         return self.scales.clamp_min(1e-12)
 
     def effective_thresholds(self) -> torch.Tensor:
-        """The thresholds in the table's own L1 units (what :func:`row_keep_mask` compares row norms with)."""
+        """The thresholds in the table's own L1 units (what :func:`row_keep_mask` compares row norms with);
+        ``-inf`` for a field that is not pruned."""
         t = self.thresholds.detach()
-        return t * self.scales if self.relative else t
+        t = t * self.scales if self.relative else t
+        return torch.where(self.prunable, t, float("-inf"))
 
     def mask(self, emb: torch.Tensor) -> torch.Tensor:
         """``[B, F]`` keep mask (1.0 or 0.0) for field embeddings ``[B, F, D]``, differentiable by surrogate."""
@@ -147,7 +158,7 @@ class RowPruning(nn.Module):
                 self._track(norms.detach())
             norms = norms / self._unit()
         keep: torch.Tensor = _Step.apply(norms - self.thresholds)  # type: ignore[no-untyped-call]
-        return keep
+        return torch.where(self.prunable, keep, torch.ones_like(keep))
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return emb * self.mask(emb).unsqueeze(-1)
@@ -157,7 +168,7 @@ class RowPruning(nn.Module):
         factor: pushes thresholds up, weaker as they grow."""
         if self.controlled:
             alpha = alpha * 2.0 ** float(self.alpha_log2)
-        return alpha * (self.pressure * torch.exp(-self.thresholds)).sum()
+        return alpha * (self.pressure * self.prunable * torch.exp(-self.thresholds)).sum()
 
 
 def prefix_mask(dims: Sequence[int] | torch.Tensor, full_dim: int) -> torch.Tensor:
