@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from ctr.artifact.export import export_run
 from ctr.optembed.frozen import freeze
 from ctr.optembed.plot import plot_dims
 from ctr.optembed.pruned import PrunedTables
-from ctr.optembed.variants import Variant
+from ctr.optembed.variants import Variant, for_model
 from ctr.runs import command_of, train_run
 from ctr.training.strategy import complete_checkpoint
 from ctr.training.threads import torch_threads
@@ -195,7 +196,11 @@ def run_optembed(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The whole flow; returns (and writes) ``RUN/result.json``. ``out`` is locked while it runs. A rank > 0 of
-    ``nproc`` (a process Lightning started, re-running the command) joins the training stages only and returns {}."""
+    ``nproc`` (a process Lightning started, re-running the command) joins the training stages only and returns {}.
+    A model whose fields must share one dim (DLRM) runs ``optembed`` as ``optembed-e`` (:func:`for_model`)."""
+    variant, note = for_model(variant, config.model.name)
+    if note is not None:
+        print(note, file=sys.stderr, flush=True)
     with owned_dir(out, "ctr optembed"):
         return _run(
             config,

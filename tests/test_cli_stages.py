@@ -31,6 +31,7 @@ from pipelines.cli import main
 SMALL = ["trainer.progress_bar=false", "model.mlp=[16]", "model.embedding_dim=8", "trainer.threads=1"]
 SMALL += ["trainer.max_epochs=1", "data.batch_size=256", "optim.sparse_lr=0.05"]
 SUPERNET = [*SMALL, "supernet.alpha=0.5", "supernet.threshold_lr=0.2", "supernet.relative=false"]
+SUPERNET += ["supernet.small_field_rows=0"]  # the tiny data's fields are small: prune them all, as the paper does
 SEARCH = ["search.population=4", "search.n_mutation=2", "search.n_crossover=2", "search.generations=2"]
 SEARCH += ["search.top_k=3", "search.workers=0"]
 
@@ -191,6 +192,23 @@ def test_optembed_with_postgresql_storage_keeps_its_study_there(tiny: Path, post
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == result["search"]["trials"] > 0
     assert result["search"]["best"]["val_auc"] == max(t.value for t in complete if t.value is not None)
+
+
+def test_optembed_with_dlrm_searches_rows_only_and_retrains(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fails: Callable[..., str]
+) -> None:
+    """DLRM dots every pair of fields, so every field keeps the one dim: `ctr optembed` runs as optembed-e (it
+    failed in the retraining, after the whole search, when the search picked mixed dims)."""
+    out = tmp_path / "oe"
+    sets = _sets([*SUPERNET, *SEARCH, "model.dense_mlp=[8]"])
+    report = _ctr("optembed", "--data", tiny, "--model", "dlrm", "--out", out, "--quiet", *sets)
+    assert "--model dlrm needs every field at one dim: searching rows only" in capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    assert result["variant"] == "optembed-e" and report["final"] == result["final"]
+    assert {f["dim"] for f in result["fields"]} == {8} and result["row_sparsity"] > 0
+    line = fails("optembed", "--data", tiny, "--model", "dlrm", "--out", tmp_path / "d", "--variant", "optembed-d")
+    assert "--variant optembed-d searches dims only, but --model dlrm needs every field at one dim" in line
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.dist

@@ -103,6 +103,7 @@ class CTRModel(nn.Module):
     """
 
     name: ClassVar[str]
+    equal_dims: ClassVar[bool] = False  # True where every categorical field must have the one embedding_dim
 
     def __init__(
         self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None
@@ -463,6 +464,7 @@ class DLRM(CTRModel):
     """
 
     name = "dlrm"
+    equal_dims = True  # the dot interaction pairs every field with every other
 
     def __init__(
         self, fm: FeatureMap, config: ModelConfig, device: torch.device | None = None, layout: TableLayout | None = None

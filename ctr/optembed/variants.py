@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from config.registry import VARIANTS as VARIANT_NAMES
 from config.run import SupernetConfig
 from config.strict import ConfigError
+from ctr.models.zoo import MODELS
 
-__all__ = ["VARIANTS", "Variant", "variant"]
+__all__ = ["VARIANTS", "Variant", "for_model", "variant"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,21 @@ def variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise ConfigError(f"unknown OptEmbed variant {name!r}; choose one of {', '.join(VARIANTS)}")
     return VARIANTS[name]
+
+
+def for_model(chosen: Variant, model: str) -> tuple[Variant, str | None]:
+    """``chosen`` as ``model`` can take it, and a note when it changed: a model whose fields must all share one dim
+    (DLRM) gets no dim search, so ``optembed`` runs as ``optembed-e``; a variant that only searches dims is refused.
+
+    >>> for_model(VARIANTS["optembed"], "dlrm")[0].name, for_model(VARIANTS["optembed"], "deepfm")
+    ('optembed-e', (Variant(name='optembed', prune_rows=True, search_dims=True, multiplexed=False), None))
+    """
+    if not MODELS[model].equal_dims or not chosen.search_dims:
+        return chosen, None
+    if not chosen.prune_rows:
+        raise ConfigError(
+            f"--variant {chosen.name} searches dims only, but --model {model} needs every field at one dim; "
+            f"use --variant optembed-e (rows only)"
+        )
+    note = f"--model {model} needs every field at one dim: searching rows only (--variant optembed-e)"
+    return VARIANTS["optembed-e"], note
