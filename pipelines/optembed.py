@@ -41,6 +41,7 @@ from ctr.optembed.plot import plot_dims
 from ctr.optembed.pruned import PrunedTables
 from ctr.optembed.variants import Variant, for_model
 from ctr.runs import command_of, train_run
+from ctr.training.restore import read_run_config
 from ctr.training.strategy import complete_checkpoint
 from ctr.training.threads import torch_threads
 from features.outputs import is_secondary_rank, owned_dir, remove_owned
@@ -75,6 +76,14 @@ def _rank0_search(out: Path, poll_s: float = 0.5) -> dict[str, Any]:
         time.sleep(poll_s)
     loaded: dict[str, Any] = json.loads((out / "search.json").read_text())
     return loaded
+
+
+def _fitted(variant: Variant, model: str) -> Variant:
+    """:func:`for_model`'s variant; its note, if any, on stderr."""
+    fitted, note = for_model(variant, model)
+    if note is not None:
+        print(note, file=sys.stderr, flush=True)
+    return fitted
 
 
 def search_stage(
@@ -114,6 +123,7 @@ def _search(
         loaded: dict[str, Any] = json.loads(done.read_text())
         return loaded
     started = time.perf_counter()
+    variant = _fitted(variant, read_run_config(supernet).model.name)  # `ctr search` on a DLRM supernet: rows only
     frozen = freeze(supernet, variant)
     fm, full, tables = frozen.run.feature_map, frozen.full_dim, frozen.tables
     out.mkdir(parents=True, exist_ok=True)
@@ -198,9 +208,7 @@ def run_optembed(
     """The whole flow; returns (and writes) ``RUN/result.json``. ``out`` is locked while it runs. A rank > 0 of
     ``nproc`` (a process Lightning started, re-running the command) joins the training stages only and returns {}.
     A model whose fields must share one dim (DLRM) runs ``optembed`` as ``optembed-e`` (:func:`for_model`)."""
-    variant, note = for_model(variant, config.model.name)
-    if note is not None:
-        print(note, file=sys.stderr, flush=True)
+    variant = _fitted(variant, config.model.name)
     with owned_dir(out, "ctr optembed"):
         return _run(
             config,

@@ -206,6 +206,8 @@ def test_optembed_with_dlrm_searches_rows_only_and_retrains(
     result = json.loads((out / "result.json").read_text())
     assert result["variant"] == "optembed-e" and report["final"] == result["final"]
     assert {f["dim"] for f in result["fields"]} == {8} and result["row_sparsity"] > 0
+    searched = _ctr("search", "--supernet", out / "supernet", "--out", tmp_path / "s", "--quiet", *_sets(SEARCH))
+    assert set(searched["dims"].values()) == {8}  # `ctr search` on a DLRM supernet keeps the one dim too
     line = fails("optembed", "--data", tiny, "--model", "dlrm", "--out", tmp_path / "d", "--variant", "optembed-d")
     assert "--variant optembed-d searches dims only, but --model dlrm needs every field at one dim" in line
     assert not (tmp_path / "d").exists()
